@@ -1,0 +1,3 @@
+"""Reformer: The Efficient Transformer, in JAX and Flax."""
+
+__version__ = "0.1.0"

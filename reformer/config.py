@@ -1,0 +1,171 @@
+"""The default configuration and its validation.
+
+Every config file in `configs/` starts from `default_config()` and changes fields, so each
+experiment names the same fields and `validate` knows all of them. `validate` runs before any
+work starts and turns a bad value into one clear error that names the field.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+ATTENTION_TYPES = ("full", "lsh", "local")
+OPTIMIZERS = ("adam", "adafactor")
+SCHEDULES = ("rsqrt", "constant")
+DATASETS = ("duplication",)
+POSITIONAL = ("learned", "none")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value the project cannot run with."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All fields, with defaults for a small model on the duplication task."""
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = 128  # Token ids are 0..vocab_size-1 (bytes: 258 = 256 bytes + pad + end).
+    m.d_model = 128  # Width of the residual stream.
+    m.d_ff = 512  # Hidden width of the feed-forward block.
+    m.n_heads = 4  # Attention heads per layer.
+    m.d_head = 32  # Width of one head's queries, keys and values.
+    m.n_layers = 2  # Number of blocks (attention + feed-forward).
+    m.attention_types = ("full",)  # Cycled over the layers; each of ATTENTION_TYPES.
+    m.lsh_chunk_len = 64  # Chunk length of LSH attention.
+    m.local_chunk_len = 64  # Chunk length of local attention.
+    m.n_buckets = 0  # LSH buckets per round; 0 = automatic (about 2 L / lsh_chunk_len).
+    m.n_hashes = 1  # LSH hash rounds in training.
+    m.causal = True  # Decoder (language model) masking.
+    m.reversible = False  # Reversible residual layers.
+    m.ff_chunk_size = 0  # Feed-forward computed this many positions at a time; 0 = all.
+    m.positional = "learned"  # Positional encoding: one of POSITIONAL.
+    m.max_len = 2048  # Longest sequence the learned positional table covers.
+    m.dropout = 0.0  # Dropout on residual branches.
+    m.attention_dropout = 0.0  # Dropout on attention weights.
+    m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "duplication"  # One of DATASETS.
+    d.seq_len = 128  # Tokens per training sequence.
+    d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
+    d.path = ""  # Local file for datasets read from disk.
+
+    c.train = t = ml_collections.ConfigDict()
+    t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
+    t.batch_size = 16  # Global batch size (sequences per step, over all devices).
+    t.seed = 0  # Seed for parameters, data order, dropout and hashing.
+    t.log_every = 50  # Steps between progress lines and metrics records.
+    t.eval_every = 250  # Steps between evaluations (and at the end); 0 = only at the end.
+    t.checkpoint_every = 250  # Steps between checkpoints (and at the end).
+    t.keep_checkpoints = 3  # How many recent checkpoints to keep.
+
+    c.optimizer = o = ml_collections.ConfigDict()
+    o.name = "adam"  # One of OPTIMIZERS.
+    o.learning_rate = 1e-3  # Peak learning rate, reached at the end of warmup.
+    o.warmup_steps = 100  # Linear warmup from 0.
+    o.schedule = "rsqrt"  # After warmup: "rsqrt" (lr * sqrt(warmup / step)) or "constant".
+    o.clip_norm = 1.0  # Global gradient-norm clipping; 0 = off.
+    o.weight_decay = 0.0  # Decoupled weight decay (AdamW); 0 = plain Adam.
+    o.b1 = 0.9  # Adam beta1.
+    o.b2 = 0.98  # Adam beta2.
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.num_batches = 4  # Batches per evaluation.
+    e.batch_size = 16  # Sequences per evaluation batch (global).
+    e.n_hashes = 0  # LSH hash rounds at evaluation; 0 = same as model.n_hashes.
+    e.seed = 12345  # Seed of the evaluation data (kept apart from training data).
+    return c
+
+
+def _keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(_keys(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Raises ConfigError naming the first field that cannot work."""
+    known, given = _keys(default_config()), _keys(config)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config field(s): {', '.join('config.' + u for u in unknown)}. "
+            "Known fields are listed in reformer/config.py:default_config().")
+    missing = sorted(set(known) - set(given))
+    if missing:
+        raise ConfigError(f"missing config field(s): {', '.join('config.' + u for u in missing)}")
+
+    m, d, t, o, e = config.model, config.data, config.train, config.optimizer, config.eval
+    for group, names in (
+        ("model", ("vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers",
+                   "lsh_chunk_len", "local_chunk_len", "n_hashes", "max_len")),
+        ("data", ("seq_len",)),
+        ("train", ("num_steps", "batch_size", "log_every", "checkpoint_every",
+                   "keep_checkpoints")),
+        ("eval", ("num_batches", "batch_size")),
+    ):
+        for name in names:
+            value = config[group][name]
+            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                   f"{group}.{name}", f"must be a positive integer, got {value!r}")
+    for group, name in (("model", "n_buckets"), ("model", "ff_chunk_size"),
+                        ("train", "eval_every"), ("optimizer", "warmup_steps"),
+                        ("eval", "n_hashes")):
+        value = config[group][name]
+        _check(isinstance(value, int) and value >= 0, f"{group}.{name}",
+               f"must be a non-negative integer, got {value!r}")
+
+    types = tuple(m.attention_types)
+    _check(len(types) > 0, "model.attention_types", "must name at least one attention type")
+    for a in types:
+        _check(a in ATTENTION_TYPES, "model.attention_types",
+               f"{a!r} is not one of {ATTENTION_TYPES}")
+    _check(m.positional in POSITIONAL, "model.positional",
+           f"must be one of {POSITIONAL}, got {m.positional!r}")
+    _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
+    _check(m.n_buckets % 2 == 0, "model.n_buckets", f"must be even (or 0), got {m.n_buckets}")
+    for name in ("dropout", "attention_dropout"):
+        _check(0.0 <= m[name] < 1.0, f"model.{name}", f"must be in [0, 1), got {m[name]!r}")
+    if m.positional == "learned":
+        _check(d.seq_len <= m.max_len, "data.seq_len",
+               f"{d.seq_len} exceeds model.max_len={m.max_len}, the learned positional table")
+
+    _check(d.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {d.name!r}")
+    if d.name == "duplication":
+        _check(d.word_len >= 1, "data.word_len", f"must be >= 1, got {d.word_len}")
+        _check(d.seq_len == 2 * d.word_len + 2, "data.seq_len",
+               f"the duplication task 0 w 0 w needs seq_len = 2 * data.word_len + 2 = "
+               f"{2 * d.word_len + 2}, got {d.seq_len}")
+        _check(m.vocab_size >= 3, "model.vocab_size",
+               f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
+               f"so vocab_size >= 3; got {m.vocab_size}")
+    elif d.path:
+        _check(os.path.exists(d.path), "data.path", f"no such file: {d.path}")
+
+    for group, bs in (("train", t.batch_size), ("eval", e.batch_size)):
+        _check(bs % num_devices == 0, f"{group}.batch_size",
+               f"{bs} is not divisible by the number of devices ({num_devices})")
+
+    _check(o.name in OPTIMIZERS, "optimizer.name",
+           f"must be one of {OPTIMIZERS}, got {o.name!r}")
+    _check(o.schedule in SCHEDULES, "optimizer.schedule",
+           f"must be one of {SCHEDULES}, got {o.schedule!r}")
+    _check(o.learning_rate > 0, "optimizer.learning_rate",
+           f"must be positive, got {o.learning_rate!r}")
+    _check(o.clip_norm >= 0, "optimizer.clip_norm", f"must be >= 0, got {o.clip_norm!r}")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay",
+           f"must be >= 0, got {o.weight_decay!r}")

@@ -1,0 +1,264 @@
+"""`train_and_evaluate(config, workdir)`: state, jitted steps, the loop, evaluation,
+checkpoints and metrics.
+
+The train step is a pure function `(state, batch, rng) -> (state, metrics)`, jitted once over
+a device mesh (batch split on `data`, parameters replicated) with the state donated. The loop
+never waits on the device except to log: it dispatches step N before it reads step N-1's
+metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from reformer import checkpoints, data, sharding
+from reformer.config import ConfigError, validate
+from reformer.metrics import MetricsWriter, log, progress_line
+from reformer.model import ModelConfig, ReformerLM, loss_and_metrics
+from reformer.optim import make_optimizer, make_schedule
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_model(config: ml_collections.ConfigDict) -> ReformerLM:
+    return ReformerLM(ModelConfig.from_config(config.model))
+
+
+def init_params(model: ReformerLM, rng: jax.Array, batch_size: int, seq_len: int):
+    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
+    return model.init({"params": rng, "hash": rng}, tokens)["params"]
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: ReformerLM,
+               tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict]:
+    """One optimizer step. Dropout and hash keys are `fold_in(rng, step)`."""
+    dropout_rng, hash_rng = jax.random.split(jax.random.fold_in(rng, state.step))
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, batch["tokens"], deterministic=False,
+                             rngs={"dropout": dropout_rng, "hash": hash_rng})
+        return loss_and_metrics(logits, batch["tokens"], batch["weights"])
+
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**sums, "grad_norm": optax.global_norm(grads),
+               "learning_rate": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -> dict:
+    """Sums of loss, correct predictions and weights over one batch (no dropout)."""
+    logits = model.apply({"params": params}, batch["tokens"], deterministic=True,
+                         n_hashes=n_hashes, rngs={"hash": jax.random.key(0)})
+    return loss_and_metrics(logits, batch["tokens"], batch["weights"])[1]
+
+
+def summarize(sums: dict) -> dict:
+    """Mean loss (nats/token), bits per token and accuracy from summed metrics."""
+    w = max(float(sums["weight_sum"]), 1.0)
+    loss = float(sums["loss_sum"]) / w
+    return {"loss": loss, "bits_per_token": loss / math.log(2),
+            "accuracy": float(sums["correct_sum"]) / w}
+
+
+def evaluate(eval_fn, params, mesh, batches: list[dict]) -> dict:
+    total = None
+    for local in batches:
+        sums = eval_fn(params, sharding.global_batch(mesh, local))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    return summarize(jax.device_get(total))
+
+
+def _check_finite(metrics: list[dict], step: int) -> None:
+    losses = jax.device_get([(m["loss_sum"], m["grad_norm"]) for m in metrics])
+    if not all(math.isfinite(float(v)) for pair in losses for v in pair):
+        raise FloatingPointError(
+            f"training diverged: non-finite loss or gradient norm by step {step}. Lower "
+            "optimizer.learning_rate or raise optimizer.warmup_steps; the last good "
+            "checkpoint is kept.")
+
+
+def _prepare_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir!r} is not writable: {e}") from e
+
+
+class _StopRequested:
+    """Turns SIGTERM (preemption) into a flag the loop checks: save, then exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: no signal handling.
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log("SIGTERM received: saving a checkpoint and stopping.")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint.
+
+    Returns the last evaluation's metrics.
+    """
+    validate(config, num_devices=jax.device_count())
+    _prepare_workdir(workdir)
+    checkpoints.check_config_matches(workdir, config)
+    is_main = jax.process_index() == 0
+
+    mesh = sharding.make_mesh()
+    model = make_model(config)
+    tx = make_optimizer(config.optimizer)
+    schedule = make_schedule(config.optimizer)
+    rng = jax.random.key(config.train.seed)
+    init_rng, step_rng = jax.random.split(rng)
+
+    def init_state(key):
+        params = init_params(model, key, 1, config.data.seq_len)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params))
+
+    # Shardings are derived from the state's shapes; parameters are born where they live.
+    abstract = jax.eval_shape(init_state, init_rng)
+    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    batch_sharding = sharding.batch_sharded(mesh)
+    rep = sharding.replicated(mesh)
+
+    manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints)
+    stream = data.make_train_stream(config)
+    latest = manager.latest_step()
+    if latest is not None:
+        abstract_sharded = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+            state_sharding)
+        state, data_state = checkpoints.restore(manager, latest, abstract_sharded)
+        try:
+            stream.set_state(data_state)
+        except ValueError as e:
+            raise ConfigError(f"cannot resume the data stream from {workdir}: {e}") from e
+        log(f"Resumed from {workdir} at step {latest}.")
+    else:
+        state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+        log(f"Starting from scratch in {workdir}.")
+    if is_main:
+        checkpoints.write_config(workdir, config)
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    log(f"Model: {n_params:,} parameters; {jax.device_count()} device(s) "
+        f"({jax.devices()[0].platform}); mesh {dict(mesh.shape)}.")
+
+    p_train_step = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule),
+        in_shardings=(state_sharding, batch_sharding, rep),
+        out_shardings=(state_sharding, rep), donate_argnums=(0,))
+    eval_n_hashes = config.eval.n_hashes or None
+    p_eval_step = jax.jit(functools.partial(eval_step, model=model, n_hashes=eval_n_hashes),
+                          in_shardings=(state_sharding.params, batch_sharding),
+                          out_shardings=rep)
+    eval_batches = data.make_eval_batches(config)
+
+    writer = MetricsWriter(workdir, enabled=is_main)
+    t = config.train
+    step = int(state.step)
+    tokens_per_step = t.batch_size * config.data.seq_len
+    last_eval: dict = {}
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(p_eval_step, state.params, mesh, eval_batches)
+        record = {"step": step, "split": "eval", **result,
+                  "n_hashes": eval_n_hashes or config.model.n_hashes}
+        writer.write(record)
+        log(f"eval  step {step:>7d} | loss {result['loss']:.4f} | "
+            f"bits/tok {result['bits_per_token']:.4f} | acc {result['accuracy']:.4f}")
+        return record
+
+    pending: list[dict] = []  # Device metrics of steps not yet logged.
+    ready: tuple[int, list[dict], float, int] | None = None  # A log interval to write.
+    interval_start, interval_first_step = time.time(), step
+
+    def write_train_record(end_step: int, metrics: list[dict], seconds: float,
+                           n_steps: int) -> None:
+        host = jax.device_get(metrics)
+        sums = {k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum",
+                                                              "weight_sum")}
+        _check_finite(host, end_step)
+        result = summarize(sums)
+        sps = n_steps / max(seconds, 1e-9)
+        record = {"step": end_step, "split": "train", **result,
+                  "grad_norm": float(host[-1]["grad_norm"]),
+                  "learning_rate": float(host[-1]["learning_rate"]),
+                  "steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step}
+        writer.write(record)
+        log(progress_line(record, t.num_steps))
+
+    if step >= t.num_steps:
+        log(f"Already at step {step} >= train.num_steps={t.num_steps}; nothing to train.")
+    with _StopRequested() as stop:
+        while step < t.num_steps:
+            batch = sharding.global_batch(mesh, next(stream))
+            state, metrics = p_train_step(state, batch, step_rng)
+            step += 1
+            pending.append(metrics)
+            if ready is not None:  # Step N is dispatched; now read the interval before it.
+                write_train_record(*ready)
+                ready = None
+            if step % t.log_every == 0 or step == t.num_steps:
+                now = time.time()
+                ready = (step, pending, now - interval_start, step - interval_first_step)
+                pending, interval_start, interval_first_step = [], now, step
+            done = step == t.num_steps or stop.requested
+            evaluate_now = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
+            save_now = step % t.checkpoint_every == 0 or done
+            if ready is not None and (evaluate_now or save_now):
+                write_train_record(*ready)  # Never save a state whose metrics were not checked.
+                ready = None
+            paused = time.time()
+            if evaluate_now:
+                last_eval = run_eval(step)
+            if save_now:
+                _check_finite(pending, step)
+                checkpoints.save(manager, step, state, stream.get_state())
+            interval_start += time.time() - paused  # Speed counts training steps only.
+            if stop.requested:
+                break
+        if ready is not None:
+            write_train_record(*ready)
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    if not last_eval and step >= t.num_steps:
+        last_eval = run_eval(step)
+    return last_eval
