@@ -1,11 +1,11 @@
 """The paper's synthetic duplication task (Section 2.1, Table 2): sequences 0 w 0 w.
 
-    python -m reformer.train --config configs/duplication.py --workdir W
-        A short task (|w| = 63, length 128) sized to train on 2 CPU cores in about
-        10 minutes; accuracy on the second copy is reported in the README.
-    python -m reformer.train --config configs/duplication.py:paper --workdir W
-        The paper's setting: symbols 1..127, |w| = 511 (length 1024), 1 layer,
-        d_model = d_ff = 256, 4 heads, 150K steps (for accelerators).
+python -m reformer.train --config configs/duplication.py --workdir W
+    A short task (|w| = 63, length 128) sized to train on 2 CPU cores in about
+    10 minutes; accuracy on the second copy is reported in the README.
+python -m reformer.train --config configs/duplication.py:paper --workdir W
+    The paper's setting: symbols 1..127, |w| = 511 (length 1024), 1 layer,
+    d_model = d_ff = 256, 4 heads, 150K steps (for accelerators).
 """
 
 from reformer.config import default_config
@@ -54,6 +54,7 @@ def get_config(variant: str = "cpu"):
         c.eval.num_batches = 8
         c.eval.batch_size = 32
     else:
-        raise ValueError(f"configs/duplication.py: unknown variant {variant!r}; "
-                         "use 'cpu' (default) or 'paper'")
+        raise ValueError(
+            f"configs/duplication.py: unknown variant {variant!r}; use 'cpu' (default) or 'paper'"
+        )
     return c

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -21,22 +20,34 @@ CONFIG_FILE = "config.json"
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                 options=options, item_names=("state", "data"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=True
+    )
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        options=options,
+        item_names=("state", "data"),
+    )
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               data=ocp.args.JsonSave(data_state)),
-                 force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+        ),
+        force=True,
+    )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
     """Restores (state, data_state) of `step` into the shardings of `abstract_state`."""
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        ),
+    )
     return restored["state"], restored["data"]
 
 
@@ -59,13 +70,17 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
         saved = json.load(f)
     old = _flatten(saved.get("model", {}), "model.")
     new = _flatten(json.loads(config.model.to_json()), "model.")
-    diff = [f"config.{k}: checkpoint has {old[k]!r}, this run has {new.get(k)!r}"
-            for k in sorted(old) if old[k] != new.get(k)]
+    diff = [
+        f"config.{k}: checkpoint has {old[k]!r}, this run has {new.get(k)!r}"
+        for k in sorted(old)
+        if old[k] != new.get(k)
+    ]
     if diff:
         raise ConfigError(
             f"workdir {workdir} holds a checkpoint of a different model; refusing to "
             "resume or overwrite it. Use a new --workdir or the original settings:\n  "
-            + "\n  ".join(diff))
+            + "\n  ".join(diff)
+        )
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -104,68 +104,109 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if unknown:
         raise ConfigError(
             f"unknown config field(s): {', '.join('config.' + u for u in unknown)}. "
-            "Known fields are listed in reformer/config.py:default_config().")
+            "Known fields are listed in reformer/config.py:default_config()."
+        )
     missing = sorted(set(known) - set(given))
     if missing:
         raise ConfigError(f"missing config field(s): {', '.join('config.' + u for u in missing)}")
 
     m, d, t, o, e = config.model, config.data, config.train, config.optimizer, config.eval
     for group, names in (
-        ("model", ("vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers",
-                   "lsh_chunk_len", "local_chunk_len", "n_hashes", "max_len")),
+        (
+            "model",
+            (
+                "vocab_size",
+                "d_model",
+                "d_ff",
+                "n_heads",
+                "d_head",
+                "n_layers",
+                "lsh_chunk_len",
+                "local_chunk_len",
+                "n_hashes",
+                "max_len",
+            ),
+        ),
         ("data", ("seq_len",)),
-        ("train", ("num_steps", "batch_size", "log_every", "checkpoint_every",
-                   "keep_checkpoints")),
+        ("train", ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")),
         ("eval", ("num_batches", "batch_size")),
     ):
         for name in names:
             value = config[group][name]
-            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                   f"{group}.{name}", f"must be a positive integer, got {value!r}")
-    for group, name in (("model", "n_buckets"), ("model", "ff_chunk_size"),
-                        ("train", "eval_every"), ("optimizer", "warmup_steps"),
-                        ("eval", "n_hashes")):
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                f"{group}.{name}",
+                f"must be a positive integer, got {value!r}",
+            )
+    for group, name in (
+        ("model", "n_buckets"),
+        ("model", "ff_chunk_size"),
+        ("train", "eval_every"),
+        ("optimizer", "warmup_steps"),
+        ("eval", "n_hashes"),
+    ):
         value = config[group][name]
-        _check(isinstance(value, int) and value >= 0, f"{group}.{name}",
-               f"must be a non-negative integer, got {value!r}")
+        _check(
+            isinstance(value, int) and value >= 0,
+            f"{group}.{name}",
+            f"must be a non-negative integer, got {value!r}",
+        )
 
     types = tuple(m.attention_types)
     _check(len(types) > 0, "model.attention_types", "must name at least one attention type")
     for a in types:
-        _check(a in ATTENTION_TYPES, "model.attention_types",
-               f"{a!r} is not one of {ATTENTION_TYPES}")
-    _check(m.positional in POSITIONAL, "model.positional",
-           f"must be one of {POSITIONAL}, got {m.positional!r}")
+        _check(
+            a in ATTENTION_TYPES, "model.attention_types", f"{a!r} is not one of {ATTENTION_TYPES}"
+        )
+    _check(
+        m.positional in POSITIONAL,
+        "model.positional",
+        f"must be one of {POSITIONAL}, got {m.positional!r}",
+    )
     _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
     _check(m.n_buckets % 2 == 0, "model.n_buckets", f"must be even (or 0), got {m.n_buckets}")
     for name in ("dropout", "attention_dropout"):
         _check(0.0 <= m[name] < 1.0, f"model.{name}", f"must be in [0, 1), got {m[name]!r}")
     if m.positional == "learned":
-        _check(d.seq_len <= m.max_len, "data.seq_len",
-               f"{d.seq_len} exceeds model.max_len={m.max_len}, the learned positional table")
+        _check(
+            d.seq_len <= m.max_len,
+            "data.seq_len",
+            f"{d.seq_len} exceeds model.max_len={m.max_len}, the learned positional table",
+        )
 
     _check(d.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {d.name!r}")
     if d.name == "duplication":
         _check(d.word_len >= 1, "data.word_len", f"must be >= 1, got {d.word_len}")
-        _check(d.seq_len == 2 * d.word_len + 2, "data.seq_len",
-               f"the duplication task 0 w 0 w needs seq_len = 2 * data.word_len + 2 = "
-               f"{2 * d.word_len + 2}, got {d.seq_len}")
-        _check(m.vocab_size >= 3, "model.vocab_size",
-               f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
-               f"so vocab_size >= 3; got {m.vocab_size}")
+        _check(
+            d.seq_len == 2 * d.word_len + 2,
+            "data.seq_len",
+            f"the duplication task 0 w 0 w needs seq_len = 2 * data.word_len + 2 = "
+            f"{2 * d.word_len + 2}, got {d.seq_len}",
+        )
+        _check(
+            m.vocab_size >= 3,
+            "model.vocab_size",
+            f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
+            f"so vocab_size >= 3; got {m.vocab_size}",
+        )
     elif d.path:
         _check(os.path.exists(d.path), "data.path", f"no such file: {d.path}")
 
     for group, bs in (("train", t.batch_size), ("eval", e.batch_size)):
-        _check(bs % num_devices == 0, f"{group}.batch_size",
-               f"{bs} is not divisible by the number of devices ({num_devices})")
+        _check(
+            bs % num_devices == 0,
+            f"{group}.batch_size",
+            f"{bs} is not divisible by the number of devices ({num_devices})",
+        )
 
-    _check(o.name in OPTIMIZERS, "optimizer.name",
-           f"must be one of {OPTIMIZERS}, got {o.name!r}")
-    _check(o.schedule in SCHEDULES, "optimizer.schedule",
-           f"must be one of {SCHEDULES}, got {o.schedule!r}")
-    _check(o.learning_rate > 0, "optimizer.learning_rate",
-           f"must be positive, got {o.learning_rate!r}")
+    _check(o.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {o.name!r}")
+    _check(
+        o.schedule in SCHEDULES,
+        "optimizer.schedule",
+        f"must be one of {SCHEDULES}, got {o.schedule!r}",
+    )
+    _check(
+        o.learning_rate > 0, "optimizer.learning_rate", f"must be positive, got {o.learning_rate!r}"
+    )
     _check(o.clip_norm >= 0, "optimizer.clip_norm", f"must be >= 0, got {o.clip_norm!r}")
-    _check(o.weight_decay >= 0, "optimizer.weight_decay",
-           f"must be >= 0, got {o.weight_decay!r}")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay!r}")

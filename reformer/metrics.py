@@ -48,12 +48,17 @@ class MetricsWriter:
 
 def progress_line(record: dict, num_steps: int) -> str:
     """One human-readable line of a training record."""
-    eta = (num_steps - record["step"]) / record["steps_per_sec"] if record[
-        "steps_per_sec"] > 0 else float("inf")
-    return (f"step {record['step']:>7d}/{num_steps} | loss {record['loss']:.4f} | "
-            f"bits/tok {record['bits_per_token']:.4f} | acc {record['accuracy']:.4f} | "
-            f"{record['steps_per_sec']:.2f} steps/s | {record['tokens_per_sec']:,.0f} tok/s | "
-            f"ETA {_fmt_duration(eta)}")
+    eta = (
+        (num_steps - record["step"]) / record["steps_per_sec"]
+        if record["steps_per_sec"] > 0
+        else float("inf")
+    )
+    return (
+        f"step {record['step']:>7d}/{num_steps} | loss {record['loss']:.4f} | "
+        f"bits/tok {record['bits_per_token']:.4f} | acc {record['accuracy']:.4f} | "
+        f"{record['steps_per_sec']:.2f} steps/s | {record['tokens_per_sec']:,.0f} tok/s | "
+        f"ETA {_fmt_duration(eta)}"
+    )
 
 
 def log(line: str) -> None:

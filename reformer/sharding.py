@@ -32,5 +32,4 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Assembles each host's rows into global arrays sharded over the batch axis."""
     sharding = batch_sharded(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v)
-            for k, v in local_batch.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

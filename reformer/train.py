@@ -6,6 +6,7 @@ latest checkpoint in DIR.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import jax
@@ -17,10 +18,46 @@ from reformer.config import ConfigError
 from reformer.metrics import log
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. configs/duplication.py or "
-    "configs/duplication.py:paper.", lock_config=True)
+    "config",
+    None,
+    "Experiment config file, e.g. configs/duplication.py or configs/duplication.py:paper.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags and loads the config; a bad flag, config file or override exits with a
+    short message, not a traceback."""
+    try:
+        rest = flags.FLAGS(argv)
+        _ = _CONFIG.value.to_dict()  # Loading the file raises here if it fails.
+        return rest
+    except Exception as e:  # noqa: BLE001  (absl and ml_collections raise several types)
+        lines = [ln.strip() for ln in str(e).replace("\\n", "\n").splitlines() if ln.strip()]
+        message = lines[-1] if lines else type(e).__name__
+        if "Traceback" in str(e) or isinstance(e, OSError):  # A config file that fails.
+            message = f"--config: {message}"
+        elif isinstance(e, AttributeError | KeyError):
+            key = re.search(r"(\w+)", str(e))
+            bad = [
+                a.split("=")[0]
+                for a in argv[1:]
+                if a.startswith("--config.") and key and f".{key[1]}" in a.split("=")[0]
+            ]
+            detail = message.strip("'\"")
+            message = f"{bad[0] if bad else '--config'}: unknown config field. {detail}"
+        _exit_with_error(message.replace("\\'", "'"))
+
+
+def _exit_with_error(message: str) -> None:
+    print(
+        f"error: {message}\nUsage: python -m reformer.train --config configs/X.py "
+        "--workdir DIR [--config.group.field=value ...]",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -36,4 +73,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -20,7 +20,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from reformer import checkpoints, data, sharding
@@ -46,28 +45,43 @@ def init_params(model: ReformerLM, rng: jax.Array, batch_size: int, seq_len: int
     return model.init({"params": rng, "hash": rng}, tokens)["params"]
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: ReformerLM,
-               tx: optax.GradientTransformation, schedule) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model: ReformerLM,
+    tx: optax.GradientTransformation,
+    schedule,
+) -> tuple[TrainState, dict]:
     """One optimizer step. Dropout and hash keys are `fold_in(rng, step)`."""
     dropout_rng, hash_rng = jax.random.split(jax.random.fold_in(rng, state.step))
 
     def loss_fn(params):
-        logits = model.apply({"params": params}, batch["tokens"], deterministic=False,
-                             rngs={"dropout": dropout_rng, "hash": hash_rng})
+        logits = model.apply(
+            {"params": params},
+            batch["tokens"],
+            deterministic=False,
+            rngs={"dropout": dropout_rng, "hash": hash_rng},
+        )
         return loss_and_metrics(logits, batch["tokens"], batch["weights"])
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**sums, "grad_norm": optax.global_norm(grads),
-               "learning_rate": schedule(state.step)}
+    metrics = {**sums, "grad_norm": optax.tree_utils.tree_norm(grads), "learning_rate": schedule(state.step)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -> dict:
     """Sums of loss, correct predictions and weights over one batch (no dropout)."""
-    logits = model.apply({"params": params}, batch["tokens"], deterministic=True,
-                         n_hashes=n_hashes, rngs={"hash": jax.random.key(0)})
+    logits = model.apply(
+        {"params": params},
+        batch["tokens"],
+        deterministic=True,
+        n_hashes=n_hashes,
+        rngs={"hash": jax.random.key(0)},
+    )
     return loss_and_metrics(logits, batch["tokens"], batch["weights"])[1]
 
 
@@ -75,8 +89,11 @@ def summarize(sums: dict) -> dict:
     """Mean loss (nats/token), bits per token and accuracy from summed metrics."""
     w = max(float(sums["weight_sum"]), 1.0)
     loss = float(sums["loss_sum"]) / w
-    return {"loss": loss, "bits_per_token": loss / math.log(2),
-            "accuracy": float(sums["correct_sum"]) / w}
+    return {
+        "loss": loss,
+        "bits_per_token": loss / math.log(2),
+        "accuracy": float(sums["correct_sum"]) / w,
+    }
 
 
 def evaluate(eval_fn, params, mesh, batches: list[dict]) -> dict:
@@ -93,7 +110,8 @@ def _check_finite(metrics: list[dict], step: int) -> None:
         raise FloatingPointError(
             f"training diverged: non-finite loss or gradient norm by step {step}. Lower "
             "optimizer.learning_rate or raise optimizer.warmup_steps; the last good "
-            "checkpoint is kept.")
+            "checkpoint is kept."
+        )
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -133,7 +151,7 @@ class _StopRequested:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint.
 
-    Returns the last evaluation's metrics.
+    Returns the last evaluation's metrics ({} when the run had already finished).
     """
     validate(config, num_devices=jax.device_count())
     _prepare_workdir(workdir)
@@ -149,8 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def init_state(key):
         params = init_params(model, key, 1, config.data.seq_len)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     # Shardings are derived from the state's shapes; parameters are born where they live.
     abstract = jax.eval_shape(init_state, init_rng)
@@ -163,8 +180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     latest = manager.latest_step()
     if latest is not None:
         abstract_sharded = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-            state_sharding)
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            state_sharding,
+        )
         state, data_state = checkpoints.restore(manager, latest, abstract_sharded)
         try:
             stream.set_state(data_state)
@@ -177,17 +196,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if is_main:
         checkpoints.write_config(workdir, config)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    log(f"Model: {n_params:,} parameters; {jax.device_count()} device(s) "
-        f"({jax.devices()[0].platform}); mesh {dict(mesh.shape)}.")
+    log(
+        f"Model: {n_params:,} parameters; {jax.device_count()} device(s) "
+        f"({jax.devices()[0].platform}); mesh {dict(mesh.shape)}."
+    )
 
     p_train_step = jax.jit(
         functools.partial(train_step, model=model, tx=tx, schedule=schedule),
         in_shardings=(state_sharding, batch_sharding, rep),
-        out_shardings=(state_sharding, rep), donate_argnums=(0,))
+        out_shardings=(state_sharding, rep),
+        donate_argnums=(0,),
+    )
     eval_n_hashes = config.eval.n_hashes or None
-    p_eval_step = jax.jit(functools.partial(eval_step, model=model, n_hashes=eval_n_hashes),
-                          in_shardings=(state_sharding.params, batch_sharding),
-                          out_shardings=rep)
+    p_eval_step = jax.jit(
+        functools.partial(eval_step, model=model, n_hashes=eval_n_hashes),
+        in_shardings=(state_sharding.params, batch_sharding),
+        out_shardings=rep,
+    )
     eval_batches = data.make_eval_batches(config)
 
     writer = MetricsWriter(workdir, enabled=is_main)
@@ -198,29 +223,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def run_eval(step: int) -> dict:
         result = evaluate(p_eval_step, state.params, mesh, eval_batches)
-        record = {"step": step, "split": "eval", **result,
-                  "n_hashes": eval_n_hashes or config.model.n_hashes}
+        record = {
+            "step": step,
+            "split": "eval",
+            **result,
+            "n_hashes": eval_n_hashes or config.model.n_hashes,
+        }
         writer.write(record)
-        log(f"eval  step {step:>7d} | loss {result['loss']:.4f} | "
-            f"bits/tok {result['bits_per_token']:.4f} | acc {result['accuracy']:.4f}")
+        log(
+            f"eval  step {step:>7d} | loss {result['loss']:.4f} | "
+            f"bits/tok {result['bits_per_token']:.4f} | acc {result['accuracy']:.4f}"
+        )
         return record
 
     pending: list[dict] = []  # Device metrics of steps not yet logged.
     ready: tuple[int, list[dict], float, int] | None = None  # A log interval to write.
     interval_start, interval_first_step = time.time(), step
 
-    def write_train_record(end_step: int, metrics: list[dict], seconds: float,
-                           n_steps: int) -> None:
+    def write_train_record(
+        end_step: int, metrics: list[dict], seconds: float, n_steps: int
+    ) -> None:
         host = jax.device_get(metrics)
-        sums = {k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum",
-                                                              "weight_sum")}
+        sums = {
+            k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "weight_sum")
+        }
         _check_finite(host, end_step)
         result = summarize(sums)
         sps = n_steps / max(seconds, 1e-9)
-        record = {"step": end_step, "split": "train", **result,
-                  "grad_norm": float(host[-1]["grad_norm"]),
-                  "learning_rate": float(host[-1]["learning_rate"]),
-                  "steps_per_sec": sps, "tokens_per_sec": sps * tokens_per_step}
+        record = {
+            "step": end_step,
+            "split": "train",
+            **result,
+            "grad_norm": float(host[-1]["grad_norm"]),
+            "learning_rate": float(host[-1]["learning_rate"]),
+            "steps_per_sec": sps,
+            "tokens_per_sec": sps * tokens_per_step,
+        }
         writer.write(record)
         log(progress_line(record, t.num_steps))
 
@@ -259,6 +297,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.wait_until_finished()
     manager.close()
     writer.close()
-    if not last_eval and step >= t.num_steps:
-        last_eval = run_eval(step)
     return last_eval

@@ -1,0 +1,63 @@
+"""The language model: shapes, next-token shift, causality through gradients, the loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, shift_right
+from tests.conftest import load_config
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    config = load_config("tiny")
+    model = ReformerLM(ModelConfig.from_config(config.model))
+    tokens = jnp.zeros((1, 32), jnp.int32)
+    params = model.init({"params": jax.random.key(0)}, tokens)["params"]
+    return model, params
+
+
+def test_shift_right():
+    tokens = jnp.array([[5, 6, 7, 8]])
+    np.testing.assert_array_equal(shift_right(tokens), [[0, 5, 6, 7]])
+
+
+def test_logits_shape_and_dtype(model_and_params):
+    model, params = model_and_params
+    tokens = jax.random.randint(jax.random.key(1), (3, 32), 0, 16)
+    logits = model.apply({"params": params}, tokens)
+    assert logits.shape == (3, 32, 16) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+
+
+def test_causal_through_gradients(model_and_params):
+    """The output at t depends on inputs at positions <= t only.
+
+    Input position s holds token s-1 (the model shifts right), so the prediction at t uses
+    tokens before t. Gradients are taken with respect to a perturbation added to the
+    embedded inputs (flax `perturb`), position by position.
+    """
+    model, params = model_and_params
+    length = 32
+    tokens = jax.random.randint(jax.random.key(2), (1, length), 0, 16)
+    variables = model.init({"params": jax.random.key(0)}, tokens)
+    perturbations = jax.tree.map(jnp.zeros_like, variables["perturbations"])
+
+    def outputs(perturbations):
+        logits = model.apply({"params": params, "perturbations": perturbations}, tokens)
+        return logits[0].sum(-1)  # [L]
+
+    jac = jax.jacrev(outputs)(perturbations)["embedded"]  # [L_out, 1, L_in, D]
+    dependence = np.abs(np.asarray(jac[:, 0])).sum(-1)  # [L_out, L_in]
+    assert np.all(np.triu(dependence, k=1) == 0.0), "an output depends on later inputs"
+    assert np.all(dependence[np.tril_indices(length)] > 0.0), "an output ignores an earlier input"
+
+
+def test_loss_and_metrics_use_weights_only():
+    logits = jnp.log(jnp.array([[[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]]]))
+    tokens = jnp.array([[0, 0, 1]])
+    weights = jnp.array([[1.0, 1.0, 0.0]])
+    loss, sums = loss_and_metrics(logits, tokens, weights)
+    np.testing.assert_allclose(loss, -(np.log(0.7) + np.log(0.2)) / 2, rtol=1e-6)
+    assert float(sums["correct_sum"]) == 1.0 and float(sums["weight_sum"]) == 2.0
