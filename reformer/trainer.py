@@ -69,7 +69,11 @@ def train_step(
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**sums, "grad_norm": optax.tree_utils.tree_norm(grads), "learning_rate": schedule(state.step)}
+    metrics = {
+        **sums,
+        "grad_norm": optax.tree_utils.tree_norm(grads),
+        "learning_rate": schedule(state.step),
+    }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
