@@ -15,7 +15,7 @@ ATTENTION_TYPES = ("full", "lsh", "local")
 OPTIMIZERS = ("adam", "adafactor")
 SCHEDULES = ("rsqrt", "constant")
 DATASETS = ("duplication",)
-POSITIONAL = ("learned", "none")
+POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -44,6 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.ff_chunk_size = 0  # Feed-forward computed this many positions at a time; 0 = all.
     m.positional = "learned"  # Positional encoding: one of POSITIONAL.
     m.max_len = 2048  # Longest sequence the learned positional table covers.
+    m.axial_shape = ()  # Axial positions: grid (a, b), a * b >= the longest sequence.
+    m.axial_dims = ()  # Axial positions: widths (d1, d2), d1 + d2 = d_model.
     m.dropout = 0.0  # Dropout on residual branches.
     m.attention_dropout = 0.0  # Dropout on attention weights.
     m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
@@ -167,6 +169,28 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _check(m.n_buckets % 2 == 0, "model.n_buckets", f"must be even (or 0), got {m.n_buckets}")
     for name in ("dropout", "attention_dropout"):
         _check(0.0 <= m[name] < 1.0, f"model.{name}", f"must be in [0, 1), got {m[name]!r}")
+    if m.positional == "axial":
+        shape, dims = tuple(m.axial_shape), tuple(m.axial_dims)
+        _check(
+            len(shape) == 2 and all(isinstance(a, int) and a > 0 for a in shape),
+            "model.axial_shape",
+            f"must be two positive integers (a, b), got {shape}",
+        )
+        _check(
+            len(dims) == 2 and all(isinstance(a, int) and a > 0 for a in dims),
+            "model.axial_dims",
+            f"must be two positive integers (d1, d2), got {dims}",
+        )
+        _check(
+            dims[0] + dims[1] == m.d_model,
+            "model.axial_dims",
+            f"{dims} must add up to model.d_model={m.d_model}",
+        )
+        _check(
+            shape[0] * shape[1] >= d.seq_len,
+            "model.axial_shape",
+            f"{shape} covers {shape[0] * shape[1]} positions, fewer than data.seq_len={d.seq_len}",
+        )
     if m.positional == "learned":
         _check(
             d.seq_len <= m.max_len,

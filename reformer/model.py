@@ -1,8 +1,6 @@
-"""The language model: a decoder-only Transformer whose attention type is set per layer.
-
-With `attention_types=("full",)` this is the paper's baseline Transformer (pre-LayerNorm,
-causal full attention, learned positions); LSH and local layers come from the same config.
-"""
+"""ReformerLM: a decoder-only language model of two-stream (reversible) blocks whose
+attention type is set per layer; with full attention and `reversible=False` it is the
+paper's Transformer baseline."""
 
 from __future__ import annotations
 
@@ -13,7 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from reformer import attention
+from reformer import attention, reversible
+from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +35,8 @@ class ModelConfig:
     ff_chunk_size: int
     positional: str
     max_len: int
+    axial_shape: tuple[int, ...]
+    axial_dims: tuple[int, ...]
     dropout: float
     attention_dropout: float
     dtype: str
@@ -43,7 +44,8 @@ class ModelConfig:
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
         fields = {f.name: model[f.name] for f in dataclasses.fields(cls)}
-        fields["attention_types"] = tuple(fields["attention_types"])
+        for name in ("attention_types", "axial_shape", "axial_dims"):
+            fields[name] = tuple(fields[name])
         return cls(**fields)
 
     def attention_type(self, layer: int) -> str:
@@ -78,40 +80,35 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
     raise ValueError(f"unknown attention type {kind!r}")
 
 
-class FeedForward(nn.Module):
-    """Position-wise Dense -> GELU -> Dense."""
-
-    d_ff: int
-    dropout: float
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, *, deterministic: bool) -> jax.Array:
-        h_BxLxF = nn.Dense(self.d_ff, dtype=self.dtype, name="wi")(x_BxLxD)
-        h_BxLxF = nn.gelu(h_BxLxF)
-        h_BxLxF = nn.Dropout(self.dropout)(h_BxLxF, deterministic=deterministic)
-        return nn.Dense(x_BxLxD.shape[-1], dtype=self.dtype, name="wo")(h_BxLxF)
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm residual block: x + Attention(LN(x)), then x + FeedForward(LN(x))."""
+class AttentionHalf(nn.Module):
+    """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None)."""
 
     cfg: ModelConfig
     kind: str
 
     @nn.compact
-    def __call__(self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None):
+    def __call__(
+        self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None = None, buckets=None
+    ):
         cfg = self.cfg
-        h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="attn_norm")(x_BxLxD)
-        h, _ = make_attention(cfg, self.kind, "attention")(
-            h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes
+        h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
+        h, aux = make_attention(cfg, self.kind, "attention")(
+            h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes, buckets=buckets
         )
-        x_BxLxD = x_BxLxD + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-        h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="ff_norm")(x_BxLxD)
-        h = FeedForward(cfg.d_ff, cfg.dropout, cfg.jnp_dtype, name="ff")(
-            h, deterministic=deterministic
-        )
-        return x_BxLxD + nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic), aux
+
+
+class FeedForwardHalf(nn.Module):
+    """G of a layer: LayerNorm -> chunked feed-forward -> dropout."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, *, deterministic: bool):
+        cfg = self.cfg
+        h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
+        h = ChunkedFeedForward(cfg.d_ff, cfg.ff_chunk_size, cfg.jnp_dtype, name="ff")(h)
+        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
 def shift_right(tokens_BxL: jax.Array) -> jax.Array:
@@ -120,10 +117,13 @@ def shift_right(tokens_BxL: jax.Array) -> jax.Array:
 
 
 class ReformerLM(nn.Module):
-    """Token embedding, positions, `n_layers` blocks, final LayerNorm, output logits.
+    """Embeddings, `n_layers` two-stream blocks, LayerNorm(concat(Y1, Y2)), output logits.
 
-    `tokens_BxL` are the targets; the model shifts them right itself, so the logits at t
-    predict token t from tokens before t.
+    Layer i has the attention type `attention_types[i % len(attention_types)]`. With
+    `reversible=True` the blocks run as a reversible stack (`reformer/reversible.py`);
+    with False the same parameters run as an ordinary residual network, which with full
+    attention is the Transformer baseline. `tokens_BxL` are the targets; the model shifts
+    them right itself, so the logits at t predict token t from the tokens before it.
     """
 
     cfg: ModelConfig
@@ -139,26 +139,97 @@ class ReformerLM(nn.Module):
     ) -> jax.Array:
         cfg = self.cfg
         length = tokens_BxL.shape[1]
-        if cfg.positional == "learned" and length > cfg.max_len:
-            raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
         embed = nn.Embed(
             cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
         )
         x_BxLxD = embed(shift_right(tokens_BxL)).astype(cfg.jnp_dtype)
         if cfg.positional == "learned":
+            if length > cfg.max_len:
+                raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
             pos_LxD = self.param(
                 "pos_embed", nn.initializers.normal(1.0), (cfg.max_len, cfg.d_model)
             )[:length]
             x_BxLxD = x_BxLxD + pos_LxD.astype(cfg.jnp_dtype)
+        elif cfg.positional == "axial":
+            pos_LxD = AxialPositionalEmbedding(
+                tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
+            )(length)
+            x_BxLxD = x_BxLxD + pos_LxD.astype(cfg.jnp_dtype)
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
-        for i in range(cfg.n_layers):
-            x_BxLxD = Block(cfg, cfg.attention_type(i), name=f"layer_{i}")(
-                x_BxLxD, mask_BxL, deterministic=deterministic, n_hashes=n_hashes
-            )
-        x_BxLxD = nn.LayerNorm(dtype=cfg.jnp_dtype, name="final_norm")(x_BxLxD)
-        logits = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, name="logits")(x_BxLxD)
+
+        y1_BxLxD, y2_BxLxD = self.blocks(x_BxLxD, mask_BxL, deterministic, n_hashes)
+
+        y_BxLx2D = jnp.concatenate([y1_BxLxD, y2_BxLxD], axis=-1)
+        y_BxLx2D = nn.LayerNorm(dtype=cfg.jnp_dtype, name="final_norm")(y_BxLx2D)
+        logits = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, name="logits")(y_BxLx2D)
         return logits.astype(jnp.float32)
+
+    def blocks(self, x_BxLxD, mask_BxL, deterministic: bool, n_hashes: int | None):
+        """The layers, as pure functions of explicit parameters, scanned over the repeats of
+        the attention pattern (see `reformer/reversible.py`).
+
+        Parameters live under `layers/<j>_<type>/{attention,feed_forward}` for the pattern
+        positions j, each with a leading axis over the `n_layers / len(pattern)` repeats.
+        """
+        cfg = self.cfg
+        pattern = cfg.attention_types
+        n_repeats = cfg.n_layers // len(pattern)
+        attention_defs = [AttentionHalf(cfg, kind, parent=None) for kind in pattern]
+        feed_forward_def = FeedForwardHalf(cfg, parent=None)
+        names = [f"{j}_{kind}" for j, kind in enumerate(pattern)]
+
+        def init_layer(rng, j):
+            r_attention, r_hash, r_ff = jax.random.split(rng, 3)
+            return {
+                "attention": attention_defs[j].init(
+                    {"params": r_attention, "hash": r_hash}, x_BxLxD, mask_BxL, deterministic=True
+                )["params"],
+                "feed_forward": feed_forward_def.init(r_ff, x_BxLxD, deterministic=True)["params"],
+            }
+
+        def init_layers(rng):
+            keys = jax.random.split(rng, (len(pattern), n_repeats))
+            return {
+                name: jax.vmap(lambda k, j=j: init_layer(k, j))(keys[j])
+                for j, name in enumerate(names)
+            }
+
+        layers = self.param("layers", init_layers)
+        params = tuple((layers[n]["attention"], layers[n]["feed_forward"]) for n in names)
+
+        rngs = {"hash": self.make_rng("hash") if self.has_rng("hash") else jax.random.key(0)}
+        if not deterministic:
+            rngs["dropout"] = self.make_rng("dropout")
+
+        def attention_fn(j):
+            def f(p, x, r, buckets, mask):
+                return attention_defs[j].apply(
+                    {"params": p},
+                    x,
+                    mask,
+                    deterministic=deterministic,
+                    n_hashes=n_hashes,
+                    buckets=buckets,
+                    rngs=r,
+                )
+
+            return f
+
+        def feed_forward_fn(p, x, r, mask):
+            del mask
+            return feed_forward_def.apply({"params": p}, x, deterministic=deterministic, rngs=r)
+
+        stack = reversible.reversible_stack if cfg.reversible else reversible.plain_stack
+        return stack(
+            [attention_fn(j) for j in range(len(pattern))],
+            [feed_forward_fn] * len(pattern),
+            params,
+            x_BxLxD,
+            x_BxLxD,
+            rngs,
+            mask_BxL,
+        )
 
 
 def loss_and_metrics(

@@ -1,0 +1,264 @@
+"""Self-attention modules.
+
+Every module here has the same call signature, so a model can cycle attention types over
+its layers:
+
+    y_BxLxD, aux = module(x_BxLxD, mask_BxL=None, deterministic=True, n_hashes=None,
+                          buckets=None)
+
+`mask_BxL` is True for real tokens, False for padding. `aux` is whatever the backward pass of
+a reversible stack must reuse: the LSH buckets `[B, n_heads, n_hashes, L]`, or None. The
+keyword arguments `n_hashes` (apply-time override) and `buckets` (reuse instead of hashing)
+only matter to `LSHSelfAttention`; the other modules accept and ignore them.
+
+The modules own the projections (no bias, as trax) and the random numbers; the math lives in
+the pure one-head functions of `reformer/lsh.py`, which the modules `vmap` over batch and
+heads. Random streams: "dropout" for attention dropout, "hash" for the LSH rotations.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from reformer import lsh
+
+
+def _heads_projection(n_heads: int, d_head: int, dtype: Any, name: str) -> nn.DenseGeneral:
+    """d_model -> [n_heads, d_head], without bias."""
+    return nn.DenseGeneral((n_heads, d_head), use_bias=False, dtype=dtype, name=name)
+
+
+def _output_projection(d_model: int, dtype: Any) -> nn.DenseGeneral:
+    """[n_heads, d_head] -> d_model, without bias."""
+    return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=False, dtype=dtype, name="out")
+
+
+def _dropout_rngs(
+    module: nn.Module, rate: float, deterministic: bool, batch: int, n_heads: int
+) -> tuple[float, jax.Array | None]:
+    """(effective rate, one key per example and head); no rng is drawn when off."""
+    if deterministic or rate == 0.0:
+        return 0.0, None
+    return rate, jax.random.split(module.make_rng("dropout"), (batch, n_heads))
+
+
+def _per_head(
+    fn: Callable[..., Any],
+    arrays_BxHx: tuple[jax.Array | None, ...],
+    mask_BxL: jax.Array | None,
+    rngs_BxH: jax.Array | None,
+    shared_Hx: tuple[jax.Array | None, ...] = (),
+) -> Any:
+    """Maps `fn(*arrays, mask, rng, *shared)` over batch and heads.
+
+    `arrays_BxHx` have leading [B, H] axes, `mask_BxL` is per example, `rngs_BxH` per example
+    and head, `shared_Hx` per head and shared by the examples. None entries pass through.
+    """
+    n_arrays, n_shared = len(arrays_BxHx), len(shared_Hx)
+    over_heads = jax.vmap(fn, in_axes=(0,) * n_arrays + (None, 0) + (0,) * n_shared)
+    over_batch = jax.vmap(over_heads, in_axes=(0,) * n_arrays + (0, 0) + (None,) * n_shared)
+    return over_batch(*arrays_BxHx, mask_BxL, rngs_BxH, *shared_Hx)
+
+
+def _to_heads_first(x_BxLxHxK: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x_BxLxHxK, 1, 2)
+
+
+class FullSelfAttention(nn.Module):
+    """Multi-head attention over the whole sequence (O(L^2) memory).
+
+    Standard scaled dot-product attention with "query", "key", "value", "out" projections;
+    or, with `shared_qk=True`, exactly the LSH logits and masks over all keys ("query_key",
+    "value", "out", the parameter names of `LSHSelfAttention`): this evaluates an LSH-trained
+    model "with full attention" (paper, Table 2).
+    """
+
+    n_heads: int
+    d_head: int
+    causal: bool = True
+    shared_qk: bool = False
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxLxD: jax.Array,
+        mask_BxL: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        buckets: jax.Array | None = None,
+    ) -> tuple[jax.Array, None]:
+        del n_hashes, buckets  # LSH-only arguments
+        batch = x_BxLxD.shape[0]
+        if self.shared_qk:
+            q_BxHxLxK = _to_heads_first(
+                _heads_projection(self.n_heads, self.d_head, self.dtype, "query_key")(x_BxLxD)
+            )
+            k_BxHxLxK = None
+        else:
+            q_BxHxLxK, k_BxHxLxK = (
+                _to_heads_first(
+                    _heads_projection(self.n_heads, self.d_head, self.dtype, n)(x_BxLxD)
+                )
+                for n in ("query", "key")
+            )
+        v_BxHxLxK = _to_heads_first(
+            _heads_projection(self.n_heads, self.d_head, self.dtype, "value")(x_BxLxD)
+        )
+        rate, rngs_BxH = _dropout_rngs(self, self.dropout_rate, deterministic, batch, self.n_heads)
+
+        def one_head(q_LxK, k_LxK, v_LxK, mask_L, rng):
+            return lsh.full_attention(
+                q_LxK,
+                k_LxK,
+                v_LxK,
+                causal=self.causal,
+                mask=mask_L,
+                dropout_rate=rate,
+                dropout_rng=rng,
+            )
+
+        out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
+        y_BxLxD = _output_projection(x_BxLxD.shape[-1], self.dtype)(_to_heads_first(out_BxHxLxK))
+        return y_BxLxD, None
+
+
+class LocalSelfAttention(nn.Module):
+    """Chunked local attention: each chunk of `chunk_len` attends to itself and to
+    `n_chunks_before` previous (and `n_chunks_after` next) chunks; O(L * chunk_len) memory."""
+
+    n_heads: int
+    d_head: int
+    chunk_len: int
+    n_chunks_before: int = 1
+    n_chunks_after: int = 0
+    causal: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxLxD: jax.Array,
+        mask_BxL: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        buckets: jax.Array | None = None,
+    ) -> tuple[jax.Array, None]:
+        del n_hashes, buckets  # LSH-only arguments
+        q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (
+            _to_heads_first(_heads_projection(self.n_heads, self.d_head, self.dtype, n)(x_BxLxD))
+            for n in ("query", "key", "value")
+        )
+        rate, rngs_BxH = _dropout_rngs(
+            self, self.dropout_rate, deterministic, x_BxLxD.shape[0], self.n_heads
+        )
+
+        def one_head(q_LxK, k_LxK, v_LxK, mask_L, rng):
+            return lsh.local_attention(
+                q_LxK,
+                k_LxK,
+                v_LxK,
+                chunk_len=self.chunk_len,
+                n_chunks_before=self.n_chunks_before,
+                n_chunks_after=self.n_chunks_after,
+                causal=self.causal,
+                mask=mask_L,
+                dropout_rate=rate,
+                dropout_rng=rng,
+            )
+
+        out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
+        y_BxLxD = _output_projection(x_BxLxD.shape[-1], self.dtype)(_to_heads_first(out_BxHxLxK))
+        return y_BxLxD, None
+
+
+class LSHSelfAttention(nn.Module):
+    """Reformer LSH self-attention (shared QK, multi-round hashing, sorted chunks).
+
+    `n_buckets=None` picks trax's automatic count, two buckets per chunk of the (padded)
+    length. Rotations are drawn per call and per head (shared by the examples of a batch) from
+    the "hash" rng stream; without one, deterministic calls use a fixed key derived from the
+    module's path (evaluation without rngs is repeatable) and non-deterministic calls raise,
+    since training must hash with fresh rotations. `n_hashes` can be raised at apply time (the
+    paper evaluates 2-hash models with 8); `buckets` from an earlier call are reused as given.
+    """
+
+    n_heads: int
+    d_head: int
+    chunk_len: int
+    n_buckets: int | None = None
+    n_hashes: int = 1
+    n_chunks_before: int = 1
+    n_chunks_after: int = 0
+    causal: bool = True
+    attend_across_buckets: bool = True
+    allow_duplicate_attention: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    def _hash_rng(self, deterministic: bool) -> jax.Array:
+        if self.has_rng("hash"):
+            return self.make_rng("hash")
+        if not deterministic:
+            raise ValueError(
+                "LSHSelfAttention needs a 'hash' rng when deterministic=False "
+                "(pass rngs={'hash': key, ...} to apply)"
+            )
+        return jax.random.fold_in(jax.random.key(0), zlib.crc32("/".join(self.path).encode()))
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxLxD: jax.Array,
+        mask_BxL: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        buckets: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        batch, length, d_model = x_BxLxD.shape
+        qk_BxHxLxK, v_BxHxLxK = (
+            _to_heads_first(_heads_projection(self.n_heads, self.d_head, self.dtype, n)(x_BxLxD))
+            for n in ("query_key", "value")
+        )
+        rotations_HxKxNxR = None
+        if buckets is None:
+            n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
+            if n_buckets % 2:
+                raise ValueError(f"n_buckets must be even, got {n_buckets}")
+            shape = (self.n_heads, self.d_head, n_hashes or self.n_hashes, n_buckets // 2)
+            rotations_HxKxNxR = jax.random.normal(self._hash_rng(deterministic), shape)
+        rate, rngs_BxH = _dropout_rngs(self, self.dropout_rate, deterministic, batch, self.n_heads)
+
+        def one_head(qk_LxK, v_LxK, buckets_NxL, mask_L, rng, rotations_KxNxR):
+            return lsh.lsh_attention(
+                qk_LxK,
+                v_LxK,
+                rotations_KxNxR,
+                chunk_len=self.chunk_len,
+                n_chunks_before=self.n_chunks_before,
+                n_chunks_after=self.n_chunks_after,
+                causal=self.causal,
+                mask=mask_L,
+                attend_across_buckets=self.attend_across_buckets,
+                allow_duplicate_attention=self.allow_duplicate_attention,
+                dropout_rate=rate,
+                dropout_rng=rng,
+                buckets=buckets_NxL,
+            )
+
+        out_BxHxLxK, buckets_BxHxNxL = _per_head(
+            one_head, (qk_BxHxLxK, v_BxHxLxK, buckets), mask_BxL, rngs_BxH, (rotations_HxKxNxR,)
+        )
+        y_BxLxD = _output_projection(d_model, self.dtype)(_to_heads_first(out_BxHxLxK))
+        return y_BxLxD, buckets_BxHxNxL

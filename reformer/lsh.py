@@ -1,0 +1,573 @@
+"""LSH, local and full attention as pure functions on one head.
+
+Everything here works on a single head: no batch or head axes (the modules in
+`reformer/attention.py` `vmap` over them). The semantics are those of trax's
+`LSHSelfAttention` and HuggingFace's `ReformerAttention` (see "LSH attention semantics" in
+DESIGN.md):
+
+- shared QK: keys are `qk / ||qk||`, logits `q . k_hat` with no further scaling;
+- hashing: `argmax(concat([x R, -x R]))` per round; padding goes to an extra last bucket;
+- per round a stable sort by bucket; rounds laid end to end; chunks of `chunk_len` attend to
+  themselves and `n_chunks_before` / `n_chunks_after` neighbours, wrapping around;
+- masks are added to the logits: causal and padding `-1e9`, self `-1e5`;
+- rounds combine by their log-sum-exp.
+
+LSH and local attention share one chunked kernel (`_chunked_attention`). It never builds an
+`[L, L]` array: it walks the sorted sequence in blocks of chunks (round after round), combines
+rounds online like a streaming softmax, and its custom VJP recomputes each block's logits in
+the backward pass instead of storing them, so temporary memory grows as `L * chunk_len`.
+Logits and softmax are computed in float32 whatever the input dtype, so the mask constants
+are always representable (bf16 inputs work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MASK_VALUE = -1e9  # causal, padding and (Appendix A) other-bucket masks
+SELF_MASK_VALUE = -1e5  # finite: a token attends to itself only when nothing else is allowed
+_MAX_BLOCK_ROWS = 1024  # sorted query rows processed per step of the chunked kernel
+_PAD_BUCKET = jnp.iinfo(jnp.int32).max  # sorts padding after every real bucket
+_HASH_BLOCK_ELEMENTS = 1 << 18  # rotated values alive at once while hashing
+
+
+def default_n_buckets(length: int, chunk_len: int) -> int:
+    """trax's automatic bucket count: two buckets per chunk (always even, at least 2)."""
+    return 2 * max(1, _round_up(length, chunk_len) // chunk_len)
+
+
+def _round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def _pad_length(x: jax.Array | None, padded: int, axis: int = 0) -> jax.Array | None:
+    """Zero-pads `x` along `axis` to length `padded`."""
+    if x is None or x.shape[axis] == padded:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, padded - x.shape[axis])
+    return jnp.pad(x, widths)
+
+
+def hash_vectors(x_LxD: jax.Array, rotations_DxNxR: jax.Array) -> jax.Array:
+    """Angular LSH: `argmax(concat([x R, -x R]))` for each of the N rounds.
+
+    `rotations_DxNxR` holds random Gaussian rotations, R = n_buckets // 2. Returns int32
+    buckets of shape `[N, L]` with values in `[0, n_buckets)`. Positions are hashed in blocks:
+    with automatic bucket counts R grows with L, and the rotated vectors of the whole sequence
+    (`[N, L, 2R]`) would grow as L^2.
+    """
+    length, d = x_LxD.shape
+    n_rounds, half = rotations_DxNxR.shape[1:]
+    rotations_DxM = rotations_DxNxR.astype(jnp.float32).reshape(d, n_rounds * half)
+    block = max(1, min(length, _HASH_BLOCK_ELEMENTS // (n_rounds * half)))
+    padded = _round_up(length, block)
+    x_TxBxD = _pad_length(lax.stop_gradient(x_LxD).astype(jnp.float32), padded)
+    x_TxBxD = x_TxBxD.reshape(padded // block, block, d)
+
+    def hash_block(x_BxD: jax.Array) -> jax.Array:
+        rotated_BxNxR = (x_BxD @ rotations_DxM).reshape(block, n_rounds, half)
+        rotated_BxNx2R = jnp.concatenate([rotated_BxNxR, -rotated_BxNxR], axis=-1)
+        return jnp.argmax(rotated_BxNx2R, axis=-1).astype(jnp.int32)
+
+    buckets_TxBxN = lax.map(hash_block, x_TxBxD)
+    return buckets_TxBxN.reshape(padded, n_rounds)[:length].T
+
+
+def unit_keys(qk_LxD: jax.Array, epsilon: float = 1e-6) -> jax.Array:
+    """Shared-QK keys of unit length, exactly as trax (`length_normalized(k) / sqrt(d)`)."""
+    qk = qk_LxD.astype(jnp.float32)
+    d = qk.shape[-1]
+    k = qk * lax.rsqrt(jnp.mean(qk * qk, axis=-1, keepdims=True) + epsilon) / math.sqrt(d)
+    return k.astype(qk_LxD.dtype)
+
+
+def _prepare_qk(q_LxD: jax.Array, k_LxD: jax.Array | None) -> tuple[jax.Array, jax.Array, bool]:
+    """(queries, keys, exclude_self): shared QK if `k` is None, else scaled dot product."""
+    q_LxD = jnp.asarray(q_LxD)
+    if k_LxD is None:
+        return q_LxD, unit_keys(q_LxD), True
+    scale = jnp.asarray(q_LxD.shape[-1] ** -0.5, q_LxD.dtype)
+    return q_LxD * scale, jnp.asarray(k_LxD), False
+
+
+def _mask_bias(
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    k_valid: jax.Array | None,
+    *,
+    causal: bool,
+    exclude_self: bool,
+) -> jax.Array:
+    """Additive float32 logit bias from (broadcastable) query/key positions, as trax does."""
+    bias = jnp.zeros(jnp.broadcast_shapes(q_pos.shape, k_pos.shape), jnp.float32)
+    if causal:
+        bias = bias + jnp.where(k_pos > q_pos, MASK_VALUE, 0.0)
+    if exclude_self:
+        bias = bias + jnp.where(k_pos == q_pos, SELF_MASK_VALUE, 0.0)
+    if k_valid is not None:
+        bias = bias + jnp.where(k_valid, 0.0, MASK_VALUE)
+    return bias
+
+
+def _check_dropout(dropout_rate: float, dropout_rng: jax.Array | None) -> None:
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError("dropout_rate > 0 needs a dropout_rng")
+
+
+def full_attention(
+    q_LxD: jax.Array,
+    k_LxD: jax.Array | None,
+    v_LxV: jax.Array,
+    *,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """Attention over all L keys (builds `[L, L]` logits: the O(L^2) baseline).
+
+    With `k_LxD=None` it runs in shared-QK mode with exactly the LSH logits and masks (unit
+    keys, no scaling, self mask): an LSH-trained model evaluated "with full attention".
+    Otherwise it is standard scaled dot-product attention. `mask` is `[L]`, True = real token.
+    """
+    _check_dropout(dropout_rate, dropout_rng)
+    q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD)
+    v_LxV = jnp.asarray(v_LxV)
+    pos_L = jnp.arange(q_LxD.shape[0])
+    logits_LxL = jnp.einsum("qd,kd->qk", q_LxD, k_LxD, preferred_element_type=jnp.float32)
+    logits_LxL = logits_LxL + _mask_bias(
+        pos_L[:, None],
+        pos_L[None, :],
+        None if mask is None else mask[None, :],
+        causal=causal,
+        exclude_self=exclude_self,
+    )
+    probs_LxL = jax.nn.softmax(logits_LxL, axis=-1)
+    if dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_LxL.shape)
+        probs_LxL = jnp.where(keep, probs_LxL / (1.0 - dropout_rate), 0.0)
+    out_LxV = jnp.einsum(
+        "qk,kv->qv", probs_LxL.astype(v_LxV.dtype), v_LxV, preferred_element_type=jnp.float32
+    )
+    return out_LxV.astype(v_LxV.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# The chunked kernel shared by LSH and local attention.
+#
+# A "slot" is one entry of the sorted sequence: rounds laid end to end, S = n_rounds * L
+# slots, cut into n_chunks = S / chunk_len chunks. Query chunk a sees key chunks
+# (a + o) mod n_chunks for o in [-n_chunks_before, n_chunks_after].
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkConfig:
+    """Static settings of the chunked kernel (hashable: a `custom_vjp` nondiff argument)."""
+
+    length: int  # L, a multiple of chunk_len
+    n_rounds: int
+    chunk_len: int
+    n_chunks_before: int
+    n_chunks_after: int
+    causal: bool
+    exclude_self: bool
+    attend_across_buckets: bool
+    allow_duplicate_attention: bool
+    dropout_rate: float
+    block_chunks: int  # query chunks per step; divides length // chunk_len
+
+    @property
+    def n_chunks(self) -> int:
+        return self.n_rounds * self.length // self.chunk_len
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_chunks // self.block_chunks
+
+
+class _Layout(NamedTuple):
+    """Integer bookkeeping of the sorted sequence (no gradients flow through it)."""
+
+    pos_S: jax.Array  # position of each slot
+    valid_L: jax.Array | None  # True = real token; None = no padding
+    bucket_NxL: jax.Array | None  # bucket of each position per round (padding: _PAD_BUCKET)
+    chunk_NxL: jax.Array | None  # global chunk index of each position per round
+
+
+def _block_chunks(chunks_per_round: int, chunk_len: int) -> int:
+    """Largest divisor of `chunks_per_round` keeping a step at most _MAX_BLOCK_ROWS rows."""
+    limit = max(1, _MAX_BLOCK_ROWS // chunk_len)
+    return max(b for b in range(1, min(limit, chunks_per_round) + 1) if chunks_per_round % b == 0)
+
+
+def _duplicate_counts(
+    cfg: _ChunkConfig, q_pos_BxC: jax.Array, k_pos_BxK: jax.Array, lay: _Layout
+) -> jax.Array:
+    """N_ij: how many times key j appears among query i's keys over all rounds.
+
+    Counted with multiplicity (a window that wraps onto itself holds a key twice) and, when
+    attention across buckets is masked, only where i and j share the bucket. Subtracting
+    log N_ij from the logits makes the combined output a softmax over the union of keys.
+    """
+    q_chunk_NxBxC = lay.chunk_NxL[:, q_pos_BxC]
+    k_chunk_NxBxK = lay.chunk_NxL[:, k_pos_BxK]
+    counts_BxCxK = jnp.zeros(q_pos_BxC.shape + k_pos_BxK.shape[-1:], jnp.int32)
+    offsets = range(-cfg.n_chunks_before, cfg.n_chunks_after + 1)
+    for q_round in range(cfg.n_rounds):
+        k_rounds = range(cfg.n_rounds) if cfg.attend_across_buckets else [q_round]
+        for k_round in k_rounds:
+            gap = k_chunk_NxBxK[k_round][:, None, :] - q_chunk_NxBxC[q_round][:, :, None]
+            hits = sum(((gap - o) % cfg.n_chunks == 0).astype(jnp.int32) for o in offsets)
+            if not cfg.attend_across_buckets:
+                q_bucket = lay.bucket_NxL[q_round, q_pos_BxC][:, :, None]
+                k_bucket = lay.bucket_NxL[q_round, k_pos_BxK][:, None, :]
+                hits = jnp.where(q_bucket == k_bucket, hits, 0)
+            counts_BxCxK = counts_BxCxK + hits
+    return counts_BxCxK
+
+
+def _block_logits(
+    cfg: _ChunkConfig, g: jax.Array, q_LxD: jax.Array, k_LxD: jax.Array, lay: _Layout
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Masked float32 logits of query block `g`: `[B, C, K]` with B chunks of C queries and
+    K = (n_chunks_before + 1 + n_chunks_after) * C keys each; also the positions and rows."""
+    c, n_b = cfg.chunk_len, cfg.block_chunks
+    q_chunk_B = g * n_b + jnp.arange(n_b)
+    offsets_W = jnp.arange(-cfg.n_chunks_before, cfg.n_chunks_after + 1)
+    k_chunk_BxW = (q_chunk_B[:, None] + offsets_W[None, :]) % cfg.n_chunks
+    q_slot_BxC = q_chunk_B[:, None] * c + jnp.arange(c)
+    k_slot_BxK = (k_chunk_BxW[:, :, None] * c + jnp.arange(c)).reshape(n_b, -1)
+    q_pos_BxC = lay.pos_S[q_slot_BxC]
+    k_pos_BxK = lay.pos_S[k_slot_BxK]
+    q_BxCxD = q_LxD[q_pos_BxC]
+    k_BxKxD = k_LxD[k_pos_BxK]
+    logits_BxCxK = jnp.einsum("bqd,bkd->bqk", q_BxCxD, k_BxKxD, preferred_element_type=jnp.float32)
+    logits_BxCxK = logits_BxCxK + _mask_bias(
+        q_pos_BxC[:, :, None],
+        k_pos_BxK[:, None, :],
+        None if lay.valid_L is None else lay.valid_L[k_pos_BxK][:, None, :],
+        causal=cfg.causal,
+        exclude_self=cfg.exclude_self,
+    )
+    if not cfg.attend_across_buckets:
+        # Buckets of different rounds never match, as in trax v1 (its buckets carry offsets).
+        q_round_BxC, k_round_BxK = q_slot_BxC // cfg.length, k_slot_BxK // cfg.length
+        q_bucket_BxC = lay.bucket_NxL[q_round_BxC, q_pos_BxC]
+        k_bucket_BxK = lay.bucket_NxL[k_round_BxK, k_pos_BxK]
+        same_BxCxK = (q_round_BxC[:, :, None] == k_round_BxK[:, None, :]) & (
+            q_bucket_BxC[:, :, None] == k_bucket_BxK[:, None, :]
+        )
+        logits_BxCxK = logits_BxCxK + jnp.where(same_BxCxK, 0.0, MASK_VALUE)
+    if not cfg.allow_duplicate_attention:
+        counts_BxCxK = _duplicate_counts(cfg, q_pos_BxC, k_pos_BxK, lay)
+        logits_BxCxK = logits_BxCxK - jnp.log(jnp.maximum(counts_BxCxK, 1).astype(jnp.float32))
+    return logits_BxCxK, q_pos_BxC.reshape(-1), k_pos_BxK, q_BxCxD, k_BxKxD
+
+
+def _dropout_scale(
+    cfg: _ChunkConfig, rng: jax.Array | None, g: jax.Array, shape: tuple[int, ...]
+) -> jax.Array | None:
+    """Inverted-dropout multiplier of block `g`; regenerated identically in the backward."""
+    if cfg.dropout_rate == 0.0:
+        return None
+    keep = jax.random.bernoulli(jax.random.fold_in(rng, g), 1.0 - cfg.dropout_rate, shape)
+    return keep.astype(jnp.float32) / (1.0 - cfg.dropout_rate)
+
+
+def _chunked_forward(
+    cfg: _ChunkConfig,
+    q_LxD: jax.Array,
+    k_LxD: jax.Array,
+    v_LxV: jax.Array,
+    lay: _Layout,
+    rng: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Float32 output `[L, V]` over all rounds, block after block, and its softmax statistics:
+    the largest logit `[L]` and the sum of `exp(logit - max)` `[L]`.
+
+    The max and the sum are kept apart (not as one log-sum-exp) because a query that sees only
+    itself has logits near -1e5, where float32 resolves only 0.008: a log-sum-exp there would
+    put ~1% errors into the round weights and into the backward pass.
+    """
+    length, d_v = v_LxV.shape
+
+    def step(carry, g):
+        out_LxV, max_L, sum_L = carry
+        logits_BxCxK, q_pos_Q, k_pos_BxK, _, _ = _block_logits(cfg, g, q_LxD, k_LxD, lay)
+        block_max_BxC = jnp.max(logits_BxCxK, axis=-1)
+        exp_BxCxK = jnp.exp(logits_BxCxK - block_max_BxC[:, :, None])
+        block_sum_BxC = jnp.sum(exp_BxCxK, axis=-1)
+        scale = _dropout_scale(cfg, rng, g, exp_BxCxK.shape)
+        if scale is not None:
+            exp_BxCxK = exp_BxCxK * scale
+        block_out_QxV = jnp.einsum(
+            "bqk,bkv->bqv",
+            (exp_BxCxK / block_sum_BxC[:, :, None]).astype(v_LxV.dtype),
+            v_LxV[k_pos_BxK],
+            preferred_element_type=jnp.float32,
+        ).reshape(-1, d_v)
+        block_max_Q, block_sum_Q = block_max_BxC.reshape(-1), block_sum_BxC.reshape(-1)
+        # Streaming softmax: merge with what earlier rounds gave these positions (a block
+        # lies in one round, so its query positions are distinct).
+        old_max_Q, old_sum_Q = max_L[q_pos_Q], sum_L[q_pos_Q]
+        new_max_Q = jnp.maximum(old_max_Q, block_max_Q)
+        old_weight_Q = old_sum_Q * jnp.exp(old_max_Q - new_max_Q)
+        block_weight_Q = block_sum_Q * jnp.exp(block_max_Q - new_max_Q)
+        new_sum_Q = old_weight_Q + block_weight_Q
+        new_out_QxV = (
+            out_LxV[q_pos_Q] * old_weight_Q[:, None] + block_out_QxV * block_weight_Q[:, None]
+        ) / new_sum_Q[:, None]
+        return (
+            out_LxV.at[q_pos_Q].set(new_out_QxV),
+            max_L.at[q_pos_Q].set(new_max_Q),
+            sum_L.at[q_pos_Q].set(new_sum_Q),
+        ), None
+
+    init = (
+        jnp.zeros((length, d_v), jnp.float32),
+        jnp.full((length,), -jnp.inf, jnp.float32),
+        jnp.zeros((length,), jnp.float32),
+    )
+    (out_LxV, max_L, sum_L), _ = lax.scan(step, init, jnp.arange(cfg.n_blocks))
+    return out_LxV, max_L, sum_L
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked_attention(
+    cfg: _ChunkConfig,
+    q_LxD: jax.Array,
+    k_LxD: jax.Array,
+    v_LxV: jax.Array,
+    lay: _Layout,
+    rng: jax.Array | None,
+) -> jax.Array:
+    """Chunked attention over the sorted sequence described by `lay`; output `[L, V]`."""
+    out_LxV, _, _ = _chunked_forward(cfg, q_LxD, k_LxD, v_LxV, lay, rng)
+    return out_LxV.astype(v_LxV.dtype)
+
+
+def _chunked_attention_fwd(cfg, q_LxD, k_LxD, v_LxV, lay, rng):
+    out_LxV, max_L, sum_L = _chunked_forward(cfg, q_LxD, k_LxD, v_LxV, lay, rng)
+    residuals = (q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L)
+    return out_LxV.astype(v_LxV.dtype), residuals
+
+
+def _chunked_attention_bwd(cfg, residuals, dout_LxV):
+    """Flash-attention style backward: recompute each block's logits, never store them.
+
+    All (round, slot) entries of a query share one softmax normalizer, so with
+    P = exp(logits - max) / sum and D_i = dout_i . out_i:
+    dlogits = P * (dropout_scale * dout_i . v_j - D_i).
+    """
+    q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L = residuals
+    dout_LxV = dout_LxV.astype(jnp.float32)
+    delta_L = jnp.sum(dout_LxV * out_LxV, axis=-1)
+
+    def step(carry, g):
+        dq_LxD, dk_LxD, dv_LxV = carry
+        logits_BxCxK, q_pos_Q, k_pos_BxK, q_BxCxD, k_BxKxD = _block_logits(
+            cfg, g, q_LxD, k_LxD, lay
+        )
+        n_b, c = q_BxCxD.shape[:2]
+        q_pos_BxC = q_pos_Q.reshape(n_b, c)
+        probs_BxCxK = (
+            jnp.exp(logits_BxCxK - max_L[q_pos_BxC][:, :, None]) / sum_L[q_pos_BxC][:, :, None]
+        )
+        scale = _dropout_scale(cfg, rng, g, probs_BxCxK.shape)
+        dropped_BxCxK = probs_BxCxK if scale is None else probs_BxCxK * scale
+        dout_BxCxV = dout_LxV[q_pos_BxC]
+        v_BxKxV = v_LxV[k_pos_BxK].astype(jnp.float32)
+        dv_BxKxV = jnp.einsum("bqk,bqv->bkv", dropped_BxCxK, dout_BxCxV)
+        dprobs_BxCxK = jnp.einsum("bqv,bkv->bqk", dout_BxCxV, v_BxKxV)
+        if scale is not None:
+            dprobs_BxCxK = dprobs_BxCxK * scale
+        dlogits_BxCxK = probs_BxCxK * (dprobs_BxCxK - delta_L[q_pos_BxC][:, :, None])
+        dq_BxCxD = jnp.einsum("bqk,bkd->bqd", dlogits_BxCxK, k_BxKxD.astype(jnp.float32))
+        dk_BxKxD = jnp.einsum("bqk,bqd->bkd", dlogits_BxCxK, q_BxCxD.astype(jnp.float32))
+        k_pos_R = k_pos_BxK.reshape(-1)
+        return (
+            dq_LxD.at[q_pos_Q].add(dq_BxCxD.reshape(-1, dq_BxCxD.shape[-1])),
+            dk_LxD.at[k_pos_R].add(dk_BxKxD.reshape(-1, dk_BxKxD.shape[-1])),
+            dv_LxV.at[k_pos_R].add(dv_BxKxV.reshape(-1, dv_BxKxV.shape[-1])),
+        ), None
+
+    init = (
+        jnp.zeros(q_LxD.shape, jnp.float32),
+        jnp.zeros(k_LxD.shape, jnp.float32),
+        jnp.zeros(v_LxV.shape, jnp.float32),
+    )
+    (dq_LxD, dk_LxD, dv_LxV), _ = lax.scan(step, init, jnp.arange(cfg.n_blocks))
+    return (
+        dq_LxD.astype(q_LxD.dtype),
+        dk_LxD.astype(k_LxD.dtype),
+        dv_LxV.astype(v_LxV.dtype),
+        None,
+        None,
+    )
+
+
+_chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
+
+
+def _padded_mask(mask_L: jax.Array | None, length: int, padded: int) -> jax.Array | None:
+    """The padding mask after padding to `padded` (None when nothing is masked)."""
+    if mask_L is None and padded == length:
+        return None
+    if mask_L is None:
+        return jnp.arange(padded) < length
+    return _pad_length(jnp.asarray(mask_L, bool), padded)
+
+
+def _check_chunking(chunk_len: int, n_chunks_before: int, n_chunks_after: int) -> None:
+    if chunk_len < 1 or n_chunks_before < 0 or n_chunks_after < 0:
+        raise ValueError(
+            f"need chunk_len >= 1 and n_chunks_before/after >= 0, got {chunk_len}, "
+            f"{n_chunks_before}, {n_chunks_after}"
+        )
+
+
+def local_attention(
+    q_LxD: jax.Array,
+    k_LxD: jax.Array | None,
+    v_LxV: jax.Array,
+    *,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+) -> jax.Array:
+    """Chunked local attention: each chunk attends to itself and its neighbour chunks.
+
+    As in trax, neighbours wrap around (the first chunk sees the last; causal masking hides
+    it). Scaled dot product with separate `k`, or shared QK with LSH masks if `k` is None.
+    A length that is not a multiple of `chunk_len` is padded and masked inside.
+    """
+    _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
+    _check_dropout(dropout_rate, dropout_rng)
+    length = q_LxD.shape[0]
+    padded = _round_up(length, chunk_len)
+    q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD)
+    v_LxV = jnp.asarray(v_LxV)
+    cfg = _ChunkConfig(
+        length=padded,
+        n_rounds=1,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        exclude_self=exclude_self,
+        attend_across_buckets=True,
+        allow_duplicate_attention=True,
+        dropout_rate=dropout_rate,
+        block_chunks=_block_chunks(padded // chunk_len, chunk_len),
+    )
+    lay = _Layout(
+        pos_S=jnp.arange(padded, dtype=jnp.int32),
+        valid_L=_padded_mask(mask, length, padded),
+        bucket_NxL=None,
+        chunk_NxL=None,
+    )
+    out_LxV = _chunked_attention(
+        cfg,
+        _pad_length(q_LxD, padded),
+        _pad_length(k_LxD, padded),
+        _pad_length(v_LxV, padded),
+        lay,
+        dropout_rng if dropout_rate > 0.0 else None,
+    )
+    return out_LxV[:length]
+
+
+def lsh_attention(
+    qk_LxD: jax.Array,
+    v_LxV: jax.Array,
+    rotations_DxNxR: jax.Array | None,
+    *,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    mask: jax.Array | None = None,
+    attend_across_buckets: bool = True,
+    allow_duplicate_attention: bool = True,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    buckets: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Reformer LSH self-attention on one head; returns `(out [L, V], buckets [N, L])`.
+
+    `qk_LxD` is the shared query/key projection, `rotations_DxNxR` the hash rotations (N
+    rounds, n_buckets // 2 columns). If `buckets` (`[N, L]`, as returned) is given it is used
+    instead of hashing and `rotations_DxNxR` may be None: the reversible backward pass
+    recomputes attention with the forward pass's buckets. `mask` is `[L]`, True = real token;
+    padding is hashed into an extra bucket after the real ones. A length that is not a
+    multiple of `chunk_len` is padded and masked inside. `attend_across_buckets=False` and
+    `allow_duplicate_attention=False` are the paper's Appendix A options.
+    """
+    _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
+    _check_dropout(dropout_rate, dropout_rng)
+    length = qk_LxD.shape[0]
+    padded = _round_up(length, chunk_len)
+    qk_LxD = _pad_length(jnp.asarray(qk_LxD), padded)
+    v_LxV = _pad_length(jnp.asarray(v_LxV), padded)
+    valid_L = _padded_mask(mask, length, padded)
+    if buckets is None:
+        if rotations_DxNxR is None:
+            raise ValueError("lsh_attention needs rotations_DxNxR or buckets")
+        buckets_NxL = hash_vectors(qk_LxD, rotations_DxNxR)
+    else:
+        buckets_NxL = _pad_length(lax.stop_gradient(buckets).astype(jnp.int32), padded, axis=1)
+    n_rounds = buckets_NxL.shape[0]
+
+    # Stable sort per round: ties keep position order, padding goes last.
+    sort_key_NxL = buckets_NxL if valid_L is None else jnp.where(valid_L, buckets_NxL, _PAD_BUCKET)
+    ticker_NxL = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), sort_key_NxL.shape)
+    _, perm_NxL = lax.sort((sort_key_NxL, ticker_NxL), dimension=1, is_stable=True, num_keys=1)
+
+    chunk_NxL = None
+    if not allow_duplicate_attention:
+        rank_NxL = (
+            jnp.zeros_like(perm_NxL).at[jnp.arange(n_rounds)[:, None], perm_NxL].set(ticker_NxL)
+        )
+        chunk_NxL = (rank_NxL + jnp.arange(n_rounds)[:, None] * padded) // chunk_len
+    cfg = _ChunkConfig(
+        length=padded,
+        n_rounds=n_rounds,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        exclude_self=True,
+        attend_across_buckets=attend_across_buckets,
+        allow_duplicate_attention=allow_duplicate_attention,
+        dropout_rate=dropout_rate,
+        block_chunks=_block_chunks(padded // chunk_len, chunk_len),
+    )
+    lay = _Layout(
+        pos_S=perm_NxL.reshape(-1),
+        valid_L=valid_L,
+        bucket_NxL=None if attend_across_buckets else sort_key_NxL,
+        chunk_NxL=chunk_NxL,
+    )
+    out_LxV = _chunked_attention(
+        cfg,
+        qk_LxD,
+        unit_keys(qk_LxD),
+        v_LxV,
+        lay,
+        dropout_rng if dropout_rate > 0.0 else None,
+    )
+    return out_LxV[:length], buckets_NxL[:, :length]

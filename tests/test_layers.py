@@ -1,0 +1,56 @@
+"""Chunked feed-forward and axial positional embeddings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward
+
+
+@pytest.mark.parametrize("chunk_size, length", [(4, 16), (5, 16), (16, 16), (64, 16)])
+def test_chunked_feed_forward_equals_unchunked(chunk_size, length):
+    x = jax.random.normal(jax.random.key(0), (2, length, 8))
+    params = ChunkedFeedForward(32).init(jax.random.key(1), x)["params"]
+    whole = lambda p, x: ChunkedFeedForward(32, 0).apply({"params": p}, x)  # noqa: E731
+    chunked = lambda p, x: ChunkedFeedForward(32, chunk_size).apply({"params": p}, x)  # noqa: E731
+    np.testing.assert_allclose(chunked(params, x), whole(params, x), rtol=1e-5, atol=1e-6)
+    loss = lambda fn: lambda p, x: jnp.sum(jnp.sin(fn(p, x)))  # noqa: E731
+    g_whole = jax.grad(loss(whole), argnums=(0, 1))(params, x)
+    g_chunked = jax.grad(loss(chunked), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_feed_forward_keeps_one_chunk_of_d_ff_alive():
+    """XLA's temp memory of forward+backward: the d_ff-wide activations of one chunk, not
+    of the whole sequence."""
+    length, d_model, d_ff = 2048, 16, 1024
+    x = jnp.zeros((1, length, d_model))
+    params = ChunkedFeedForward(d_ff).init(jax.random.key(0), x)["params"]
+
+    def temp_bytes(chunk):
+        f = lambda p, x: jnp.sum(ChunkedFeedForward(d_ff, chunk).apply({"params": p}, x))  # noqa: E731
+        compiled = jax.jit(jax.grad(f)).lower(params, x).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    activations = length * d_ff * 4  # One float32 [L, d_ff] array.
+    whole, chunked = temp_bytes(0), temp_bytes(128)  # 128 positions = 1/16 of the sequence.
+    assert whole >= activations
+    assert chunked < activations / 2
+    assert chunked < whole / 8
+
+
+def test_axial_positions_shape_and_slicing():
+    module = AxialPositionalEmbedding(shape=(4, 8), dims=(3, 5))
+    params = module.init(jax.random.key(0), 32)["params"]
+    full = module.apply({"params": params}, 32)
+    assert full.shape == (32, 8)
+    e1, e2 = params["axial_0"], params["axial_1"]
+    assert e1.shape == (4, 3) and e2.shape == (8, 5)
+    for i in (0, 7, 8, 13, 31):
+        np.testing.assert_array_equal(full[i], np.concatenate([e1[i // 8], e2[i % 8]]))
+    # A shorter sequence takes the leading positions.
+    np.testing.assert_array_equal(module.apply({"params": params}, 11), full[:11])
+    with pytest.raises(ValueError, match="exceeds the axial grid"):
+        module.apply({"params": params}, 33)
