@@ -1,0 +1,52 @@
+"""Byte-level enwik8 with the authors' Reformer (trax `reformer_enwik8` setup).
+
+python -m reformer.train --config configs/enwik8.py --workdir W
+    12 layers [local, local, lsh, local] x 3, d_model 1024, d_ff 4096, 8 heads of 128,
+    LSH chunk 256 with 512 buckets and 2 hashes (evaluated with 4), local chunk 128
+    with one chunk before, axial positions (128, 512) with dims (256, 768), dropout
+    0.2, Adam with 2000 warmup steps and rsqrt decay, 65536-byte sequences, one
+    sequence per device (set train.batch_size to the device count).
+"""
+
+import math
+
+from reformer.config import default_config
+
+
+def get_config(variant: str = "paper"):
+    c = default_config()
+    m = c.model
+    m.vocab_size = 258  # Bytes + 2: 0 = padding, 1 = end (google/reformer-enwik8).
+    m.causal = True
+    m.reversible = True
+    m.positional = "axial"
+    if variant == "paper":
+        m.d_model, m.d_ff, m.n_heads, m.d_head = 1024, 4096, 8, 128
+        m.n_layers = 12
+        m.attention_types = ("local", "local", "lsh", "local")
+        m.lsh_chunk_len, m.n_buckets, m.n_hashes = 256, 512, 2
+        m.local_chunk_len = 128
+        m.axial_shape, m.axial_dims = (128, 512), (256, 768)
+        m.ff_chunk_size = 8192
+        m.dropout = 0.2
+        m.attention_dropout = 0.2
+        m.max_len = 65536
+        c.data.seq_len = 65536
+        c.train.num_steps = 200_000
+        c.train.batch_size = 8
+        c.train.log_every = 100
+        c.train.eval_every = 5000
+        c.train.checkpoint_every = 1000
+        c.optimizer.name = "adam"
+        # trax: 0.03125 * linear_warmup * rsqrt_decay, i.e. a peak of 0.03125 / sqrt(2000).
+        c.optimizer.learning_rate = 0.03125 / math.sqrt(2000)
+        c.optimizer.warmup_steps = 2000
+        c.optimizer.schedule = "rsqrt"
+        c.optimizer.b1, c.optimizer.b2 = 0.9, 0.98
+        c.eval.n_hashes = 4
+        c.eval.batch_size = 8
+        c.eval.num_batches = 8
+    else:
+        raise ValueError(f"configs/enwik8.py: unknown variant {variant!r}; use 'paper'")
+    c.data.name = "enwik8"
+    return c
