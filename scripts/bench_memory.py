@@ -122,7 +122,9 @@ def run(depths, lengths, depth_seq_len, with_enwik8) -> list[dict]:
         for length in lengths:
             add("length", small_model_config(2, length, (attention,), True))
     if with_enwik8:
-        add("enwik8", enwik8_config())
+        config = enwik8_config()
+        config.train.batch_size = 1  # One 64K sequence per device, as in the paper.
+        add("enwik8", config)
     return records
 
 
