@@ -227,12 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def run_eval(step: int) -> dict:
         result = evaluate(p_eval_step, state.params, mesh, eval_batches)
-        record = {
-            "step": step,
-            "split": "eval",
-            **result,
-            "n_hashes": eval_n_hashes or config.model.n_hashes,
-        }
+        record = {"step": step, "split": "eval", **result}
+        if "lsh" in config.model.attention_types:
+            record["n_hashes"] = eval_n_hashes or config.model.n_hashes
         writer.write(record)
         log(
             f"eval  step {step:>7d} | loss {result['loss']:.4f} | "
