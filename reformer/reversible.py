@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 # attention_fn(params, x_BxLxD, rngs, aux_in, context) -> (out_BxLxD, aux_out)
 AttentionFn = Callable[[Any, jax.Array, Any, Any, Any], tuple[jax.Array, Any]]
@@ -153,10 +154,18 @@ def reversible_stack(
         params, y1, y2, rngs, context, auxes = residuals
         recompute_rngs = rngs if backward_rngs is None else backward_rngs
 
-        def layer_bwd(j, y1, y2, dy1, dy2, grads, i):
+        # Each layer's parameter gradients leave the scan as one flat row (padded to the
+        # largest layer), so XLA stacks them in place instead of copying an accumulator.
+        unravels, sizes = [], []
+        for j in range(n_pattern):
+            flat, unravel = ravel_pytree(_at(params[j], 0))
+            unravels.append(unravel)
+            sizes.append(flat.size)
+        width = max(sizes)
+
+        def layer_bwd(j, y1, y2, dy1, dy2, i):
             f, g = attention_fns[j], feed_forward_fns[j]
-            r = i // n_pattern
-            (p_f, p_g), (r_f, r_g) = _at(params[j], r), layer_rngs(recompute_rngs, i)
+            (p_f, p_g), (r_f, r_g) = _at(params[j], i // n_pattern), layer_rngs(recompute_rngs, i)
             aux_in = _at(auxes[j], i) if reuse_aux else None
             # Undo Y2 = X2 + G(Y1).
             g_out, g_vjp = jax.vjp(lambda p, y: g(p, y, r_g, context), p_g, y1)
@@ -169,19 +178,19 @@ def reversible_stack(
             )
             x1 = y1 - f_out
             dp_f, dx2_through_f = f_vjp(dy1)
-            grads = list(grads)
-            grads[j] = jax.tree.map(lambda acc, d: acc.at[r].add(d), grads[j], (dp_f, dp_g))
-            return x1, x2, dy1, dy2 + dx2_through_f, tuple(grads)
+            flat = ravel_pytree((dp_f, dp_g))[0]
+            return (x1, x2, dy1, dy2 + dx2_through_f), jnp.pad(flat, (0, width - flat.size))
 
         def step(carry, i):
             branches = [functools.partial(layer_bwd, j) for j in range(n_pattern)]
-            return jax.lax.switch(i % n_pattern, branches, *carry, i), None
+            return jax.lax.switch(i % n_pattern, branches, *carry, i)
 
-        zero_grads = jax.tree.map(jnp.zeros_like, tuple(params))
-        n_layers = _n_repeats(params) * n_pattern
-        (_, _, dx1, dx2, dparams), _ = jax.lax.scan(
-            step, (y1, y2, *cotangents, zero_grads), jnp.arange(n_layers), reverse=True
+        n_repeats = _n_repeats(params)
+        (_, _, dx1, dx2), flat_grads = jax.lax.scan(
+            step, (y1, y2, *cotangents), jnp.arange(n_repeats * n_pattern), reverse=True
         )
+        flat_grads = flat_grads.reshape(n_repeats, n_pattern, width)
+        dparams = [jax.vmap(unravels[j])(flat_grads[:, j, : sizes[j]]) for j in range(n_pattern)]
         return type(params)(dparams), dx1, dx2, None, None
 
     stack.defvjp(stack_fwd, stack_bwd)
