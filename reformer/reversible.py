@@ -106,8 +106,23 @@ def plain_stack(
     rngs: dict,
     context: Any = None,
 ):
-    """The same network differentiated by ordinary autodiff (stores every activation)."""
-    return _forward(tuple(attention_fns), tuple(feed_forward_fns), params, x1, x2, rngs, context)[0]
+    """The same network differentiated by ordinary autodiff (stores every activation).
+
+    A scan over the repeats of the pattern with its layers unrolled in the body, not the
+    `lax.switch` of the reversible forward pass: differentiating a switch stores the
+    residuals of every branch at every layer.
+    """
+    n_pattern = len(attention_fns)
+
+    def repeat(carry, r):
+        x1, x2 = carry
+        for j in range(n_pattern):
+            (p_f, p_g), (r_f, r_g) = _at(params[j], r), layer_rngs(rngs, r * n_pattern + j)
+            x1 = x1 + attention_fns[j](p_f, x2, r_f, None, context)[0]
+            x2 = x2 + feed_forward_fns[j](p_g, x1, r_g, context)
+        return (x1, x2), None
+
+    return jax.lax.scan(repeat, (x1, x2), jnp.arange(_n_repeats(params)))[0]
 
 
 def reversible_stack(
