@@ -15,10 +15,8 @@ The layers repeat a pattern of `P` attention types (e.g. local, local, LSH, loca
 times; the parameters of pattern position `j` are stacked along a leading axis of length
 `R`. The stack is one `lax.scan` over the `R * P` layers whose body picks layer `i`'s
 function with `lax.switch(i % P, ...)` and its parameters at `i // P`. One layer per
-iteration matters for memory, measured with XLA on CPU: with the layers unrolled, the
-temporaries of several layers stayed alive at once (temp memory grew with depth even in a
-plain forward pass; with a pattern of 4 unrolled in the body, the enwik8 step needed
-17 GiB instead of 7).
+iteration matters for memory, measured with XLA on CPU: with several layers unrolled in
+one body, their temporaries stayed alive at once and memory grew (see docs/benchmarks.md).
 
 Two rules make the gradients exact (equal to those of the same network without
 reversibility): the recomputation uses the rng keys of the forward pass (same dropout

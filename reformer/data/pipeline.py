@@ -11,24 +11,34 @@ import numpy as np
 from reformer.data.duplication import DuplicationStream
 
 
-def make_train_stream(
+def _stream(
     config: ml_collections.ConfigDict,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    seed: int,
+    batch_size: int,
+    process_index: int | None,
+    process_count: int | None,
 ):
-    """The endless training stream of this host's rows of each global batch."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.data.name == "duplication":
         return DuplicationStream(
-            seed=config.train.seed,
-            batch_size=config.train.batch_size,
+            seed=seed,
+            batch_size=batch_size,
             word_len=config.data.word_len,
             vocab_size=config.model.vocab_size,
             process_index=pi,
             process_count=pc,
         )
     raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
+
+
+def make_train_stream(
+    config: ml_collections.ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+):
+    """The endless training stream of this host's rows of each global batch."""
+    return _stream(config, config.train.seed, config.train.batch_size, process_index, process_count)
 
 
 def make_eval_batches(
@@ -37,16 +47,5 @@ def make_eval_batches(
     process_count: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """A fixed list of evaluation batches (this host's rows), the same at every evaluation."""
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
-    if config.data.name == "duplication":
-        stream = DuplicationStream(
-            seed=config.eval.seed,
-            batch_size=config.eval.batch_size,
-            word_len=config.data.word_len,
-            vocab_size=config.model.vocab_size,
-            process_index=pi,
-            process_count=pc,
-        )
-        return list(itertools.islice(stream, config.eval.num_batches))
-    raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
+    stream = _stream(config, config.eval.seed, config.eval.batch_size, process_index, process_count)
+    return list(itertools.islice(stream, config.eval.num_batches))
