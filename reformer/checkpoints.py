@@ -19,12 +19,16 @@ from reformer.config import ConfigError
 CONFIG_FILE = "config.json"
 
 
-def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager | None:
+    """The workdir's manager; None when `create` is False and there are no checkpoints."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not create and not os.path.isdir(directory):
+        return None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=True
+        max_to_keep=keep, create=create, enable_async_checkpointing=True
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        directory,
         options=options,
         item_names=("state", "data"),
     )

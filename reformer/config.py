@@ -11,7 +11,8 @@ import os
 
 import ml_collections
 
-ATTENTION_TYPES = ("full", "lsh", "local")
+ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
+SPLITS = ("train", "validation", "test")
 OPTIMIZERS = ("adam", "adafactor")
 SCHEDULES = ("rsqrt", "constant")
 DATASETS = ("duplication",)
@@ -34,6 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.n_heads = 4  # Attention heads per layer.
     m.d_head = 32  # Width of one head's queries, keys and values.
     m.n_layers = 2  # Number of blocks (attention + feed-forward).
+    # "full_shared_qk" is full attention with the LSH layer's shared query-key projection.
     m.attention_types = ("full",)  # Cycled over the layers; each of ATTENTION_TYPES.
     m.lsh_chunk_len = 64  # Chunk length of LSH attention.
     m.local_chunk_len = 64  # Chunk length of local attention.
@@ -80,6 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
     e.batch_size = 16  # Sequences per evaluation batch (global).
     e.n_hashes = 0  # LSH hash rounds at evaluation; 0 = same as model.n_hashes.
     e.seed = 12345  # Seed of the evaluation data (kept apart from training data).
+    # E.g. ("full_shared_qk",) scores an "lsh" model with full attention (paper, Table 2).
+    e.attention_types = ()  # Attention types at evaluation, same weights; () = as trained.
+    e.split = "validation"  # Split `python -m reformer.evaluate` scores: one of SPLITS.
     return c
 
 
@@ -160,6 +165,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         _check(
             a in ATTENTION_TYPES, "model.attention_types", f"{a!r} is not one of {ATTENTION_TYPES}"
         )
+    eval_types = tuple(e.attention_types)
+    if eval_types:
+        _check(
+            len(eval_types) == len(types),
+            "eval.attention_types",
+            f"must have one entry per entry of model.attention_types {types}, got {eval_types}",
+        )
+        for a in eval_types:
+            _check(
+                a in ATTENTION_TYPES,
+                "eval.attention_types",
+                f"{a!r} is not one of {ATTENTION_TYPES}",
+            )
+    _check(e.split in SPLITS, "eval.split", f"must be one of {SPLITS}, got {e.split!r}")
     _check(
         m.positional in POSITIONAL,
         "model.positional",

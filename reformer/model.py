@@ -68,6 +68,8 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
     )
     if kind == "full":
         return attention.FullSelfAttention(**common)
+    if kind == "full_shared_qk":
+        return attention.FullSelfAttention(shared_qk=True, **common)
     if kind == "lsh":
         return attention.LSHSelfAttention(
             chunk_len=cfg.lsh_chunk_len,
@@ -248,3 +250,16 @@ def loss_and_metrics(
         "weight_sum": weights_BxL.sum(),
     }
     return loss, sums
+
+
+def retype_layers(params: dict, old_types: tuple[str, ...], new_types: tuple[str, ...]) -> dict:
+    """The same weights under the layer names of another attention pattern.
+
+    Layer parameters live under `layers/<j>_<type>`; evaluating an "lsh" model with
+    "full_shared_qk" attention (paper, Table 2) renames `0_lsh` to `0_full_shared_qk`. The
+    caller checks that the new attention types have the parameters of the old ones.
+    """
+    layers = dict(params["layers"])
+    for j, (old, new) in enumerate(zip(old_types, new_types, strict=True)):
+        layers[f"{j}_{new}"] = layers.pop(f"{j}_{old}")
+    return {**params, "layers": layers}

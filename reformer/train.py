@@ -52,8 +52,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _exit_with_error(message: str) -> None:
+    program = "reformer.evaluate" if "evaluate" in sys.argv[0] else "reformer.train"
     print(
-        f"error: {message}\nUsage: python -m reformer.train --config configs/X.py "
+        f"error: {message}\nUsage: python -m {program} --config configs/X.py "
         "--workdir DIR [--config.group.field=value ...]",
         file=sys.stderr,
     )

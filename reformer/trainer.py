@@ -9,6 +9,7 @@ metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -25,7 +26,7 @@ import optax
 from reformer import checkpoints, data, sharding
 from reformer.config import ConfigError, validate
 from reformer.metrics import MetricsWriter, log, progress_line
-from reformer.model import ModelConfig, ReformerLM, loss_and_metrics
+from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, retype_layers
 from reformer.optim import make_optimizer, make_schedule
 
 
@@ -43,6 +44,46 @@ def make_model(config: ml_collections.ConfigDict) -> ReformerLM:
 def init_params(model: ReformerLM, rng: jax.Array, batch_size: int, seq_len: int):
     tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
     return model.init({"params": rng, "hash": rng}, tokens)["params"]
+
+
+def make_init_state(config: ml_collections.ConfigDict, model: ReformerLM, tx):
+    """`key -> TrainState` of fresh parameters and optimizer state."""
+
+    def init_state(key):
+        params = init_params(model, key, 1, config.data.seq_len)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return init_state
+
+
+def make_eval_model(config: ml_collections.ConfigDict, model: ReformerLM, abstract_params):
+    """The model evaluation runs and `params -> its parameters`.
+
+    With `config.eval.attention_types` set, the trained weights run under other attention
+    types (e.g. an LSH model with full shared-QK attention); a pattern whose parameters
+    differ from the trained ones is a ConfigError.
+    """
+    train_types = tuple(config.model.attention_types)
+    eval_types = tuple(config.eval.attention_types) or train_types
+    if eval_types == train_types:
+        return model, lambda params: params
+    eval_model = ReformerLM(dataclasses.replace(model.cfg, attention_types=eval_types))
+
+    def convert(params):
+        return retype_layers(params, train_types, eval_types)
+
+    expected = jax.eval_shape(
+        lambda: init_params(eval_model, jax.random.key(0), 1, config.data.seq_len)
+    )
+    got = jax.eval_shape(convert, abstract_params)
+    shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)  # noqa: E731
+    if shapes(expected) != shapes(got):
+        raise ConfigError(
+            f"config.eval.attention_types: {eval_types} cannot run the weights of "
+            f"model.attention_types {train_types} (their parameters differ). Weights carry "
+            "over between 'lsh' and 'full_shared_qk', and between 'full' and 'local'."
+        )
+    return eval_model, convert
 
 
 def train_step(
@@ -97,6 +138,7 @@ def summarize(sums: dict) -> dict:
         "loss": loss,
         "bits_per_token": loss / math.log(2),
         "accuracy": float(sums["correct_sum"]) / w,
+        "tokens": int(round(float(sums["weight_sum"]))),
     }
 
 
@@ -106,6 +148,15 @@ def evaluate(eval_fn, params, mesh, batches: list[dict]) -> dict:
         sums = eval_fn(params, sharding.global_batch(mesh, local))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return summarize(jax.device_get(total))
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> dict:
+    """How an evaluation attended: attention types and, where LSH ran, its hash rounds."""
+    types = tuple(config.eval.attention_types) or tuple(config.model.attention_types)
+    out: dict = {"attention_types": list(types)}
+    if "lsh" in types:
+        out["n_hashes"] = config.eval.n_hashes or config.model.n_hashes
+    return out
 
 
 def _check_finite(metrics: list[dict], step: int) -> None:
@@ -169,9 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = jax.random.key(config.train.seed)
     init_rng, step_rng = jax.random.split(rng)
 
-    def init_state(key):
-        params = init_params(model, key, 1, config.data.seq_len)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    init_state = make_init_state(config, model, tx)
 
     # Shardings are derived from the state's shapes; parameters are born where they live.
     abstract = jax.eval_shape(init_state, init_rng)
@@ -212,8 +261,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         donate_argnums=(0,),
     )
     eval_n_hashes = config.eval.n_hashes or None
+    eval_model, to_eval_params = make_eval_model(config, model, abstract.params)
     p_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, n_hashes=eval_n_hashes),
+        lambda params, batch: eval_step(
+            to_eval_params(params), batch, model=eval_model, n_hashes=eval_n_hashes
+        ),
         in_shardings=(state_sharding.params, batch_sharding),
         out_shardings=rep,
     )
@@ -228,8 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_eval(step: int) -> dict:
         result = evaluate(p_eval_step, state.params, mesh, eval_batches)
         record = {"step": step, "split": "eval", **result}
-        if "lsh" in config.model.attention_types:
-            record["n_hashes"] = eval_n_hashes or config.model.n_hashes
+        record.update(eval_settings(config))
         writer.write(record)
         log(
             f"eval  step {step:>7d} | loss {result['loss']:.4f} | "

@@ -1,0 +1,117 @@
+"""Scores the latest checkpoint of a workdir.
+
+    python -m reformer.evaluate --config configs/X.py --workdir W \\
+        [--config.eval.split=test] [--config.eval.n_hashes=8] \\
+        [--config.eval.attention_types="('full_shared_qk',)"]
+
+Prints and writes `W/eval_<split>.json`: loss, bits per token (bits per byte on byte data),
+accuracy, how many tokens were scored, the step and the evaluation settings. On text data
+the split is covered exactly once by contiguous windows (see `reformer/data`), so the number
+is exact over the whole split; on the synthetic duplication task `eval.num_batches` batches
+drawn with `eval.seed` are scored and `eval.split` only names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+from absl import app, logging
+
+from reformer import checkpoints, data, sharding, trainer
+from reformer.config import ConfigError, validate
+from reformer.metrics import log
+from reformer.optim import make_optimizer
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
+    """(params, step) of the latest checkpoint in `workdir`, replicated over `mesh`."""
+    checkpoints.check_config_matches(workdir, config)
+    manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
+    step = manager.latest_step() if manager is not None else None
+    if step is None:
+        raise ConfigError(
+            f"--workdir {workdir}: no checkpoint to evaluate. Train first: python -m "
+            f"reformer.train --config ... --workdir {workdir}"
+        )
+    model = trainer.make_model(config)
+    init_state = trainer.make_init_state(config, model, make_optimizer(config.optimizer))
+    rep = sharding.replicated(mesh)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+        jax.eval_shape(init_state, jax.random.key(0)),
+    )
+    state, _ = checkpoints.restore(manager, step, abstract)
+    manager.close()
+    return state.params, step
+
+
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, *, write: bool = True
+) -> dict:
+    """Evaluates the latest checkpoint under `config.eval`; returns (and writes) the record."""
+    validate(config, num_devices=jax.device_count())
+    mesh = sharding.make_mesh()
+    params, step = load_params(config, workdir, mesh)
+    record = evaluate_params(config, params, step, mesh)
+    if write and jax.process_index() == 0:
+        path = os.path.join(workdir, f"eval_{config.eval.split}.json")
+        with open(path, "w") as f:
+            json.dump(record, f, indent=2)
+        log(f"Wrote {path}")
+    return record
+
+
+def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) -> dict:
+    """The evaluation record of `params` (trained with `config.model`) under `config.eval`."""
+    model = trainer.make_model(config)
+    eval_model, to_eval_params = trainer.make_eval_model(config, model, params)
+    n_hashes = config.eval.n_hashes or None
+    eval_fn = jax.jit(
+        lambda p, batch: trainer.eval_step(
+            to_eval_params(p), batch, model=eval_model, n_hashes=n_hashes
+        ),
+        out_shardings=sharding.replicated(mesh),
+    )
+    start = time.time()
+    result = trainer.evaluate(eval_fn, params, mesh, data.make_eval_batches(config))
+    record = {
+        "step": step,
+        "split": config.eval.split,
+        "dataset": config.data.name,
+        **result,
+        **trainer.eval_settings(config),
+        "seq_len": config.data.seq_len,
+        "seconds": time.time() - start,
+        "device": jax.devices()[0].device_kind,
+    }
+    return record
+
+
+def main(argv: list[str]) -> None:
+    from reformer.train import _CONFIG, _WORKDIR  # The same flags as training.
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        r = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    hashes = f", {r['n_hashes']} hashes" if "n_hashes" in r else ""
+    log(
+        f"{r['split']} at step {r['step']}: {r['bits_per_token']:.4f} bits/token, "
+        f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f} over {r['tokens']:,} tokens "
+        f"({'/'.join(r['attention_types'])} attention{hashes})"
+    )
+
+
+if __name__ == "__main__":
+    from reformer.train import parse_flags
+
+    app.run(main, flags_parser=parse_flags)

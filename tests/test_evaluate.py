@@ -1,0 +1,146 @@
+"""`python -m reformer.evaluate` and `scripts/reproduce_duplication.py`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from reformer import evaluate, sharding
+from reformer.config import ConfigError
+from reformer.trainer import train_and_evaluate
+from tests.conftest import REPO, load_config, run_module
+
+LSH_OVERRIDES = {"attention_types": ("lsh",), "lsh_chunk_len": 8, "n_hashes": 2}
+
+
+def lsh_config():
+    config = load_config("tiny")
+    for k, v in LSH_OVERRIDES.items():
+        config.model[k] = v
+    return config
+
+
+@pytest.fixture(scope="module")
+def lsh_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("lsh"))
+    return workdir, train_and_evaluate(lsh_config(), workdir)
+
+
+def test_cli_matches_the_trainers_last_evaluation(lsh_run):
+    workdir, last = lsh_run
+    proc = run_module(
+        [
+            "reformer.evaluate",
+            "--config=configs/tiny.py",
+            f"--workdir={workdir}",
+            "--config.model.attention_types=('lsh',)",
+            "--config.model.lsh_chunk_len=8",
+            "--config.model.n_hashes=2",
+            "--config.eval.split=test",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(workdir, "eval_test.json")) as f:
+        record = json.load(f)
+    assert record["step"] == 20 and record["split"] == "test"
+    assert record["n_hashes"] == 2 and record["attention_types"] == ["lsh"]
+    assert record["tokens"] == 2 * 8 * 15  # eval batches x batch size x second copy
+    assert record["loss"] == pytest.approx(last["loss"], rel=1e-5)
+    assert record["accuracy"] == pytest.approx(last["accuracy"])
+    assert "bits/token" in proc.stderr + proc.stdout
+
+
+def test_more_hashes_and_full_attention_reuse_the_weights(lsh_run):
+    workdir, _ = lsh_run
+    mesh = sharding.make_mesh()
+    config = lsh_config()
+    params, step = evaluate.load_params(config, workdir, mesh)
+    results = {}
+    for types, n in ((("lsh",), 2), (("lsh",), 8), (("full_shared_qk",), 0)):
+        config.eval.attention_types, config.eval.n_hashes = types, n
+        results[(types[0], n)] = evaluate.evaluate_params(config, params, step, mesh)
+    assert results[("lsh", 8)]["n_hashes"] == 8
+    assert "n_hashes" not in results[("full_shared_qk", 0)]
+    # Different attention gives different (finite) losses from the same weights.
+    losses = {k: r["loss"] for k, r in results.items()}
+    assert len(set(losses.values())) == 3, losses
+    assert all(jax.numpy.isfinite(v) for v in losses.values())
+
+
+def test_incompatible_attention_and_missing_checkpoint_are_clear_errors(lsh_run, tmp_path):
+    workdir, _ = lsh_run
+    config = lsh_config()
+    config.eval.attention_types = ("full",)
+    with pytest.raises(ConfigError, match="config.eval.attention_types"):
+        evaluate.evaluate_checkpoint(config, workdir, write=False)
+    with pytest.raises(ConfigError, match="no checkpoint to evaluate"):
+        evaluate.evaluate_checkpoint(lsh_config(), str(tmp_path), write=False)
+    config = lsh_config()
+    config.eval.split = "dev"
+    with pytest.raises(ConfigError, match="config.eval.split"):
+        evaluate.evaluate_checkpoint(config, workdir, write=False)
+
+
+def test_reproduce_duplication_toy_scale_end_to_end(tmp_path):
+    out, md = tmp_path / "t.json", tmp_path / "t.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/reproduce_duplication.py",
+            "--scale=toy",
+            f"--workdir={tmp_path / 'runs'}",
+            f"--out={out}",
+            f"--markdown={md}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    rows, cols = ("full", "lsh4", "lsh2", "lsh1"), ("full", "lsh8", "lsh4", "lsh2", "lsh1")
+    assert sorted((r["train"], r["eval"]) for r in records) == sorted(
+        (r, c) for r in rows for c in cols
+    )
+    for r in records:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert r["steps"] == 4 and r["seq_len"] == 16 and r["device"]
+    lines = md.read_text().splitlines()
+    assert lines[0] == "| Train \\ Eval | Full | LSH-8 | LSH-4 | LSH-2 | LSH-1 |"
+    body = [ln for ln in lines[2:] if ln.startswith("| ")]
+    assert [ln.split(" | ")[0] for ln in body] == [
+        "| Full attention",
+        "| LSH-4",
+        "| LSH-2",
+        "| LSH-1",
+    ]
+    assert all(ln.count("%") == 5 for ln in body)
+    # Merging the JSON rebuilds the same table.
+    merged = tmp_path / "m.md"
+    subprocess.run(
+        [
+            sys.executable,
+            "scripts/reproduce_duplication.py",
+            f"--merge={out}",
+            f"--out={tmp_path / 'm.json'}",
+            f"--markdown={merged}",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    assert merged.read_text() == md.read_text()
+
+
+def test_reproduce_duplication_rejects_unknown_rows():
+    proc = subprocess.run(
+        [sys.executable, "scripts/reproduce_duplication.py", "--rows=lsh3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--rows" in proc.stderr and "lsh3" in proc.stderr
