@@ -15,7 +15,7 @@ ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
 SPLITS = ("train", "validation", "test")
 OPTIMIZERS = ("adam", "adafactor")
 SCHEDULES = ("rsqrt", "constant")
-DATASETS = ("duplication",)
+DATASETS = ("duplication", "enwik8", "text")
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
 
@@ -53,10 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
 
     c.data = d = ml_collections.ConfigDict()
+    # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
+    # "text": any local byte file (data.path). Both split 90/5/5 in order; ids = byte + 2.
     d.name = "duplication"  # One of DATASETS.
     d.seq_len = 128  # Tokens per training sequence.
     d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
-    d.path = ""  # Local file for datasets read from disk.
+    d.path = ""  # Local file (raw or zip) for "enwik8" (optional) and "text" (required).
+    d.tfds_dir = ""  # Where TFDS writes prepared data; "" = TFDS's default directory.
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
@@ -84,7 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
     e.seed = 12345  # Seed of the evaluation data (kept apart from training data).
     # E.g. ("full_shared_qk",) scores an "lsh" model with full attention (paper, Table 2).
     e.attention_types = ()  # Attention types at evaluation, same weights; () = as trained.
-    e.split = "validation"  # Split `python -m reformer.evaluate` scores: one of SPLITS.
+    e.split = "validation"  # Split evaluated on byte data: one of SPLITS.
+    e.stride = 0  # Byte data: sliding windows advancing this many bytes; 0 = seq_len.
     return c
 
 
@@ -151,6 +155,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         ("train", "eval_every"),
         ("optimizer", "warmup_steps"),
         ("eval", "n_hashes"),
+        ("eval", "stride"),
     ):
         value = config[group][name]
         _check(
@@ -232,8 +237,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
             f"so vocab_size >= 3; got {m.vocab_size}",
         )
-    elif d.path:
-        _check(os.path.exists(d.path), "data.path", f"no such file: {d.path}")
+    else:
+        _check(
+            m.vocab_size >= 258,
+            "model.vocab_size",
+            f"byte-level data uses ids 0..257 (byte + 2), so vocab_size >= 258; got {m.vocab_size}",
+        )
+        if d.name == "text":
+            _check(bool(d.path), "data.path", 'data.name="text" reads a local file; give its path')
+        if d.path:
+            _check(os.path.isfile(d.path), "data.path", f"no such file: {d.path}")
+        _check(
+            e.stride <= d.seq_len,
+            "eval.stride",
+            f"must be at most data.seq_len={d.seq_len} (0 = seq_len), got {e.stride}",
+        )
 
     for group, bs in (("train", t.batch_size), ("eval", e.batch_size)):
         _check(

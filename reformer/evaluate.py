@@ -4,8 +4,8 @@
         [--config.eval.split=test] [--config.eval.n_hashes=8] \\
         [--config.eval.attention_types="('full_shared_qk',)"]
 
-Prints and writes `W/eval_<split>.json`: loss, bits per token (bits per byte on byte data),
-accuracy, how many tokens were scored, the step and the evaluation settings. On text data
+Prints and writes `W/eval_<split>.json`: loss, bits per token (and `bits_per_byte` on byte
+data), accuracy, how many tokens were scored, the step and the evaluation settings. On text data
 the split is covered exactly once by contiguous windows (see `reformer/data`), so the number
 is exact over the whole split; on the synthetic duplication task `eval.num_batches` batches
 drawn with `eval.seed` are scored and `eval.split` only names the file.
@@ -78,7 +78,10 @@ def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) 
         out_shardings=sharding.replicated(mesh),
     )
     start = time.time()
-    result = trainer.evaluate(eval_fn, params, mesh, data.make_eval_batches(config))
+    batches = data.make_eval_batches(config, whole_split=True)
+    result = trainer.evaluate(eval_fn, params, mesh, batches)
+    if config.data.name in data.BYTE_DATASETS:
+        result["bits_per_byte"] = result["bits_per_token"]
     record = {
         "step": step,
         "split": config.eval.split,
@@ -104,8 +107,9 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     hashes = f", {r['n_hashes']} hashes" if "n_hashes" in r else ""
+    unit = "byte" if "bits_per_byte" in r else "token"
     log(
-        f"{r['split']} at step {r['step']}: {r['bits_per_token']:.4f} bits/token, "
+        f"{r['split']} at step {r['step']}: {r['bits_per_token']:.4f} bits/{unit}, "
         f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f} over {r['tokens']:,} tokens "
         f"({'/'.join(r['attention_types'])} attention{hashes})"
     )

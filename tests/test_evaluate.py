@@ -144,3 +144,36 @@ def test_reproduce_duplication_rejects_unknown_rows():
         text=True,
     )
     assert proc.returncode == 2 and "--rows" in proc.stderr and "lsh3" in proc.stderr
+
+
+def text_config():
+    config = load_config("tiny")
+    config.data.name = "text"
+    config.data.path = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare_input.txt")
+    config.model.vocab_size = 258
+    config.train.num_steps = 10
+    config.eval.batch_size = 64
+    return config
+
+
+def test_byte_data_resumes_exactly_and_evaluates_the_whole_test_split(tmp_path):
+    from tests.test_train import read_metrics
+
+    straight = str(tmp_path / "straight")
+    train_and_evaluate(text_config(), straight)
+    resumed = str(tmp_path / "resumed")
+    config = text_config()
+    config.train.num_steps = 5
+    train_and_evaluate(config, resumed)
+    train_and_evaluate(text_config(), resumed)
+    losses = [r["loss"] for r in read_metrics(straight)]
+    assert losses == pytest.approx([r["loss"] for r in read_metrics(resumed)], rel=1e-6)
+
+    config = text_config()
+    config.eval.split = "test"
+    record = evaluate.evaluate_checkpoint(config, straight)
+    with open(config.data.path, "rb") as f:
+        n = len(f.read())
+    assert record["tokens"] == n - n * 95 // 100  # Every test byte, once.
+    assert record["bits_per_byte"] == record["bits_per_token"] < 8.0
+    assert os.path.exists(os.path.join(straight, "eval_test.json"))

@@ -8,6 +8,11 @@ A training stream is an endless iterator with `get_state()` / `set_state(state)`
 JSON-able dict) so that a resumed run sees exactly the batches an uninterrupted one would.
 """
 
-from reformer.data.pipeline import make_eval_batches, make_train_stream
+from reformer.data.pipeline import (
+    BYTE_DATASETS,
+    byte_splits,
+    make_eval_batches,
+    make_train_stream,
+)
 
-__all__ = ["make_eval_batches", "make_train_stream"]
+__all__ = ["BYTE_DATASETS", "byte_splits", "make_eval_batches", "make_train_stream"]

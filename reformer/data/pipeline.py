@@ -2,34 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
 import ml_collections
 import numpy as np
 
+from reformer.data import text
 from reformer.data.duplication import DuplicationStream
 
+BYTE_DATASETS = ("enwik8", "text")
 
-def _stream(
-    config: ml_collections.ConfigDict,
-    seed: int,
-    batch_size: int,
-    process_index: int | None,
-    process_count: int | None,
-):
+
+@functools.lru_cache(maxsize=4)
+def _byte_splits(name: str, path: str, data_dir: str) -> dict[str, np.ndarray]:
+    if name == "enwik8":
+        from reformer.data import enwik8  # TFDS is imported only for enwik8.
+
+        return enwik8.load_splits(path, data_dir)
+    return text.split_bytes(text.read_file(path))
+
+
+def byte_splits(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The train / validation / test bytes of a byte-level dataset (read once per process)."""
+    d = config.data
+    return _byte_splits(d.name, d.path, d.tfds_dir)
+
+
+def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
-    if config.data.name == "duplication":
-        return DuplicationStream(
-            seed=seed,
-            batch_size=batch_size,
-            word_len=config.data.word_len,
-            vocab_size=config.model.vocab_size,
-            process_index=pi,
-            process_count=pc,
-        )
-    raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
+    return pi, pc
 
 
 def make_train_stream(
@@ -38,14 +42,54 @@ def make_train_stream(
     process_count: int | None = None,
 ):
     """The endless training stream of this host's rows of each global batch."""
-    return _stream(config, config.train.seed, config.train.batch_size, process_index, process_count)
+    pi, pc = _hosts(process_index, process_count)
+    if config.data.name == "duplication":
+        return DuplicationStream(
+            seed=config.train.seed,
+            batch_size=config.train.batch_size,
+            word_len=config.data.word_len,
+            vocab_size=config.model.vocab_size,
+            process_index=pi,
+            process_count=pc,
+        )
+    if config.data.name in BYTE_DATASETS:
+        return text.CropStream(
+            byte_splits(config)["train"],
+            seq_len=config.data.seq_len,
+            seed=config.train.seed,
+            batch_size=config.train.batch_size,
+            process_index=pi,
+            process_count=pc,
+        )
+    raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
 
 
 def make_eval_batches(
     config: ml_collections.ConfigDict,
     process_index: int | None = None,
     process_count: int | None = None,
+    *,
+    whole_split: bool = False,
 ) -> list[dict[str, np.ndarray]]:
-    """A fixed list of evaluation batches (this host's rows), the same at every evaluation."""
-    stream = _stream(config, config.eval.seed, config.eval.batch_size, process_index, process_count)
-    return list(itertools.islice(stream, config.eval.num_batches))
+    """Evaluation batches (this host's rows), the same at every evaluation.
+
+    Duplication: `eval.num_batches` batches drawn with `eval.seed`. Byte data: windows over
+    `eval.split` that score each byte once (`text.eval_windows`); the first
+    `eval.num_batches` batches of them, or all with `whole_split=True`.
+    """
+    pi, pc = _hosts(process_index, process_count)
+    e = config.eval
+    if config.data.name == "duplication":
+        stream = DuplicationStream(
+            seed=e.seed,
+            batch_size=e.batch_size,
+            word_len=config.data.word_len,
+            vocab_size=config.model.vocab_size,
+            process_index=pi,
+            process_count=pc,
+        )
+        return list(itertools.islice(stream, e.num_batches))
+    if config.data.name in BYTE_DATASETS:
+        windows = text.eval_windows(byte_splits(config)[e.split], config.data.seq_len, e.stride)
+        return text.eval_batches(windows, e.batch_size, 0 if whole_split else e.num_batches, pi, pc)
+    raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
