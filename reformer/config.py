@@ -51,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0  # Dropout on residual branches.
     m.attention_dropout = 0.0  # Dropout on attention weights.
     m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
+    m.loss_chunk_size = 0  # Output logits and loss this many positions at a time; 0 = all.
 
     c.data = d = ml_collections.ConfigDict()
     # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
@@ -152,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     for group, name in (
         ("model", "n_buckets"),
         ("model", "ff_chunk_size"),
+        ("model", "loss_chunk_size"),
         ("train", "eval_every"),
         ("optimizer", "warmup_steps"),
         ("eval", "n_hashes"),

@@ -40,6 +40,7 @@ class ModelConfig:
     dropout: float
     attention_dropout: float
     dtype: str
+    loss_chunk_size: int = 0
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
@@ -138,7 +139,11 @@ class ReformerLM(nn.Module):
         *,
         deterministic: bool = True,
         n_hashes: int | None = None,
-    ) -> jax.Array:
+        weights_BxL: jax.Array | None = None,
+    ):
+        """Logits `[B, L, vocab]`; or, given `weights_BxL`, `(loss, sums)` of
+        `loss_and_metrics` with the tokens as targets, computed `model.loss_chunk_size`
+        positions at a time so that only one chunk's logits exist."""
         cfg = self.cfg
         length = tokens_BxL.shape[1]
         embed = nn.Embed(
@@ -164,8 +169,10 @@ class ReformerLM(nn.Module):
 
         y_BxLx2D = jnp.concatenate([y1_BxLxD, y2_BxLxD], axis=-1)
         y_BxLx2D = nn.LayerNorm(dtype=cfg.jnp_dtype, name="final_norm")(y_BxLx2D)
-        logits = nn.Dense(cfg.vocab_size, dtype=cfg.jnp_dtype, name="logits")(y_BxLx2D)
-        return logits.astype(jnp.float32)
+        output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
+        if weights_BxL is None:
+            return output(y_BxLx2D)
+        return output(y_BxLx2D, tokens_BxL, weights_BxL, cfg.loss_chunk_size)
 
     def blocks(self, x_BxLxD, mask_BxL, deterministic: bool, n_hashes: int | None):
         """The layers, as pure functions of explicit parameters, scanned over the repeats of
@@ -232,6 +239,60 @@ class ReformerLM(nn.Module):
             rngs,
             mask_BxL,
         )
+
+
+class OutputLayer(nn.Module):
+    """The output projection to the vocabulary (the parameters of `nn.Dense`), and the loss
+    computed from it in chunks along the sequence for large vocabularies."""
+
+    vocab_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    def _params(self, d_in: int):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (d_in, self.vocab_size), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.vocab_size,), jnp.float32)
+        return kernel, bias
+
+    def _logits(self, y_BxLxD, kernel, bias):
+        y = y_BxLxD.astype(self.dtype)
+        logits = y @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+        return logits.astype(jnp.float32)
+
+    @nn.compact
+    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size: int = 0):
+        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`."""
+        kernel, bias = self._params(y_BxLxD.shape[-1])
+        if weights_BxL is None:
+            return self._logits(y_BxLxD, kernel, bias)
+        length = y_BxLxD.shape[1]
+        if not chunk_size or chunk_size >= length:
+            return loss_and_metrics(self._logits(y_BxLxD, kernel, bias), tokens_BxL, weights_BxL)
+        n_chunks = -(-length // chunk_size)
+        pad = n_chunks * chunk_size - length
+        # Padded positions get weight 0; chunks lead so lax.map walks over them.
+        y_CxBxKxD, t_CxBxK, w_CxBxK = (
+            jnp.moveaxis(
+                jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)).reshape(
+                    a.shape[0], n_chunks, chunk_size, *a.shape[2:]
+                ),
+                1,
+                0,
+            )
+            for a in (y_BxLxD, tokens_BxL, weights_BxL)
+        )
+
+        @jax.checkpoint  # The backward pass recomputes each chunk's logits.
+        def chunk_sums(args):
+            y, t, w = args
+            return loss_and_metrics(self._logits(y, kernel, bias), t, w)[1]
+
+        sums = jax.tree.map(
+            lambda x: x.sum(0), jax.lax.map(chunk_sums, (y_CxBxKxD, t_CxBxK, w_CxBxK))
+        )
+        loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
+        return loss, sums
 
 
 def loss_and_metrics(

@@ -26,7 +26,7 @@ import optax
 from reformer import checkpoints, data, sharding
 from reformer.config import ConfigError, validate
 from reformer.metrics import MetricsWriter, log, progress_line
-from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, retype_layers
+from reformer.model import ModelConfig, ReformerLM, retype_layers
 from reformer.optim import make_optimizer, make_schedule
 
 
@@ -99,13 +99,13 @@ def train_step(
     dropout_rng, hash_rng = jax.random.split(jax.random.fold_in(rng, state.step))
 
     def loss_fn(params):
-        logits = model.apply(
+        return model.apply(
             {"params": params},
             batch["tokens"],
             deterministic=False,
+            weights_BxL=batch["weights"],
             rngs={"dropout": dropout_rng, "hash": hash_rng},
         )
-        return loss_and_metrics(logits, batch["tokens"], batch["weights"])
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -120,14 +120,14 @@ def train_step(
 
 def eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -> dict:
     """Sums of loss, correct predictions and weights over one batch (no dropout)."""
-    logits = model.apply(
+    return model.apply(
         {"params": params},
         batch["tokens"],
         deterministic=True,
         n_hashes=n_hashes,
+        weights_BxL=batch["weights"],
         rngs={"hash": jax.random.key(0)},
-    )
-    return loss_and_metrics(logits, batch["tokens"], batch["weights"])[1]
+    )[1]
 
 
 def summarize(sums: dict) -> dict:

@@ -3,7 +3,9 @@
 Nothing is run: each step is compiled (`jax.jit(...).lower(...).compile()`) and its
 `memory_analysis()` read, which is exact and repeatable. Three sweeps:
 
-- depth: 2, 4, 8, 12, 24 layers of the pattern (local, lsh), reversible and not;
+- depth: 2, 4, 8, 12, 24 layers of the pattern (local, lsh), reversible and not, with a
+  mid-sized model at length 4096 (`depth`) and with the enwik8 model's widths at 65536
+  tokens (`depth_enwik8`: d_model 1024, d_ff 4096, 8 heads of 128, batch 1);
 - length: LSH against full attention (reversible, 2 layers) over sequence lengths;
 - enwik8: the authors' enwik8 model (`configs/enwik8.py`) at 65536 tokens, batch 1.
 
@@ -98,7 +100,16 @@ def device_name() -> str:
     return "cpu" if d.platform == "cpu" else d.device_kind
 
 
-def run(depths, lengths, depth_seq_len, with_enwik8) -> list[dict]:
+def enwik8_depth_config(n_layers: int, reversible: bool):
+    """The enwik8 model's widths and 64K tokens, `n_layers` of the pattern (local, lsh)."""
+    config = enwik8_config()
+    config.model.n_layers, config.model.reversible = n_layers, reversible
+    config.model.attention_types = ("local", "lsh")
+    config.train.batch_size = 1
+    return config
+
+
+def run(depths, lengths, depth_seq_len, with_enwik8, enwik8_depths=()) -> list[dict]:
     records, device = [], device_name()
 
     def add(sweep, config):
@@ -118,6 +129,9 @@ def run(depths, lengths, depth_seq_len, with_enwik8) -> list[dict]:
     for reversible in (True, False):
         for n in depths:
             add("depth", small_model_config(n, depth_seq_len, ("local", "lsh"), reversible))
+    for reversible in (True, False):
+        for n in enwik8_depths:
+            add("depth_enwik8", enwik8_depth_config(n, reversible))
     for attention in ("lsh", "full"):
         for length in lengths:
             add("length", small_model_config(2, length, (attention,), True))
@@ -135,23 +149,27 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     gib = 2.0**30
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for reversible, style in ((True, "o-"), (False, "s--")):
-        pts = [r for r in records if r["sweep"] == "depth" and r["reversible"] == reversible]
-        ax1.plot(
-            [r["n_layers"] for r in pts],
-            [r["temp_bytes"] / gib for r in pts],
-            style,
-            label="reversible" if reversible else "not reversible",
+    fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, sweep, title in (
+        (ax1, "depth", "Depth: d_model 256, length {}"),
+        (ax3, "depth_enwik8", "Depth: enwik8 widths, length {}"),
+    ):
+        for reversible, style in ((True, "o-"), (False, "s--")):
+            pts = [r for r in records if r["sweep"] == sweep and r["reversible"] == reversible]
+            ax.plot(
+                [r["n_layers"] for r in pts],
+                [r["temp_bytes"] / gib for r in pts],
+                style,
+                label="reversible" if reversible else "not reversible",
+            )
+        length = next((r["seq_len"] for r in records if r["sweep"] == sweep), 0)
+        ax.set(
+            xlabel="local+LSH layers",
+            ylabel="XLA temp memory of a train step (GiB)",
+            title=title.format(length),
         )
-    depth_len = next((r["seq_len"] for r in records if r["sweep"] == "depth"), 0)
-    ax1.set(
-        xlabel="layers",
-        ylabel="XLA temp memory of a train step (GiB)",
-        title=f"Depth (local+LSH layers, length {depth_len})",
-    )
-    ax1.legend()
-    ax1.grid(alpha=0.3)
+        ax.legend()
+        ax.grid(alpha=0.3)
     for attention, style in (("lsh", "o-"), ("full", "s--")):
         pts = [r for r in records if r["sweep"] == "length" and r["attention"] == attention]
         ax2.loglog(
@@ -193,12 +211,21 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,2048,4096,8192,16384")
     parser.add_argument("--depth-seq-len", type=int, default=4096)
     parser.add_argument(
+        "--enwik8-depths", default="2,4,8,12,24", help="depths at the enwik8 widths, 64K tokens"
+    )
+    parser.add_argument(
         "--no-enwik8", action="store_true", help="skip compiling the enwik8 model at 65536 tokens"
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file (PNG beside it)")
     args = parser.parse_args()
     ints = lambda s: [int(t) for t in s.split(",") if t]  # noqa: E731
-    records = run(ints(args.depths), ints(args.lengths), args.depth_seq_len, not args.no_enwik8)
+    records = run(
+        ints(args.depths),
+        ints(args.lengths),
+        args.depth_seq_len,
+        not args.no_enwik8,
+        ints(args.enwik8_depths),
+    )
     print(markdown(records))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

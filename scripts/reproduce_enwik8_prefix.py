@@ -1,0 +1,195 @@
+"""Reformer against the same-size Transformer on real enwik8 bytes, on CPU.
+
+    python scripts/reproduce_enwik8_prefix.py \\
+        --data ../shared/data/enwik8_prefix_4154399 --workdir runs/enwik8_prefix
+
+Trains `configs/enwik8.py:cpu` twice through the normal trainer, with the same data, seed
+and steps: as configured (reversible local + LSH layers) and as the baseline
+(`attention_types=("full",)`, `reversible=False`). Then scores the held-out test split
+(every byte once, `reformer.evaluate`): the Reformer with 2, 4 and 8 hashes, the Transformer
+once; and `xz -9e` on the same bytes, for scale. Writes `--out` (JSON, one record per row:
+model, split, bpc, n_hashes, steps, train_minutes, device), a loss-curve PNG beside it and a
+Markdown table (`--markdown`). Each run resumes if its workdir already holds a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import lzma
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+MODELS = ("reformer", "transformer")
+EVAL_HASHES = (2, 4, 8)
+
+
+def load_config(data_path: str, tfds_dir: str, variant: str):
+    path = os.path.join(REPO, "configs", "enwik8.py")
+    spec = importlib.util.spec_from_file_location("enwik8_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(variant)
+    c.data.path, c.data.tfds_dir = data_path, tfds_dir
+    return c
+
+
+def model_config(base, model: str, num_steps: int):
+    c = copy.deepcopy(base)
+    if model == "transformer":
+        c.model.attention_types = ("full",)
+        c.model.reversible = False
+    if num_steps:
+        c.train.num_steps = num_steps
+    return c
+
+
+def xz_bpc(data: bytes) -> float:
+    """Bits per byte of `xz -9e` (LZMA2 preset 9 | extreme, .xz container) on `data`."""
+    compressed = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
+    return 8 * len(compressed) / len(data)
+
+
+def device_name() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return f"cpu ({os.cpu_count()} cores)" if d.platform == "cpu" else d.device_kind
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (model, workdir), color in zip(workdirs.items(), ("C0", "C1"), strict=False):
+        records = read_metrics(workdir)
+        train = [r for r in records if r["split"] == "train"]
+        evals = [r for r in records if r["split"] == "eval"]
+        ax.plot(
+            [r["step"] for r in train],
+            [r["bits_per_token"] for r in train],
+            color=color,
+            alpha=0.6,
+            label=f"{model}: train",
+        )
+        ax.plot(
+            [r["step"] for r in evals],
+            [r["bits_per_token"] for r in evals],
+            "o--",
+            color=color,
+            label=f"{model}: validation",
+        )
+    ax.axhline(xz, color="gray", linestyle=":", label=f"xz -9e on the test bytes ({xz:.2f})")
+    ax.set(xlabel="step", ylabel="bits per byte", title="enwik8 prefix (4.15 MB), 2 CPU cores")
+    ax.set_ylim(1.0, 4.0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(records: list[dict]) -> str:
+    lines = [
+        "| model | test bits/byte | hashes at evaluation | steps | training minutes |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        hashes = r["n_hashes"] if r["n_hashes"] else "-"
+        steps = r["steps"] if r["steps"] else "-"
+        minutes = f"{r['train_minutes']:.1f}" if r["train_minutes"] else "-"
+        lines.append(f"| {r['model']} | {r['bpc']:.4f} | {hashes} | {steps} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default=os.path.join("..", "shared", "data", "enwik8_prefix_4154399"))
+    p.add_argument("--workdir", default="runs/enwik8_prefix")
+    p.add_argument("--tfds_dir", default="", help="Where TFDS prepares the data ('' = default).")
+    p.add_argument("--variant", default="cpu", help="configs/enwik8.py variant")
+    p.add_argument("--num_steps", type=int, default=0, help="Override train.num_steps.")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--out", default="", help="JSON (default WORKDIR/enwik8_prefix.json)")
+    p.add_argument("--markdown", default="", help="Markdown (default WORKDIR/enwik8_prefix.md)")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or any(m not in MODELS for m in models):
+        p.error(f"--models: {models} must be taken from {MODELS}")
+    out = args.out or os.path.join(args.workdir, "enwik8_prefix.json")
+    md = args.markdown or os.path.join(args.workdir, "enwik8_prefix.md")
+
+    from absl import logging
+
+    from reformer import data, evaluate, sharding, trainer
+
+    logging.set_verbosity(logging.WARNING)
+    base = load_config(args.data, args.tfds_dir, args.variant)
+    device = device_name()
+    records, workdirs = [], {}
+    for model in models:
+        config = model_config(base, model, args.num_steps)
+        workdir = workdirs[model] = os.path.join(args.workdir, model)
+        print(f"== training the {model} in {workdir}", flush=True)
+        start = time.time()
+        trainer.train_and_evaluate(config, workdir)
+        minutes = (time.time() - start) / 60
+        mesh = sharding.make_mesh()
+        params, step = evaluate.load_params(config, workdir, mesh)
+        for n_hashes in EVAL_HASHES if model == "reformer" else (0,):
+            config.eval.split, config.eval.n_hashes = "test", n_hashes
+            r = evaluate.evaluate_params(config, params, step, mesh)
+            print(f"   test: {r['bits_per_token']:.4f} bits/byte ({n_hashes or '-'} hashes)")
+            records.append(
+                {
+                    "model": model,
+                    "split": "test",
+                    "bpc": r["bits_per_token"],
+                    "n_hashes": n_hashes or None,
+                    "steps": step,
+                    "train_minutes": round(minutes, 2),
+                    "bytes": r["tokens"],
+                    "device": device,
+                }
+            )
+    test_bytes = data.byte_splits(base)["test"].tobytes()
+    xz = xz_bpc(test_bytes)
+    records.append(
+        {
+            "model": "xz",
+            "split": "test",
+            "bpc": xz,
+            "n_hashes": None,
+            "steps": None,
+            "train_minutes": None,
+            "bytes": len(test_bytes),
+            "device": device,
+        }
+    )
+    for path in (out, md):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(records, f, indent=1)
+    with open(md, "w") as f:
+        f.write(markdown(records))
+    png = os.path.splitext(out)[0] + ".png"
+    plot(workdirs, xz, png)
+    print(markdown(records))
+    print(f"Wrote {out}, {md} and {png}")
+
+
+if __name__ == "__main__":
+    main()
