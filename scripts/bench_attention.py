@@ -10,7 +10,8 @@ is compiled at every length but only run where it fits in memory.
     python scripts/bench_attention.py --out docs/benchmarks/attention_cpu.json
 
 writes one JSON record per point, {"impl", "n_hashes", "seq_len", "time_ms", "temp_bytes",
-"device"} (time_ms is null where a point was not run), a PNG next to it, and prints a
+"device"} (time_ms is null where a point was not run; temp_bytes is null where XLA ran out
+of memory compiling it), a PNG next to it, and prints a
 Markdown table.
 """
 
@@ -80,7 +81,15 @@ def measure(points: list[tuple[str, int | None, int]], repeats: int, device: str
     budget = 0.8 * _available_bytes()
     steps = []
     for impl, n_hashes, seq_len in points:
-        compiled, args = _step(_module(impl, n_hashes), seq_len)
+        try:
+            compiled, args = _step(_module(impl, n_hashes), seq_len)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            # XLA:GPU runs kernels while compiling (autotuning); too big even for that.
+            print(f"compiled {impl} {n_hashes} {seq_len}: out of memory", flush=True)
+            steps.append(dict(compiled=None, args=None, temp_bytes=None, runnable=False, times=[]))
+            continue
         temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
         runnable = temp_bytes < budget
         if runnable:
@@ -136,6 +145,7 @@ def plot(records: list[dict], path: Path) -> None:
             [1e3 * r["time_ms"] / r["seq_len"] for r in timed],
             **style,
         )
+        points = [r for r in points if r["temp_bytes"] is not None]  # Not compiled: no data.
         (line,) = ax_mem.plot(
             [r["seq_len"] for r in points], [r["temp_bytes"] / 2**20 for r in points], **style
         )
@@ -174,7 +184,8 @@ def plot(records: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     ax_time.yaxis.set_minor_locator(NullLocator())
     low, high = ax_time.get_ylim()
-    ticks = [t for t in (10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4) if low <= t <= high]
+    candidates = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4)
+    ticks = [t for t in candidates if low <= t <= high]
     ax_time.yaxis.set_major_locator(FixedLocator(ticks))
     ax_time.set_yticklabels([f"{t:g}" for t in ticks])
     fig.suptitle("One causal self-attention layer: batch 1, 8 heads, d_head 64, LSH chunk 128")
@@ -191,6 +202,8 @@ def markdown_table(records: list[dict]) -> str:
         r = by_key.get((label, n))
         if r is None:
             return ""
+        if r["temp_bytes"] is None:
+            return "out of memory"
         if field == "time":
             return "not run" if r["time_ms"] is None else f"{1e3 * r['time_ms'] / n:.1f}"
         return f"{r['temp_bytes'] / 2**20:,.0f}"
@@ -213,7 +226,7 @@ def targets(records: list[dict]) -> str:
     per_token = {
         (_label(r), r["seq_len"]): r["time_ms"] / r["seq_len"] for r in records if r["time_ms"]
     }
-    temp = {(_label(r), r["seq_len"]): r["temp_bytes"] for r in records}
+    temp = {(_label(r), r["seq_len"]): r["temp_bytes"] for r in records if r["temp_bytes"]}
     lengths = sorted({r["seq_len"] for r in records})
     lines = []
     for label in dict.fromkeys(_label(r) for r in records):
@@ -223,9 +236,11 @@ def targets(records: list[dict]) -> str:
             lines.append(
                 f"- {label}: time per token at {timed[-1]:,} / at {timed[0]:,} = {ratio:.2f}x"
             )
-    if ("full", lengths[-1]) in temp and ("LSH, 4 hashes", lengths[-1]) in temp:
-        share = temp["LSH, 4 hashes", lengths[-1]] / temp["full", lengths[-1]]
-        lines.append(f"- LSH (4 hashes) temp memory at {lengths[-1]:,}: {100 * share:.2f}% of full")
+    both = [n for n in lengths if ("full", n) in temp and ("LSH, 4 hashes", n) in temp]
+    if both:
+        n = both[-1]
+        share = temp["LSH, 4 hashes", n] / temp["full", n]
+        lines.append(f"- LSH (4 hashes) temp memory at {n:,}: {100 * share:.2f}% of full")
     return "\n".join(lines)
 
 

@@ -87,7 +87,14 @@ def _builder_class():
             if self._source_path:
                 path = self._source_path
             else:
-                path = os.fspath(dl_manager.download(URL))
+                try:
+                    path = os.fspath(dl_manager.download(URL))
+                except Exception as e:  # noqa: BLE001  (network errors come in many types)
+                    raise text.DataError(
+                        f"config.data.path: none given and {URL} could not be downloaded "
+                        f"({type(e).__name__}: {e}); download it elsewhere and pass "
+                        "--config.data.path=/path/to/enwik8.zip"
+                    ) from e
             data = text.read_file(path)
             log(f"enwik8: preparing {check_enwik8(data, path)}")
             return {
