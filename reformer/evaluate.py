@@ -86,6 +86,7 @@ def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) 
         "step": step,
         "split": config.eval.split,
         "dataset": config.data.name,
+        "data_path": config.data.path,
         **result,
         **trainer.eval_settings(config),
         "seq_len": config.data.seq_len,

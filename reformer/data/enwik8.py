@@ -129,7 +129,9 @@ def load_splits(path: str = "", data_dir: str = "") -> dict[str, np.ndarray]:
     data = None
     if path:
         data = text.read_file(path)
-        check_enwik8(data, path)  # Fail before any work on a wrong or damaged file.
+        source = check_enwik8(data, path)  # Fail before any work on a wrong or damaged file.
+    else:
+        source = f"the official {URL}"
     name = _config_name(path, data)
     builder = _builder_class()(
         source_path=path,
@@ -138,6 +140,7 @@ def load_splits(path: str = "", data_dir: str = "") -> dict[str, np.ndarray]:
         file_format="array_record",
     )
     builder.download_and_prepare()
+    log(f"enwik8: {source}. Prepared records: {builder.data_dir}")
     splits = {}
     for split in text.SPLITS:
         source = builder.as_data_source(split=split)
