@@ -95,7 +95,7 @@ def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
         )
     ax.axhline(xz, color="gray", linestyle=":", label=f"xz -9e on the test bytes ({xz:.2f})")
     ax.set(xlabel="step", ylabel="bits per byte", title="enwik8 prefix (4.15 MB), 2 CPU cores")
-    ax.set_ylim(1.0, 4.0)
+    ax.set_ylim(2.0, 4.5)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
