@@ -2,7 +2,7 @@
 
 python -m reformer.train --config configs/duplication.py --workdir W
     A shorter task (|w| = 127, length 256) sized to train on 2 CPU cores in about
-    6 minutes; accuracy on the second copy is reported in the README.
+    7 minutes; accuracy on the second copy is reported in the README.
 python -m reformer.train --config configs/duplication.py:paper --workdir W
     The paper's setting: symbols 1..127, |w| = 511 (length 1024), 1 layer,
     d_model = d_ff = 256, 4 heads, 150K steps (for accelerators).
