@@ -7,6 +7,7 @@ work starts and turns a bad value into one clear error that names the field.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import ml_collections
@@ -91,6 +92,15 @@ def default_config() -> ml_collections.ConfigDict:
     e.split = "validation"  # Split evaluated on byte data: one of SPLITS.
     e.stride = 0  # Byte data: sliding windows advancing this many bytes; 0 = seq_len.
     return c
+
+
+def load_config_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config([variant])` of a config file, as `--config path[:variant]` loads it."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"reformer_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if variant is None else module.get_config(variant)
 
 
 def _keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:

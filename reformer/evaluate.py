@@ -39,12 +39,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
             f"reformer.train --config ... --workdir {workdir}"
         )
     model = trainer.make_model(config)
-    init_state = trainer.make_init_state(config, model, make_optimizer(config.optimizer))
-    rep = sharding.replicated(mesh)
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
-        jax.eval_shape(init_state, jax.random.key(0)),
-    )
+    abstract = trainer.abstract_state(config, model, make_optimizer(config.optimizer), mesh)
     state, _ = checkpoints.restore(manager, step, abstract)
     manager.close()
     return state.params, step
@@ -68,13 +63,8 @@ def evaluate_checkpoint(
 
 def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) -> dict:
     """The evaluation record of `params` (trained with `config.model`) under `config.eval`."""
-    model = trainer.make_model(config)
-    eval_model, to_eval_params = trainer.make_eval_model(config, model, params)
-    n_hashes = config.eval.n_hashes or None
     eval_fn = jax.jit(
-        lambda p, batch: trainer.eval_step(
-            to_eval_params(p), batch, model=eval_model, n_hashes=n_hashes
-        ),
+        trainer.make_eval_fn(config, trainer.make_model(config), params),
         out_shardings=sharding.replicated(mesh),
     )
     start = time.time()
@@ -91,7 +81,7 @@ def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) 
         **trainer.eval_settings(config),
         "seq_len": config.data.seq_len,
         "seconds": time.time() - start,
-        "device": jax.devices()[0].device_kind,
+        "device": sharding.device_name(),
     }
     return record
 

@@ -6,12 +6,20 @@ one CPU, one GPU host or a multi-host TPU pod (after `jax.distributed.initialize
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def device_name() -> str:
+    """The accelerator's name, or "cpu (N cores)", for result records."""
+    d = jax.devices()[0]
+    return f"cpu ({os.cpu_count()} cores)" if d.platform == "cpu" else d.device_kind
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -56,17 +56,25 @@ def make_init_state(config: ml_collections.ConfigDict, model: ReformerLM, tx):
     return init_state
 
 
-def make_eval_model(config: ml_collections.ConfigDict, model: ReformerLM, abstract_params):
-    """The model evaluation runs and `params -> its parameters`.
+def abstract_state(config: ml_collections.ConfigDict, model: ReformerLM, tx, mesh):
+    """The train state's shapes and dtypes, replicated over `mesh`, without computing it."""
+    rep = sharding.replicated(mesh)
+    shapes = jax.eval_shape(make_init_state(config, model, tx), jax.random.key(0))
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
+
+
+def make_eval_fn(config: ml_collections.ConfigDict, model: ReformerLM, abstract_params):
+    """`(trained params, batch) -> metric sums` under `config.eval` (to be jitted).
 
     With `config.eval.attention_types` set, the trained weights run under other attention
     types (e.g. an LSH model with full shared-QK attention); a pattern whose parameters
-    differ from the trained ones is a ConfigError.
+    differ from the trained ones is a ConfigError. `eval.n_hashes` sets LSH's hash rounds.
     """
+    n_hashes = config.eval.n_hashes or None
     train_types = tuple(config.model.attention_types)
     eval_types = tuple(config.eval.attention_types) or train_types
     if eval_types == train_types:
-        return model, lambda params: params
+        return functools.partial(eval_step, model=model, n_hashes=n_hashes)
     eval_model = ReformerLM(dataclasses.replace(model.cfg, attention_types=eval_types))
 
     def convert(params):
@@ -83,7 +91,9 @@ def make_eval_model(config: ml_collections.ConfigDict, model: ReformerLM, abstra
             f"model.attention_types {train_types} (their parameters differ). Weights carry "
             "over between 'lsh' and 'full_shared_qk', and between 'full' and 'local'."
         )
-    return eval_model, convert
+    return lambda params, batch: eval_step(
+        convert(params), batch, model=eval_model, n_hashes=n_hashes
+    )
 
 
 def train_step(
@@ -223,8 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_state = make_init_state(config, model, tx)
 
     # Shardings are derived from the state's shapes; parameters are born where they live.
-    abstract = jax.eval_shape(init_state, init_rng)
-    state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), abstract)
+    abstract = abstract_state(config, model, tx, mesh)
+    state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
     batch_sharding = sharding.batch_sharded(mesh)
     rep = sharding.replicated(mesh)
 
@@ -232,12 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     stream = data.make_train_stream(config)
     latest = manager.latest_step()
     if latest is not None:
-        abstract_sharded = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract,
-            state_sharding,
-        )
-        state, data_state = checkpoints.restore(manager, latest, abstract_sharded)
+        state, data_state = checkpoints.restore(manager, latest, abstract)
         try:
             stream.set_state(data_state)
         except ValueError as e:
@@ -260,12 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         out_shardings=(state_sharding, rep),
         donate_argnums=(0,),
     )
-    eval_n_hashes = config.eval.n_hashes or None
-    eval_model, to_eval_params = make_eval_model(config, model, abstract.params)
     p_eval_step = jax.jit(
-        lambda params, batch: eval_step(
-            to_eval_params(params), batch, model=eval_model, n_hashes=eval_n_hashes
-        ),
+        make_eval_fn(config, model, abstract.params),
         in_shardings=(state_sharding.params, batch_sharding),
         out_shardings=rep,
     )

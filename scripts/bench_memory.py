@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer import trainer
-from reformer.config import default_config
+from reformer.config import default_config, load_config_file
 from reformer.optim import make_optimizer, make_schedule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,10 +48,7 @@ def small_model_config(n_layers: int, seq_len: int, attention_types, reversible:
 
 
 def enwik8_config():
-    spec = importlib.util.spec_from_file_location("enwik8_config", REPO / "configs/enwik8.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(str(REPO / "configs/enwik8.py"))
 
 
 def step_memory(config) -> dict:
@@ -60,14 +56,7 @@ def step_memory(config) -> dict:
     model = trainer.make_model(config)
     tx = make_optimizer(config.optimizer)
     seq_len, batch = config.data.seq_len, config.train.batch_size
-
-    def init_state(key):
-        params = trainer.init_params(model, key, 1, seq_len)
-        return trainer.TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
-        )
-
-    state = jax.eval_shape(init_state, jax.random.key(0))
+    state = jax.eval_shape(trainer.make_init_state(config, model, tx), jax.random.key(0))
     tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
     batch_spec = {"tokens": tokens, "weights": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}
     step = functools.partial(

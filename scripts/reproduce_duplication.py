@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import sys
@@ -43,11 +42,10 @@ SCALES = ("toy", "cpu", "paper")
 
 def base_config(scale: str):
     """configs/duplication.py at this scale; "toy" is a seconds-long smoke test."""
+    from reformer.config import load_config_file
+
     path = os.path.join(REPO, "configs", "duplication.py")
-    spec = importlib.util.spec_from_file_location("duplication_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("paper" if scale == "paper" else "cpu")
+    c = load_config_file(path, "paper" if scale == "paper" else "cpu")
     if scale == "toy":
         c.model.vocab_size = 16
         c.model.d_model = c.model.d_ff = 32
@@ -90,17 +88,10 @@ def column_config(train_config, column: str):
     return c
 
 
-def device_name() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    if d.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores)"
-    return d.device_kind
-
-
 def run_rows(args) -> list[dict]:
     from reformer import evaluate, sharding, trainer
+
+    device = sharding.device_name()
 
     base = base_config(args.scale)
     records = []
@@ -127,7 +118,7 @@ def run_rows(args) -> list[dict]:
                     "eval_tokens": r["tokens"],
                     "train_minutes": round(minutes, 2),
                     "scale": args.scale,
-                    "device": device_name(),
+                    "device": device,
                 }
             )
     return records

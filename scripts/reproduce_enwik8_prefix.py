@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import lzma
 import os
@@ -31,11 +30,9 @@ EVAL_HASHES = (2, 4, 8)
 
 
 def load_config(data_path: str, tfds_dir: str, variant: str):
-    path = os.path.join(REPO, "configs", "enwik8.py")
-    spec = importlib.util.spec_from_file_location("enwik8_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(variant)
+    from reformer.config import load_config_file
+
+    c = load_config_file(os.path.join(REPO, "configs", "enwik8.py"), variant)
     c.data.path, c.data.tfds_dir = data_path, tfds_dir
     return c
 
@@ -54,13 +51,6 @@ def xz_bpc(data: bytes) -> float:
     """Bits per byte of `xz -9e` (LZMA2 preset 9 | extreme, .xz container) on `data`."""
     compressed = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
     return 8 * len(compressed) / len(data)
-
-
-def device_name() -> str:
-    import jax
-
-    d = jax.devices()[0]
-    return f"cpu ({os.cpu_count()} cores)" if d.platform == "cpu" else d.device_kind
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -138,7 +128,7 @@ def main(argv=None) -> None:
 
     logging.set_verbosity(logging.WARNING)
     base = load_config(args.data, args.tfds_dir, args.variant)
-    device = device_name()
+    device = sharding.device_name()
     records, workdirs = [], {}
     for model in models:
         config = model_config(base, model, args.num_steps)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from reformer.config import load_config_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, variant: str | None = None):
     """`get_config()` of configs/<name>.py, as `--config configs/<name>.py[:variant]` would."""
-    path = os.path.join(REPO, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config() if variant is None else module.get_config(variant)
+    return load_config_file(os.path.join(REPO, "configs", f"{name}.py"), variant)
 
 
 def run_module(args: list[str], env: dict | None = None, timeout: int = 300):
@@ -28,6 +25,17 @@ def run_module(args: list[str], env: dict | None = None, timeout: int = 300):
         [sys.executable, "-m", *args],
         cwd=REPO,
         env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_script(script: str, args: list[str], timeout: int = 600):
+    """Runs `python scripts/<script> <args>` in the repository root; the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, os.path.join("scripts", script), *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,16 +2,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
 
-from reformer import evaluate, sharding
+from reformer import evaluate, sharding, trainer
 from reformer.config import ConfigError
 from reformer.trainer import train_and_evaluate
-from tests.conftest import REPO, load_config, run_module
+from tests.conftest import REPO, load_config, run_module, run_script
 
 LSH_OVERRIDES = {"attention_types": ("lsh",), "lsh_chunk_len": 8, "n_hashes": 2}
 
@@ -70,6 +68,26 @@ def test_more_hashes_and_full_attention_reuse_the_weights(lsh_run):
     assert all(jax.numpy.isfinite(v) for v in losses.values())
 
 
+def test_evaluation_attention_runs_the_trained_weights():
+    """A full-attention model evaluated as local attention whose one chunk covers the whole
+    sequence computes the same function, so the loss is equal only if the renamed
+    parameters are the trained ones."""
+    config = load_config("tiny")
+    config.model.local_chunk_len = config.data.seq_len
+    mesh = sharding.make_mesh()
+    params = trainer.init_params(trainer.make_model(config), jax.random.key(3), 1, 32)
+    full = evaluate.evaluate_params(config, params, 0, mesh)
+    config.eval.attention_types = ("local",)
+    local = evaluate.evaluate_params(config, params, 0, mesh)
+    assert local["attention_types"] == ["local"]
+    assert local["loss"] == pytest.approx(full["loss"], rel=1e-6)
+    other = trainer.init_params(trainer.make_model(config), jax.random.key(4), 1, 32)
+    # Other weights (even untrained ones, whose losses are all near log(vocab)) differ.
+    assert evaluate.evaluate_params(config, other, 0, mesh)["loss"] != pytest.approx(
+        full["loss"], rel=1e-6
+    )
+
+
 def test_incompatible_attention_and_missing_checkpoint_are_clear_errors(lsh_run, tmp_path):
     workdir, _ = lsh_run
     config = lsh_config()
@@ -86,19 +104,9 @@ def test_incompatible_attention_and_missing_checkpoint_are_clear_errors(lsh_run,
 
 def test_reproduce_duplication_toy_scale_end_to_end(tmp_path):
     out, md = tmp_path / "t.json", tmp_path / "t.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "scripts/reproduce_duplication.py",
-            "--scale=toy",
-            f"--workdir={tmp_path / 'runs'}",
-            f"--out={out}",
-            f"--markdown={md}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_script(
+        "reproduce_duplication.py",
+        ["--scale=toy", f"--workdir={tmp_path / 'runs'}", f"--out={out}", f"--markdown={md}"],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(out.read_text())
@@ -121,28 +129,16 @@ def test_reproduce_duplication_toy_scale_end_to_end(tmp_path):
     assert all(ln.count("%") == 5 for ln in body)
     # Merging the JSON rebuilds the same table.
     merged = tmp_path / "m.md"
-    subprocess.run(
-        [
-            sys.executable,
-            "scripts/reproduce_duplication.py",
-            f"--merge={out}",
-            f"--out={tmp_path / 'm.json'}",
-            f"--markdown={merged}",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
+    proc = run_script(
+        "reproduce_duplication.py",
+        [f"--merge={out}", f"--out={tmp_path / 'm.json'}", f"--markdown={merged}"],
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert merged.read_text() == md.read_text()
 
 
 def test_reproduce_duplication_rejects_unknown_rows():
-    proc = subprocess.run(
-        [sys.executable, "scripts/reproduce_duplication.py", "--rows=lsh3"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
+    proc = run_script("reproduce_duplication.py", ["--rows=lsh3"])
     assert proc.returncode == 2 and "--rows" in proc.stderr and "lsh3" in proc.stderr
 
 

@@ -3,13 +3,12 @@
 import json
 import lzma
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_script
 from tests.test_text_data import fake_enwik8
 
 sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -42,19 +41,15 @@ def test_toy_run_end_to_end(tmp_path):
     data = tmp_path / "enwik8_small"
     data.write_bytes(fake_enwik8(100_000))
     out = tmp_path / "r.json"
-    proc = subprocess.run(
+    proc = run_script(
+        "reproduce_enwik8_prefix.py",
         [
-            sys.executable,
-            "scripts/reproduce_enwik8_prefix.py",
             f"--data={data}",
             f"--workdir={tmp_path / 'runs'}",
             f"--tfds_dir={tmp_path / 'tfds'}",
             "--num_steps=2",
             f"--out={out}",
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

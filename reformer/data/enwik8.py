@@ -143,8 +143,8 @@ def load_splits(path: str = "", data_dir: str = "") -> dict[str, np.ndarray]:
     log(f"enwik8: {source}. Prepared records: {builder.data_dir}")
     splits = {}
     for split in text.SPLITS:
-        source = builder.as_data_source(split=split)
-        records = sorted((source[i] for i in range(len(source))), key=lambda r: r["offset"])
+        records = builder.as_data_source(split=split)
+        records = sorted((records[i] for i in range(len(records))), key=lambda r: r["offset"])
         splits[split] = (
             np.concatenate([r["bytes"] for r in records]) if records else np.zeros(0, np.uint8)
         )

@@ -18,11 +18,11 @@ import zipfile
 import grain
 import numpy as np
 
+from reformer.config import SPLITS as SPLITS  # The split names, re-exported.
 from reformer.config import ConfigError
 
 ID_OFFSET = 2  # id = byte + 2; 0 = padding, 1 = end.
 VOCAB_SIZE = 256 + ID_OFFSET
-SPLITS = ("train", "validation", "test")
 
 
 class DataError(ConfigError):
@@ -30,8 +30,9 @@ class DataError(ConfigError):
 
 
 def bytes_to_ids(data: bytes | np.ndarray) -> np.ndarray:
-    """Bytes -> int32 token ids (byte + 2)."""
-    return np.frombuffer(bytes(data), np.uint8).astype(np.int32) + ID_OFFSET
+    """Bytes (or a uint8 array of any shape) -> int32 token ids (byte + 2)."""
+    array = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.asarray(data)
+    return array.astype(np.int32) + ID_OFFSET
 
 
 def ids_to_bytes(ids: np.ndarray) -> bytes:
@@ -101,7 +102,7 @@ def _crop_batch(
     """This host's rows of global batch `step`: uniformly random crops of `seq_len` bytes."""
     rng = np.random.default_rng([seed, step])
     starts = rng.integers(0, len(data) - seq_len + 1, size=global_batch)[rows]
-    tokens = np.stack([data[s : s + seq_len] for s in starts]).astype(np.int32) + ID_OFFSET
+    tokens = bytes_to_ids(np.stack([data[s : s + seq_len] for s in starts]))
     return {"tokens": tokens, "weights": np.ones(tokens.shape, np.float32)}
 
 
@@ -184,7 +185,7 @@ def eval_windows(data: np.ndarray, seq_len: int, stride: int = 0) -> dict[str, n
     scored_to = 0  # Bytes [0, scored_to) are scored.
     for k, s in enumerate(starts):
         window = data[s : s + seq_len]
-        ids[k, : len(window)] = window.astype(np.int32) + ID_OFFSET
+        ids[k, : len(window)] = bytes_to_ids(window)
         first_new = max(scored_to, s) - s
         weights[k, first_new : len(window)] = 1.0
         scored_to = s + len(window)
