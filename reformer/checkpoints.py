@@ -4,19 +4,30 @@ A checkpoint is written under `WORKDIR/checkpoints/<step>/` with two items: `sta
 train state pytree) and `data` (the JSON position of the training stream). The model part
 of the config is written beside them (`WORKDIR/config.json`), so that a run whose model no
 longer matches the checkpoint stops with a clear error instead of overwriting it.
+
+After a hard kill: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it
+when complete, so a half-written step is never listed (`restore_latest` warns about such
+directories and leaves them). A listed step that cannot be read (a truncated file) is moved
+to `WORKDIR/corrupt_checkpoints/` with a warning and the step before it is restored.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from reformer.config import ConfigError
+from reformer.metrics import log
 
 CONFIG_FILE = "config.json"
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager | None:
@@ -55,6 +66,71 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
     return restored["state"], restored["data"]
 
 
+def _all_processes(ok: bool) -> bool:
+    """True when `ok` holds in every process (a cross-process AND)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def incomplete_dirs(manager: ocp.CheckpointManager) -> list[str]:
+    """Directories of saves that never finished (a process killed while writing)."""
+    directory = str(manager.directory)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(d for d in os.listdir(directory) if ".orbax-checkpoint-tmp" in d)
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state, workdir: str, move_corrupt: bool = True
+):
+    """`(step, state, data_state)` of the newest checkpoint that every process can read, or
+    None when there is none.
+
+    A step that fails to restore in any process is moved to `WORKDIR/corrupt_checkpoints/`
+    (never deleted; with `move_corrupt=False` left in place) with a warning, and the step
+    before it is tried.
+    """
+    for name in incomplete_dirs(manager):
+        log(f"WARNING: ignoring {name} in {manager.directory}: a save that did not finish.")
+    for step in sorted(manager.all_steps(), reverse=True):
+        error = None
+        try:
+            state, data_state = restore(manager, step, abstract_state)
+        except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
+            error = e
+        if _all_processes(error is None):
+            return step, state, data_state
+        reason = (
+            f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            if error
+            else ("another process could not read it")
+        )
+        if not move_corrupt:
+            log(f"WARNING: checkpoint {step} cannot be restored ({reason}); trying the one before.")
+            continue
+        target = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
+        log(
+            f"WARNING: checkpoint {step} cannot be restored ({reason}); moved it to {target} "
+            "and trying the one before it."
+        )
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(str(manager.directory), str(step)), target)
+        _barrier(f"reformer_corrupt_{step}")
+        manager.reload()
+    return None
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -88,5 +164,11 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    """Writes `config.json` atomically (a temporary file renamed over it)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
         f.write(config.to_json(indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

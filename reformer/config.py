@@ -71,6 +71,15 @@ def default_config() -> ml_collections.ConfigDict:
     t.eval_every = 250  # Steps between evaluations (and at the end); 0 = only at the end.
     t.checkpoint_every = 250  # Steps between checkpoints (and at the end).
     t.keep_checkpoints = 3  # How many recent checkpoints to keep.
+    # The global batch is split into this many micro-batches whose gradients are summed
+    # inside the step (same result as the whole batch, less activation memory).
+    t.grad_accum_steps = 1  # Micro-batches per optimizer step.
+
+    # Device mesh ("data", "fsdp"): the batch is split over both axes; with fsdp > 1 the
+    # parameters and optimizer state are sharded over "fsdp". data * fsdp = all devices.
+    c.mesh = s = ml_collections.ConfigDict()
+    s.data = -1  # Devices on the data axis; -1 = all devices not on fsdp.
+    s.fsdp = 1  # Devices sharing the parameters (FSDP); -1 = all devices not on data.
 
     c.optimizer = o = ml_collections.ConfigDict()
     o.name = "adam"  # One of OPTIMIZERS.
@@ -114,13 +123,322 @@ def _keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]
     return out
 
 
-def _check(ok: bool, field: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config.{field}: {message}")
+class Report:
+    """Problems found in a config: each names its field. Checks add to it; fields already
+    reported are not used by later cross-field checks (so one bad value gives one line)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.problems: list[tuple[str, str]] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.problems.append((field, message))
+
+    def check(self, ok: bool, field: str, message: str) -> bool:
+        if not ok:
+            self.add(field, message)
+        return ok
+
+    def fine(self, *fields: str) -> bool:
+        """True when none of `fields` has been reported."""
+        bad = {f for f, _ in self.problems}
+        return not bad.intersection(fields)
+
+    def value(self, field: str):
+        group, name = field.split(".")
+        return self.config[group][name]
+
+    def raise_if_any(self) -> None:
+        if not self.problems:
+            return
+        lines = [f"config.{field}: {message}" for field, message in self.problems]
+        if len(lines) == 1:
+            raise ConfigError(lines[0])
+        raise ConfigError(f"{len(lines)} problems in the config:\n  " + "\n  ".join(lines))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+POSITIVE_INTS = (
+    "model.vocab_size",
+    "model.d_model",
+    "model.d_ff",
+    "model.n_heads",
+    "model.d_head",
+    "model.n_layers",
+    "model.lsh_chunk_len",
+    "model.local_chunk_len",
+    "model.n_hashes",
+    "model.max_len",
+    "data.seq_len",
+    "train.num_steps",
+    "train.batch_size",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.grad_accum_steps",
+    "eval.num_batches",
+    "eval.batch_size",
+)
+NON_NEGATIVE_INTS = (
+    "model.n_buckets",
+    "model.ff_chunk_size",
+    "model.loss_chunk_size",
+    "train.eval_every",
+    "optimizer.warmup_steps",
+    "eval.n_hashes",
+    "eval.stride",
+)
+
+
+def _check_numbers(r: Report) -> None:
+    for field in POSITIVE_INTS:
+        v = r.value(field)
+        r.check(_is_int(v) and v > 0, field, f"must be a positive integer, got {v!r}")
+    for field in NON_NEGATIVE_INTS:
+        v = r.value(field)
+        r.check(_is_int(v) and v >= 0, field, f"must be a non-negative integer, got {v!r}")
+    m, o = r.config.model, r.config.optimizer
+    for name in ("dropout", "attention_dropout"):
+        v = m[name]
+        r.check(
+            isinstance(v, int | float) and 0.0 <= v < 1.0,
+            f"model.{name}",
+            f"must be in [0, 1), got {v!r}",
+        )
+    r.check(
+        isinstance(o.learning_rate, int | float) and o.learning_rate > 0,
+        "optimizer.learning_rate",
+        f"must be positive, got {o.learning_rate!r}",
+    )
+    for name in ("clip_norm", "weight_decay"):
+        v = o[name]
+        r.check(
+            isinstance(v, int | float) and v >= 0, f"optimizer.{name}", f"must be >= 0, got {v!r}"
+        )
+    for name in ("b1", "b2"):
+        v = o[name]
+        r.check(
+            isinstance(v, int | float) and 0 <= v < 1,
+            f"optimizer.{name}",
+            f"must be in [0, 1), got {v!r}",
+        )
+
+
+def _check_choices(r: Report) -> None:
+    for field, allowed in (
+        ("model.positional", POSITIONAL),
+        ("model.dtype", DTYPES),
+        ("data.name", DATASETS),
+        ("optimizer.name", OPTIMIZERS),
+        ("optimizer.schedule", SCHEDULES),
+        ("eval.split", SPLITS),
+    ):
+        v = r.value(field)
+        r.check(v in allowed, field, f"must be one of {allowed}, got {v!r}")
+
+
+def _check_layers(r: Report) -> None:
+    m = r.config.model
+    types = tuple(m.attention_types)
+    if not r.check(
+        len(types) > 0, "model.attention_types", "must name at least one attention type"
+    ):
+        return
+    unknown = [a for a in types if a not in ATTENTION_TYPES]
+    if not r.check(
+        not unknown,
+        "model.attention_types",
+        f"{unknown[0]!r} is not one of {ATTENTION_TYPES}" if unknown else "",
+    ):
+        return
+    if r.fine("model.n_layers"):
+        r.check(
+            m.n_layers % len(types) == 0,
+            "model.n_layers",
+            f"must be a multiple of len(model.attention_types)={len(types)} (the pattern "
+            f"{types} repeats over the layers), got {m.n_layers}",
+        )
+    eval_types = tuple(r.config.eval.attention_types)
+    if eval_types:
+        bad = [a for a in eval_types if a not in ATTENTION_TYPES]
+        r.check(
+            len(eval_types) == len(types) and not bad,
+            "eval.attention_types",
+            f"{bad[0]!r} is not one of {ATTENTION_TYPES}"
+            if bad
+            else f"must have one entry per entry of model.attention_types {types}, "
+            f"got {eval_types}",
+        )
+    if r.fine("model.n_buckets") and m.n_buckets % 2:
+        r.add("model.n_buckets", f"must be even (or 0), got {m.n_buckets}")
+    seq = r.config.data.seq_len
+    if not r.fine("data.seq_len"):
+        return
+    for kind, field in (("lsh", "model.lsh_chunk_len"), ("local", "model.local_chunk_len")):
+        if kind in types and r.fine(field):
+            v = r.value(field)
+            r.check(
+                v <= seq,
+                field,
+                f"{v} is longer than data.seq_len={seq}; use at most the sequence length",
+            )
+
+
+def _check_positions(r: Report) -> None:
+    m, seq = r.config.model, r.config.data.seq_len
+    if not r.fine("model.positional", "data.seq_len"):
+        return
+    if m.positional == "axial":
+        shape, dims = tuple(m.axial_shape), tuple(m.axial_dims)
+        shape_ok = r.check(
+            len(shape) == 2 and all(_is_int(a) and a > 0 for a in shape),
+            "model.axial_shape",
+            f"must be two positive integers (a, b), got {shape}",
+        )
+        dims_ok = r.check(
+            len(dims) == 2 and all(_is_int(a) and a > 0 for a in dims),
+            "model.axial_dims",
+            f"must be two positive integers (d1, d2), got {dims}",
+        )
+        if dims_ok and r.fine("model.d_model"):
+            r.check(
+                dims[0] + dims[1] == m.d_model,
+                "model.axial_dims",
+                f"{dims} must add up to model.d_model={m.d_model}",
+            )
+        if shape_ok:
+            r.check(
+                shape[0] * shape[1] >= seq,
+                "model.axial_shape",
+                f"{shape} covers {shape[0] * shape[1]} positions, fewer than data.seq_len={seq}",
+            )
+    elif m.positional == "learned" and r.fine("model.max_len"):
+        r.check(
+            seq <= m.max_len,
+            "data.seq_len",
+            f"{seq} exceeds model.max_len={m.max_len}, the learned positional table",
+        )
+
+
+def _check_data(r: Report) -> None:
+    m, d, e = r.config.model, r.config.data, r.config.eval
+    if not r.fine("data.name"):
+        return
+    if d.name == "duplication":
+        if r.check(
+            _is_int(d.word_len) and d.word_len >= 1,
+            "data.word_len",
+            f"must be >= 1, got {d.word_len!r}",
+        ) and r.fine("data.seq_len"):
+            r.check(
+                d.seq_len == 2 * d.word_len + 2,
+                "data.seq_len",
+                f"the duplication task 0 w 0 w needs seq_len = 2 * data.word_len + 2 = "
+                f"{2 * d.word_len + 2}, got {d.seq_len}",
+            )
+        if r.fine("model.vocab_size"):
+            r.check(
+                m.vocab_size >= 3,
+                "model.vocab_size",
+                f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
+                f"so vocab_size >= 3; got {m.vocab_size}",
+            )
+        return
+    if r.fine("model.vocab_size"):
+        r.check(
+            m.vocab_size >= 258,
+            "model.vocab_size",
+            f"byte-level data uses ids 0..257 (byte + 2), so vocab_size >= 258; got {m.vocab_size}",
+        )
+    if d.name == "text":
+        r.check(bool(d.path), "data.path", 'data.name="text" reads a local file; give its path')
+    if d.path:
+        r.check(os.path.isfile(d.path), "data.path", f"no such file: {d.path}")
+    if r.fine("eval.stride", "data.seq_len"):
+        r.check(
+            e.stride <= d.seq_len,
+            "eval.stride",
+            f"must be at most data.seq_len={d.seq_len} (0 = seq_len), got {e.stride}",
+        )
+
+
+def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
+    """`(data, fsdp)` with a -1 resolved to the remaining devices; ConfigError if the sizes
+    do not fit `num_devices`."""
+    r = Report(ml_collections.ConfigDict({"mesh": {"data": data, "fsdp": fsdp}}))
+    shape = _resolve_mesh(r, num_devices)
+    r.raise_if_any()
+    return shape
+
+
+def _resolve_mesh(r: Report, num_devices: int) -> tuple[int, int] | None:
+    sizes = {}
+    for name in ("data", "fsdp"):
+        v = r.config.mesh[name]
+        if r.check(
+            _is_int(v) and (v > 0 or v == -1),
+            f"mesh.{name}",
+            f"must be a positive integer or -1 (all remaining devices), got {v!r}",
+        ):
+            sizes[name] = v
+    if len(sizes) < 2:
+        return None
+    data, fsdp = sizes["data"], sizes["fsdp"]
+    if data == -1 and fsdp == -1:
+        r.add("mesh.data", "mesh.data and mesh.fsdp cannot both be -1")
+        return None
+    known = data * fsdp * -1 if -1 in (data, fsdp) else data * fsdp
+    if -1 in (data, fsdp):
+        if not r.check(
+            num_devices % known == 0,
+            "mesh.fsdp" if data == -1 else "mesh.data",
+            f"{known} does not divide the number of devices ({num_devices})",
+        ):
+            return None
+        data, fsdp = (num_devices // fsdp, fsdp) if data == -1 else (data, num_devices // data)
+    elif not r.check(
+        known == num_devices,
+        "mesh.data",
+        f"mesh.data * mesh.fsdp = {data} * {fsdp} = {known} must equal the number of devices "
+        f"({num_devices}); set one of them to -1 to use all remaining devices",
+    ):
+        return None
+    return data, fsdp
+
+
+def _check_parallelism(r: Report, num_devices: int) -> None:
+    shape = _resolve_mesh(r, num_devices)
+    if shape is None:
+        return
+    shards = shape[0] * shape[1]
+    t, e = r.config.train, r.config.eval
+    if r.fine("train.batch_size", "train.grad_accum_steps"):
+        need = shards * t.grad_accum_steps
+        r.check(
+            t.batch_size % need == 0,
+            "train.batch_size",
+            f"{t.batch_size} is not divisible by the number of devices ({num_devices})"
+            if t.grad_accum_steps == 1
+            else f"{t.batch_size} is not divisible by mesh.data * mesh.fsdp * "
+            f"train.grad_accum_steps = {shape[0]} * {shape[1]} * {t.grad_accum_steps} = {need}",
+        )
+    if r.fine("eval.batch_size"):
+        r.check(
+            e.batch_size % shards == 0,
+            "eval.batch_size",
+            f"{e.batch_size} is not divisible by the number of devices ({num_devices})",
+        )
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-    """Raises ConfigError naming the first field that cannot work."""
+    """Checks every field and cross-field constraint before anything compiles.
+
+    Raises one ConfigError listing every problem, each with its field and the allowed
+    values. `num_devices` is the number of devices of the whole run (all processes).
+    """
     known, given = _keys(default_config()), _keys(config)
     unknown = sorted(set(given) - set(known))
     if unknown:
@@ -131,155 +449,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     missing = sorted(set(known) - set(given))
     if missing:
         raise ConfigError(f"missing config field(s): {', '.join('config.' + u for u in missing)}")
-
-    m, d, t, o, e = config.model, config.data, config.train, config.optimizer, config.eval
-    for group, names in (
-        (
-            "model",
-            (
-                "vocab_size",
-                "d_model",
-                "d_ff",
-                "n_heads",
-                "d_head",
-                "n_layers",
-                "lsh_chunk_len",
-                "local_chunk_len",
-                "n_hashes",
-                "max_len",
-            ),
-        ),
-        ("data", ("seq_len",)),
-        ("train", ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")),
-        ("eval", ("num_batches", "batch_size")),
-    ):
-        for name in names:
-            value = config[group][name]
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                f"{group}.{name}",
-                f"must be a positive integer, got {value!r}",
-            )
-    for group, name in (
-        ("model", "n_buckets"),
-        ("model", "ff_chunk_size"),
-        ("model", "loss_chunk_size"),
-        ("train", "eval_every"),
-        ("optimizer", "warmup_steps"),
-        ("eval", "n_hashes"),
-        ("eval", "stride"),
-    ):
-        value = config[group][name]
-        _check(
-            isinstance(value, int) and value >= 0,
-            f"{group}.{name}",
-            f"must be a non-negative integer, got {value!r}",
-        )
-
-    types = tuple(m.attention_types)
-    _check(len(types) > 0, "model.attention_types", "must name at least one attention type")
-    for a in types:
-        _check(
-            a in ATTENTION_TYPES, "model.attention_types", f"{a!r} is not one of {ATTENTION_TYPES}"
-        )
-    eval_types = tuple(e.attention_types)
-    if eval_types:
-        _check(
-            len(eval_types) == len(types),
-            "eval.attention_types",
-            f"must have one entry per entry of model.attention_types {types}, got {eval_types}",
-        )
-        for a in eval_types:
-            _check(
-                a in ATTENTION_TYPES,
-                "eval.attention_types",
-                f"{a!r} is not one of {ATTENTION_TYPES}",
-            )
-    _check(e.split in SPLITS, "eval.split", f"must be one of {SPLITS}, got {e.split!r}")
-    _check(
-        m.positional in POSITIONAL,
-        "model.positional",
-        f"must be one of {POSITIONAL}, got {m.positional!r}",
-    )
-    _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
-    _check(m.n_buckets % 2 == 0, "model.n_buckets", f"must be even (or 0), got {m.n_buckets}")
-    for name in ("dropout", "attention_dropout"):
-        _check(0.0 <= m[name] < 1.0, f"model.{name}", f"must be in [0, 1), got {m[name]!r}")
-    if m.positional == "axial":
-        shape, dims = tuple(m.axial_shape), tuple(m.axial_dims)
-        _check(
-            len(shape) == 2 and all(isinstance(a, int) and a > 0 for a in shape),
-            "model.axial_shape",
-            f"must be two positive integers (a, b), got {shape}",
-        )
-        _check(
-            len(dims) == 2 and all(isinstance(a, int) and a > 0 for a in dims),
-            "model.axial_dims",
-            f"must be two positive integers (d1, d2), got {dims}",
-        )
-        _check(
-            dims[0] + dims[1] == m.d_model,
-            "model.axial_dims",
-            f"{dims} must add up to model.d_model={m.d_model}",
-        )
-        _check(
-            shape[0] * shape[1] >= d.seq_len,
-            "model.axial_shape",
-            f"{shape} covers {shape[0] * shape[1]} positions, fewer than data.seq_len={d.seq_len}",
-        )
-    if m.positional == "learned":
-        _check(
-            d.seq_len <= m.max_len,
-            "data.seq_len",
-            f"{d.seq_len} exceeds model.max_len={m.max_len}, the learned positional table",
-        )
-
-    _check(d.name in DATASETS, "data.name", f"must be one of {DATASETS}, got {d.name!r}")
-    if d.name == "duplication":
-        _check(d.word_len >= 1, "data.word_len", f"must be >= 1, got {d.word_len}")
-        _check(
-            d.seq_len == 2 * d.word_len + 2,
-            "data.seq_len",
-            f"the duplication task 0 w 0 w needs seq_len = 2 * data.word_len + 2 = "
-            f"{2 * d.word_len + 2}, got {d.seq_len}",
-        )
-        _check(
-            m.vocab_size >= 3,
-            "model.vocab_size",
-            f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
-            f"so vocab_size >= 3; got {m.vocab_size}",
-        )
-    else:
-        _check(
-            m.vocab_size >= 258,
-            "model.vocab_size",
-            f"byte-level data uses ids 0..257 (byte + 2), so vocab_size >= 258; got {m.vocab_size}",
-        )
-        if d.name == "text":
-            _check(bool(d.path), "data.path", 'data.name="text" reads a local file; give its path')
-        if d.path:
-            _check(os.path.isfile(d.path), "data.path", f"no such file: {d.path}")
-        _check(
-            e.stride <= d.seq_len,
-            "eval.stride",
-            f"must be at most data.seq_len={d.seq_len} (0 = seq_len), got {e.stride}",
-        )
-
-    for group, bs in (("train", t.batch_size), ("eval", e.batch_size)):
-        _check(
-            bs % num_devices == 0,
-            f"{group}.batch_size",
-            f"{bs} is not divisible by the number of devices ({num_devices})",
-        )
-
-    _check(o.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}, got {o.name!r}")
-    _check(
-        o.schedule in SCHEDULES,
-        "optimizer.schedule",
-        f"must be one of {SCHEDULES}, got {o.schedule!r}",
-    )
-    _check(
-        o.learning_rate > 0, "optimizer.learning_rate", f"must be positive, got {o.learning_rate!r}"
-    )
-    _check(o.clip_norm >= 0, "optimizer.clip_norm", f"must be >= 0, got {o.clip_norm!r}")
-    _check(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay!r}")
+    report = Report(config)
+    for check in (_check_numbers, _check_choices, _check_layers, _check_positions, _check_data):
+        check(report)
+    _check_parallelism(report, num_devices)
+    report.raise_if_any()

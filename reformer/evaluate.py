@@ -29,19 +29,21 @@ from reformer.optim import make_optimizer
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
-    """(params, step) of the latest checkpoint in `workdir`, replicated over `mesh`."""
+    """(params, step) of the latest checkpoint in `workdir`, laid out over `mesh`."""
     checkpoints.check_config_matches(workdir, config)
     manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
-    step = manager.latest_step() if manager is not None else None
-    if step is None:
+    model = trainer.make_model(config)
+    abstract = trainer.abstract_state(config, model, make_optimizer(config.optimizer), mesh)
+    restored = None
+    if manager is not None:
+        restored = checkpoints.restore_latest(manager, abstract, workdir, move_corrupt=False)
+        manager.close()
+    if restored is None:
         raise ConfigError(
             f"--workdir {workdir}: no checkpoint to evaluate. Train first: python -m "
             f"reformer.train --config ... --workdir {workdir}"
         )
-    model = trainer.make_model(config)
-    abstract = trainer.abstract_state(config, model, make_optimizer(config.optimizer), mesh)
-    state, _ = checkpoints.restore(manager, step, abstract)
-    manager.close()
+    step, state, _ = restored
     return state.params, step
 
 
@@ -50,7 +52,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Evaluates the latest checkpoint under `config.eval`; returns (and writes) the record."""
     validate(config, num_devices=jax.device_count())
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.mesh)
     params, step = load_params(config, workdir, mesh)
     record = evaluate_params(config, params, step, mesh)
     if write and jax.process_index() == 0:
@@ -68,7 +70,8 @@ def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) 
         out_shardings=sharding.replicated(mesh),
     )
     start = time.time()
-    batches = data.make_eval_batches(config, whole_split=True)
+    rows = sharding.process_rows(mesh, config.eval.batch_size)
+    batches = data.make_eval_batches(config, rows=rows, whole_split=True)
     result = trainer.evaluate(eval_fn, params, mesh, batches)
     if config.data.name in data.BYTE_DATASETS:
         result["bits_per_byte"] = result["bits_per_token"]
@@ -87,11 +90,12 @@ def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) 
 
 
 def main(argv: list[str]) -> None:
-    from reformer.train import _CONFIG, _WORKDIR  # The same flags as training.
+    from reformer.train import _CONFIG, _WORKDIR, initialize_distributed  # Training's flags.
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    initialize_distributed()
     try:
         r = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:

@@ -19,12 +19,46 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-class MetricsWriter:
-    """Appends records to `WORKDIR/metrics.jsonl` and TensorBoard events under WORKDIR/tb."""
+def keep_records_up_to(path: str, step: int) -> int:
+    """Drops the records of steps after `step` (and a torn last line) from a JSON-lines file,
+    atomically; returns how many were dropped. A run resumed from the checkpoint of `step`
+    writes those steps again, so each step stays in the file once."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
-    def __init__(self, workdir: str, enabled: bool = True):
+
+class MetricsWriter:
+    """Appends records to `WORKDIR/metrics.jsonl` and TensorBoard events under WORKDIR/tb.
+
+    `start_step`: the step training resumes from; records of later steps (written before a
+    crash or kill) are dropped first, so each step appears once.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         if enabled:
+            path = os.path.join(workdir, "metrics.jsonl")
+            dropped = keep_records_up_to(path, start_step)
+            if dropped:
+                log(f"metrics.jsonl: dropped {dropped} record(s) after step {start_step}.")
             self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
             self._tb = Writer(os.path.join(workdir, "tb"))
 

@@ -1,7 +1,10 @@
 """Entry point: `python -m reformer.train --config configs/X.py --workdir DIR`.
 
 Config fields are overridden as `--config.train.num_steps=20`. A run resumes from the
-latest checkpoint in DIR.
+latest checkpoint in DIR. A multi-host run starts one process per host: on Cloud TPU pod
+slices, SLURM and Open MPI the processes find each other by themselves; elsewhere (several
+GPU nodes, or several processes on one machine) give every process
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` (see docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reformer import trainer
+from reformer import sharding, trainer
 from reformer.config import ConfigError
 from reformer.metrics import log
 
@@ -25,6 +28,23 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process runs: HOST:PORT of process 0's coordinator (the same in every process).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process runs: how many processes form the job."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-process runs: this process's index, 0..num_processes-1."
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds to wait for all processes to join."
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds after which a silent process counts as dead."
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -61,11 +81,27 @@ def _exit_with_error(message: str) -> None:
     sys.exit(2)
 
 
+def initialize_distributed() -> None:
+    """Joins a multi-process job from the flags or the detected cluster (before any other
+    JAX call); a bad combination of flags exits with a message."""
+    try:
+        sharding.initialize_distributed(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            initialization_timeout=_INIT_TIMEOUT.value,
+            heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+        )
+    except ValueError as e:
+        _exit_with_error(str(e))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # Keep library INFO logs (orbax) off the console.
-    log(f"JAX {jax.__version__}; devices: {jax.devices()}")
+    initialize_distributed()
+    log(f"JAX {jax.__version__}; {jax.device_count()} device(s): {jax.devices()[:8]}")
     try:
         trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:

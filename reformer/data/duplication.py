@@ -40,7 +40,9 @@ class DuplicationStream:
         vocab_size: int,
         process_index: int = 0,
         process_count: int = 1,
+        rows: slice | None = None,
     ):
+        """`rows` (of the global batch) overrides the block given by the process index."""
         if batch_size % process_count:
             raise ValueError(
                 f"batch_size {batch_size} is not divisible by the number of "
@@ -49,7 +51,7 @@ class DuplicationStream:
         self.seed, self.batch_size = seed, batch_size
         self.word_len, self.vocab_size = word_len, vocab_size
         per_host = batch_size // process_count
-        self._rows = slice(process_index * per_host, (process_index + 1) * per_host)
+        self._rows = rows or slice(process_index * per_host, (process_index + 1) * per_host)
         self.index = 0
 
     def __iter__(self):

@@ -40,8 +40,10 @@ def make_train_stream(
     config: ml_collections.ConfigDict,
     process_index: int | None = None,
     process_count: int | None = None,
+    rows: slice | None = None,
 ):
-    """The endless training stream of this host's rows of each global batch."""
+    """The endless training stream of this host's rows of each global batch (`rows`, e.g.
+    `sharding.process_rows`, or the block of the process index)."""
     pi, pc = _hosts(process_index, process_count)
     if config.data.name == "duplication":
         return DuplicationStream(
@@ -51,6 +53,7 @@ def make_train_stream(
             vocab_size=config.model.vocab_size,
             process_index=pi,
             process_count=pc,
+            rows=rows,
         )
     if config.data.name in BYTE_DATASETS:
         return text.CropStream(
@@ -60,6 +63,7 @@ def make_train_stream(
             batch_size=config.train.batch_size,
             process_index=pi,
             process_count=pc,
+            rows=rows,
         )
     raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
 
@@ -69,6 +73,7 @@ def make_eval_batches(
     process_index: int | None = None,
     process_count: int | None = None,
     *,
+    rows: slice | None = None,
     whole_split: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Evaluation batches (this host's rows), the same at every evaluation.
@@ -87,9 +92,12 @@ def make_eval_batches(
             vocab_size=config.model.vocab_size,
             process_index=pi,
             process_count=pc,
+            rows=rows,
         )
         return list(itertools.islice(stream, e.num_batches))
     if config.data.name in BYTE_DATASETS:
         windows = text.eval_windows(byte_splits(config)[e.split], config.data.seq_len, e.stride)
-        return text.eval_batches(windows, e.batch_size, 0 if whole_split else e.num_batches, pi, pc)
+        return text.eval_batches(
+            windows, e.batch_size, 0 if whole_split else e.num_batches, pi, pc, rows
+        )
     raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")

@@ -123,6 +123,7 @@ class CropStream:
         batch_size: int,
         process_index: int = 0,
         process_count: int = 1,
+        rows: slice | None = None,
         name: str = "train",
     ):
         if len(data) < seq_len:
@@ -132,7 +133,7 @@ class CropStream:
             )
         self._seed, self._seq_len = seed, seq_len
         local = batch_size // process_count
-        rows = slice(process_index * local, (process_index + 1) * local)
+        rows = rows or slice(process_index * local, (process_index + 1) * local)
         self._dataset = grain.MapDataset.range(2**62).map(
             lambda step: _crop_batch(
                 step, data=data, seq_len=seq_len, seed=seed, global_batch=batch_size, rows=rows
@@ -198,15 +199,17 @@ def eval_batches(
     num_batches: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    rows: slice | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Windows grouped into global batches of `batch_size` (the last padded with rows of
-    weight 0), this host's rows of each; the first `num_batches` (0 = all)."""
+    weight 0), this host's rows of each (`rows`, or the process's block); the first
+    `num_batches` (0 = all)."""
     n = len(windows["tokens"])
     total = math.ceil(n / batch_size)
     if num_batches:
         total = min(total, num_batches)
     local = batch_size // process_count
-    rows = slice(process_index * local, (process_index + 1) * local)
+    rows = rows or slice(process_index * local, (process_index + 1) * local)
     out = []
     for b in range(total):
         batch = {}
