@@ -4,8 +4,8 @@ python -m reformer.train --config configs/enwik8.py --workdir W [--config.data.p
     12 layers [local, local, lsh, local] x 3, d_model 1024, d_ff 4096, 8 heads of 128,
     LSH chunk 256 with 512 buckets and 2 hashes (evaluated with 4), local chunk 128
     with one chunk before, axial positions (128, 512) with dims (256, 768), dropout
-    0.2, Adam with 2000 warmup steps and rsqrt decay, 65536-byte sequences, one
-    sequence per device (set train.batch_size to the device count).
+    0.2, Adam with 2000 warmup steps and rsqrt decay, 65536-byte sequences, a batch of
+    8 sequences (on fewer than 8 devices add --config.train.grad_accum_steps=8/devices).
 python -m reformer.train --config configs/enwik8.py:cpu \
         --config.data.path=../shared/data/enwik8_prefix_4154399 --workdir W
     A 4-layer model (local and LSH layers alternating, reversible, d_model 128, 512-byte

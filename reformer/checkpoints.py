@@ -90,45 +90,71 @@ def incomplete_dirs(manager: ocp.CheckpointManager) -> list[str]:
     return sorted(d for d in os.listdir(directory) if ".orbax-checkpoint-tmp" in d)
 
 
+def _is_structure_mismatch(error: Exception) -> bool:
+    """A checkpoint that reads fine but holds another tree than this run's state."""
+    return "tree structures do not match" in str(error)
+
+
 def restore_latest(
     manager: ocp.CheckpointManager, abstract_state, workdir: str, move_corrupt: bool = True
 ):
     """`(step, state, data_state)` of the newest checkpoint that every process can read, or
     None when there is none.
 
-    A step that fails to restore in any process is moved to `WORKDIR/corrupt_checkpoints/`
-    (never deleted; with `move_corrupt=False` left in place) with a warning, and the step
-    before it is tried.
+    Newer steps that fail to restore in any process (e.g. a truncated file) are skipped with
+    a warning and, once an older step has been restored, moved to
+    `WORKDIR/corrupt_checkpoints/` (never deleted; with `move_corrupt=False` left in place).
+    When no step can be restored nothing is moved and a ConfigError says why; a checkpoint
+    of another optimizer setup is a ConfigError too, never taken for a corrupt one.
     """
     for name in incomplete_dirs(manager):
         log(f"WARNING: ignoring {name} in {manager.directory}: a save that did not finish.")
+    failed: list[tuple[int, str]] = []
     for step in sorted(manager.all_steps(), reverse=True):
         error = None
         try:
             state, data_state = restore(manager, step, abstract_state)
         except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
             error = e
+        if error is not None and _is_structure_mismatch(error):
+            raise ConfigError(
+                f"checkpoint {step} in {workdir} holds a train state of another structure than "
+                "this run's (did optimizer.name, optimizer.clip_norm = 0 or "
+                "optimizer.weight_decay = 0 change?). Use the original settings or a new "
+                f"--workdir. ({str(error).splitlines()[0][:200]})"
+            ) from error
         if _all_processes(error is None):
+            _set_aside(manager, workdir, [s for s, _ in failed], move_corrupt)
             return step, state, data_state
         reason = (
             f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             if error
-            else ("another process could not read it")
+            else "another process could not read it"
         )
-        if not move_corrupt:
-            log(f"WARNING: checkpoint {step} cannot be restored ({reason}); trying the one before.")
-            continue
+        log(f"WARNING: checkpoint {step} cannot be restored ({reason}); trying the one before it.")
+        failed.append((step, reason))
+    if failed:
+        raise ConfigError(
+            f"no checkpoint in {manager.directory} can be restored; nothing was moved or "
+            "deleted. Move the checkpoints away to start from scratch, or fix what is "
+            "wrong:\n  " + "\n  ".join(f"step {s}: {r}" for s, r in failed)
+        )
+    return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, workdir: str, steps: list[int], move: bool):
+    """Moves unreadable steps to `WORKDIR/corrupt_checkpoints/` (process 0), so that saving
+    those steps again does not collide with them."""
+    if not steps or not move:
+        return
+    for step in steps:
         target = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
-        log(
-            f"WARNING: checkpoint {step} cannot be restored ({reason}); moved it to {target} "
-            "and trying the one before it."
-        )
+        log(f"WARNING: moved the unreadable checkpoint {step} to {target}.")
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(os.path.join(str(manager.directory), str(step)), target)
-        _barrier(f"reformer_corrupt_{step}")
-        manager.reload()
-    return None
+    _barrier("reformer_set_aside_corrupt")
+    manager.reload()
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -141,15 +167,31 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _state_structure(config: dict) -> dict:
+    """The optimizer settings that change the optimizer state's structure."""
+    opt = config.get("optimizer")
+    if not opt:
+        return {}
+    return {
+        "optimizer.name": opt.get("name"),
+        "optimizer.clip_norm > 0": opt.get("clip_norm", 0) > 0,
+        "optimizer.weight_decay > 0": opt.get("weight_decay", 0) > 0,
+    }
+
+
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a checkpoint written by a model of a different shape or kind."""
+    """Refuses to resume a checkpoint written by a model of a different shape or kind, or
+    with an optimizer whose state has another structure."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
     with open(path) as f:
         saved = json.load(f)
-    old = _flatten(saved.get("model", {}), "model.")
-    new = _flatten(json.loads(config.model.to_json()), "model.")
+    old = {**_flatten(saved.get("model", {}), "model."), **_state_structure(saved)}
+    new = {
+        **_flatten(json.loads(config.model.to_json()), "model."),
+        **_state_structure(json.loads(config.to_json())),
+    }
     diff = [
         f"config.{k}: checkpoint has {old[k]!r}, this run has {new.get(k)!r}"
         for k in sorted(old)
@@ -157,7 +199,7 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
     ]
     if diff:
         raise ConfigError(
-            f"workdir {workdir} holds a checkpoint of a different model; refusing to "
+            f"workdir {workdir} holds a checkpoint of a different model or optimizer; refusing to "
             "resume or overwrite it. Use a new --workdir or the original settings:\n  "
             + "\n  ".join(diff)
         )

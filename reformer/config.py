@@ -209,9 +209,9 @@ def _check_numbers(r: Report) -> None:
             f"must be in [0, 1), got {v!r}",
         )
     r.check(
-        isinstance(o.learning_rate, int | float) and o.learning_rate > 0,
+        isinstance(o.learning_rate, int | float) and 0 < o.learning_rate < float("inf"),
         "optimizer.learning_rate",
-        f"must be positive, got {o.learning_rate!r}",
+        f"must be positive and finite, got {o.learning_rate!r}",
     )
     for name in ("clip_norm", "weight_decay"):
         v = o[name]

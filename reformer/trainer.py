@@ -180,8 +180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if step >= t.num_steps:
         log(f"Already at step {step} >= train.num_steps={t.num_steps}; nothing to train.")
-    try:
-        with StopRequests() as stop:
+    # The handlers stay installed until the last save is written: a SIGTERM then only
+    # asks for what is already happening.
+    with StopRequests() as stop:
+        try:
             while step < t.num_steps:
                 batch = sharding.global_batch(mesh, next(stream))
                 state, metrics = p_train_step(state, batch, step_rng)
@@ -213,8 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     break
             if ready is not None:
                 write_train_record(*ready)
-    finally:  # On any error too: finish pending saves, close the manager and the writers.
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
+        finally:  # On any error too: finish pending saves, close the manager and writers.
+            manager.wait_until_finished()
+            manager.close()
+            writer.close()
     return last_eval

@@ -112,7 +112,11 @@ def test_divergence_stops_with_a_clear_error(tmp_path):
     assert steps == [], "a diverged state was checkpointed"
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize(
+    "sig, message", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")], ids=["term", "int"]
+)
+def test_stop_request_saves_and_exits_cleanly(sig, message, tmp_path):
+    """SIGTERM (preemption) or one Ctrl-C: a checkpoint at the current step, exit status 0."""
     workdir = str(tmp_path)
     cmd = [
         sys.executable,
@@ -132,10 +136,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     for line in proc.stdout:
         if "step " in line and "/100000" in line:
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    assert "SIGTERM" in out
+    assert message in out and "Stopped at step" in out
     steps = checkpoint_steps(workdir)
     assert len(steps) == 1 and 5 <= steps[0] < 100000
 
@@ -183,3 +187,22 @@ def test_data_parallel_over_four_devices_matches_one(uninterrupted, tmp_path):
     assert "config.train.batch_size: 6 is not divisible by the number of devices (4)" in (
         bad.stderr
     )
+
+
+def test_second_ctrl_c_exits_at_once(monkeypatch):
+    """The first Ctrl-C asks for a save-and-stop; the second exits immediately (status 130)."""
+    from reformer import preemption
+
+    exits = []
+
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(preemption.os, "_exit", fake_exit)
+    stop = preemption.StopRequests()
+    stop._on_interrupt(signal.SIGINT, None)
+    assert stop.should_stop(1) and not exits
+    with pytest.raises(SystemExit):
+        stop._on_interrupt(signal.SIGINT, None)
+    assert exits == [130]
