@@ -200,14 +200,10 @@ def _check_numbers(r: Report) -> None:
     for field in NON_NEGATIVE_INTS:
         v = r.value(field)
         r.check(_is_int(v) and v >= 0, field, f"must be a non-negative integer, got {v!r}")
-    m, o = r.config.model, r.config.optimizer
-    for name in ("dropout", "attention_dropout"):
-        v = m[name]
-        r.check(
-            isinstance(v, int | float) and 0.0 <= v < 1.0,
-            f"model.{name}",
-            f"must be in [0, 1), got {v!r}",
-        )
+    o = r.config.optimizer
+    for field in ("model.dropout", "model.attention_dropout", "optimizer.b1", "optimizer.b2"):
+        v = r.value(field)
+        r.check(isinstance(v, int | float) and 0 <= v < 1, field, f"must be in [0, 1), got {v!r}")
     r.check(
         isinstance(o.learning_rate, int | float) and 0 < o.learning_rate < float("inf"),
         "optimizer.learning_rate",
@@ -217,13 +213,6 @@ def _check_numbers(r: Report) -> None:
         v = o[name]
         r.check(
             isinstance(v, int | float) and v >= 0, f"optimizer.{name}", f"must be >= 0, got {v!r}"
-        )
-    for name in ("b1", "b2"):
-        v = o[name]
-        r.check(
-            isinstance(v, int | float) and 0 <= v < 1,
-            f"optimizer.{name}",
-            f"must be in [0, 1), got {v!r}",
         )
 
 

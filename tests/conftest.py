@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +41,18 @@ def run_script(script: str, args: list[str], timeout: int = 600):
         text=True,
         timeout=timeout,
     )
+
+
+def read_metrics(workdir: str, split: str = "train") -> list[dict]:
+    """The records of one split ("train" or "eval") in WORKDIR/metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [r for r in records if r["split"] == split]
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in WORKDIR/checkpoints."""
+    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
 @pytest.fixture

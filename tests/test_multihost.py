@@ -18,7 +18,7 @@ import pytest
 
 from reformer import data, sharding, steps
 from reformer.trainer import train_and_evaluate
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, checkpoint_steps, read_metrics, run_module
 from tests.mesh_runs import small_config
 
 TIMEOUT = 240  # Seconds for any one subprocess; a hung peer fails the test instead of CI.
@@ -33,17 +33,11 @@ def cpu_env(n_devices: int) -> dict:
 
 
 def train_losses(workdir: str) -> list[float]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
+    return [r["loss"] for r in read_metrics(workdir)]
 
 
 def train_steps(workdir: str) -> list[int]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
-
-
-def checkpoint_steps(workdir: str) -> list[int]:
-    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    return [r["step"] for r in read_metrics(workdir)]
 
 
 def free_port() -> int:

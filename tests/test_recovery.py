@@ -26,7 +26,7 @@ from reformer.config import ConfigError
 from reformer.evaluate import load_params
 from reformer.metrics import keep_records_up_to
 from reformer.trainer import train_and_evaluate
-from tests.conftest import REPO, load_config
+from tests.conftest import REPO, checkpoint_steps, load_config, read_metrics
 
 SEED = int(os.environ.get("RECOVERY_SEED", "25"))  # Override to soak other moments.
 NUM_STEPS = 100  # Steps of the killed run; each takes milliseconds on the tiny model.
@@ -40,16 +40,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 
 PROGRESS = re.compile(r"\] step +(\d+)/(\d+) \|")
 RESUMED = re.compile(r"Resumed from .* at step (\d+)\.")
-
-
-def read_records(workdir, split="train"):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [r for r in records if r["split"] == split]
-
-
-def checkpoint_steps(workdir):
-    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
 def final_params(workdir, num_steps):
@@ -258,14 +248,14 @@ def test_killed_and_restarted_training_matches_an_uninterrupted_run(tmp_path):
     assert not any("cannot be restored" in out for out in outputs), "\n".join(outputs)
     assert not os.path.exists(workdir / "corrupt_checkpoints")
 
-    expected, resumed = read_records(straight), read_records(workdir)
+    expected, resumed = read_metrics(straight), read_metrics(workdir)
     assert [r["step"] for r in expected] == list(range(1, NUM_STEPS + 1))
     assert [r["step"] for r in resumed] == list(range(1, NUM_STEPS + 1)), events
     for key in ("loss", "accuracy", "grad_norm", "learning_rate", "tokens"):
         np.testing.assert_array_equal(
             [r[key] for r in resumed], [r[key] for r in expected], err_msg=key
         )
-    assert read_records(workdir, "eval")[-1]["loss"] == read_records(straight, "eval")[-1]["loss"]
+    assert read_metrics(workdir, "eval")[-1]["loss"] == read_metrics(straight, "eval")[-1]["loss"]
 
     params, step = final_params(str(workdir), NUM_STEPS)
     expected_params, expected_step = final_params(str(straight), NUM_STEPS)
@@ -310,10 +300,10 @@ def test_truncated_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caps
     assert os.path.isdir(unfinished)  # Ignored and left in place.
 
     for split in ("train", "eval"):
-        resumed, expected = read_records(workdir, split), read_records(straight, split)
+        resumed, expected = read_metrics(workdir, split), read_metrics(straight, split)
         assert [r["step"] for r in resumed] == [r["step"] for r in expected]
         np.testing.assert_array_equal([r["loss"] for r in resumed], [r["loss"] for r in expected])
-    assert [r["step"] for r in read_records(workdir)] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in read_metrics(workdir)] == [5, 10, 15, 20, 25, 30]
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +329,7 @@ def test_diverging_resume_keeps_the_last_good_checkpoint(trained_ten_steps, tmp_
     source, saved_params = trained_ten_steps
     workdir = str(tmp_path / "w")
     shutil.copytree(source, workdir)
-    before = read_records(workdir)
+    before = read_metrics(workdir)
     config = load_config("tiny")
     config.train.num_steps = 20
     config.optimizer.learning_rate = 1e30
@@ -358,7 +348,7 @@ def test_diverging_resume_keeps_the_last_good_checkpoint(trained_ten_steps, tmp_
         )
     assert checkpoint_steps(workdir) == [10]
     assert not os.path.exists(os.path.join(workdir, "corrupt_checkpoints"))
-    assert read_records(workdir)[: len(before)] == before
+    assert read_metrics(workdir)[: len(before)] == before
     params, step = final_params(workdir, 20)
     assert step == 10
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
@@ -409,11 +399,11 @@ def test_no_readable_checkpoint_stops_without_moving_anything(trained_ten_steps,
     biggest = max(files, key=os.path.getsize)
     with open(biggest, "r+b") as f:
         f.truncate(os.path.getsize(biggest) // 2)
-    before = read_records(workdir)
+    before = read_metrics(workdir)
     config = load_config("tiny")
     config.train.num_steps = 20
     with pytest.raises(ConfigError, match="no checkpoint .* can be restored"):
         train_and_evaluate(config, workdir)
     assert checkpoint_steps(workdir) == [10]
     assert not os.path.exists(os.path.join(workdir, "corrupt_checkpoints"))
-    assert read_records(workdir) == before
+    assert read_metrics(workdir) == before

@@ -1,6 +1,5 @@
 """End to end: training runs, resumes where it stopped, and stops cleanly."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,17 +10,7 @@ import pytest
 
 from reformer.config import ConfigError
 from reformer.trainer import train_and_evaluate
-from tests.conftest import REPO, load_config, run_module
-
-
-def read_metrics(workdir, split="train"):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [r for r in records if r["split"] == split]
-
-
-def checkpoint_steps(workdir):
-    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+from tests.conftest import REPO, checkpoint_steps, load_config, read_metrics, run_module
 
 
 @pytest.fixture(scope="module")
