@@ -379,19 +379,20 @@ def _resolve_mesh(r: Report, num_devices: int) -> tuple[int, int] | None:
     if data == -1 and fsdp == -1:
         r.add("mesh.data", "mesh.data and mesh.fsdp cannot both be -1")
         return None
-    known = data * fsdp * -1 if -1 in (data, fsdp) else data * fsdp
-    if -1 in (data, fsdp):
+    if -1 in (data, fsdp):  # The other axis takes the remaining devices.
+        fixed, field = (fsdp, "mesh.fsdp") if data == -1 else (data, "mesh.data")
         if not r.check(
-            num_devices % known == 0,
-            "mesh.fsdp" if data == -1 else "mesh.data",
-            f"{known} does not divide the number of devices ({num_devices})",
+            num_devices % fixed == 0,
+            field,
+            f"{fixed} does not divide the number of devices ({num_devices})",
         ):
             return None
-        data, fsdp = (num_devices // fsdp, fsdp) if data == -1 else (data, num_devices // data)
-    elif not r.check(
-        known == num_devices,
+        rest = num_devices // fixed
+        return (rest, fsdp) if data == -1 else (data, rest)
+    if not r.check(
+        data * fsdp == num_devices,
         "mesh.data",
-        f"mesh.data * mesh.fsdp = {data} * {fsdp} = {known} must equal the number of devices "
+        f"mesh.data * mesh.fsdp = {data} * {fsdp} = {data * fsdp} must equal the number of devices "
         f"({num_devices}); set one of them to -1 to use all remaining devices",
     ):
         return None

@@ -38,7 +38,8 @@ from reformer.steps import (  # noqa: F401
 
 
 def _check_finite(metrics: list[tuple[int, dict]]) -> None:
-    """Raises naming the first step whose loss, gradient or new state is not finite."""
+    """Raises naming the first step whose loss, gradient or new state is not finite
+    (`metrics`: (step, metrics) pairs, on the device or already fetched)."""
     host = jax.device_get([(step, m["finite"]) for step, m in metrics])
     bad = [step for step, ok in host if not bool(ok)]
     if bad:
@@ -159,8 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     interval_start, interval_first_step = time.time(), step
 
     def write_train_record(end_step: int, metrics: list, seconds: float, n_steps: int) -> None:
-        _check_finite(metrics)
-        host = jax.device_get([m for _, m in metrics])
+        host_metrics = jax.device_get(metrics)  # One transfer for the whole interval.
+        _check_finite(host_metrics)
+        host = [m for _, m in host_metrics]
         sums = {
             k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "weight_sum")
         }

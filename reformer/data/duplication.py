@@ -51,7 +51,11 @@ class DuplicationStream:
         self.seed, self.batch_size = seed, batch_size
         self.word_len, self.vocab_size = word_len, vocab_size
         per_host = batch_size // process_count
-        self._rows = rows or slice(process_index * per_host, (process_index + 1) * per_host)
+        self._rows = (
+            rows
+            if rows is not None
+            else slice(process_index * per_host, (process_index + 1) * per_host)
+        )
         self.index = 0
 
     def __iter__(self):

@@ -133,7 +133,9 @@ class CropStream:
             )
         self._seed, self._seq_len = seed, seq_len
         local = batch_size // process_count
-        rows = rows or slice(process_index * local, (process_index + 1) * local)
+        rows = (
+            rows if rows is not None else slice(process_index * local, (process_index + 1) * local)
+        )
         self._dataset = grain.MapDataset.range(2**62).map(
             lambda step: _crop_batch(
                 step, data=data, seq_len=seq_len, seed=seed, global_batch=batch_size, rows=rows
@@ -209,7 +211,7 @@ def eval_batches(
     if num_batches:
         total = min(total, num_batches)
     local = batch_size // process_count
-    rows = rows or slice(process_index * local, (process_index + 1) * local)
+    rows = rows if rows is not None else slice(process_index * local, (process_index + 1) * local)
     out = []
     for b in range(total):
         batch = {}
