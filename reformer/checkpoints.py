@@ -56,7 +56,23 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict) -> 
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
-    """Restores (state, data_state) of `step` into the shardings of `abstract_state`."""
+    """Restores (state, data_state) of `step` into the shardings of `abstract_state`.
+
+    An `abstract_state` of the form `{"params": abstract_params}` reads only the
+    parameters (no optimizer state, no data position: `data_state` is None).
+    """
+    if isinstance(abstract_state, dict) and set(abstract_state) == {"params"}:
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=abstract_state,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+                    partial_restore=True,
+                )
+            ),
+        )
+        return restored["state"], None
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -100,6 +100,7 @@ def default_config() -> ml_collections.ConfigDict:
     e.attention_types = ()  # Attention types at evaluation, same weights; () = as trained.
     e.split = "validation"  # Split evaluated on byte data: one of SPLITS.
     e.stride = 0  # Byte data: sliding windows advancing this many bytes; 0 = seq_len.
+    e.cached = False  # Score through the decoding caches (reformer/decode.py) as sampling runs.
     return c
 
 
@@ -227,6 +228,8 @@ def _check_choices(r: Report) -> None:
     ):
         v = r.value(field)
         r.check(v in allowed, field, f"must be one of {allowed}, got {v!r}")
+    if r.config.eval.cached and r.fine("model.causal"):
+        r.check(r.config.model.causal, "eval.cached", "decoding needs model.causal = True")
 
 
 def _check_layers(r: Report) -> None:

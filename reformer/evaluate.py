@@ -2,12 +2,13 @@
 
     python -m reformer.evaluate --config configs/X.py --workdir W \\
         [--config.eval.split=test] [--config.eval.n_hashes=8] \\
-        [--config.eval.attention_types="('full_shared_qk',)"]
+        [--config.eval.attention_types="('full_shared_qk',)"] [--config.eval.cached=True]
 
 Prints and writes `W/eval_<split>.json`: loss, bits per token (and `bits_per_byte` on byte
 data), accuracy, how many tokens were scored, the step and the evaluation settings. On text data
 the split is covered exactly once by contiguous windows (see `reformer/data`), so the number
-is exact over the whole split; on the synthetic duplication task `eval.num_batches` batches
+is exact over the whole split (with `eval.cached` scored through the decoding caches of
+`reformer/decode.py`, the logits sampling draws from); on the synthetic duplication task `eval.num_batches` batches
 drawn with `eval.seed` are scored and `eval.split` only names the file.
 """
 
@@ -106,7 +107,8 @@ def main(argv: list[str]) -> None:
     log(
         f"{r['split']} at step {r['step']}: {r['bits_per_token']:.4f} bits/{unit}, "
         f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f} over {r['tokens']:,} tokens "
-        f"({'/'.join(r['attention_types'])} attention{hashes})"
+        f"({'/'.join(r['attention_types'])} attention{hashes}"
+        f"{', through the decoding caches' if r.get('cached') else ''})"
     )
 
 

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from reformer import sharding
+from reformer import decode, sharding
 from reformer.config import ConfigError
-from reformer.model import ModelConfig, ReformerLM, retype_layers
+from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, retype_layers
 
 
 @flax.struct.dataclass
@@ -69,10 +69,11 @@ def make_eval_fn(config: ml_collections.ConfigDict, model: ReformerLM, abstract_
     differ from the trained ones is a ConfigError. `eval.n_hashes` sets LSH's hash rounds.
     """
     n_hashes = config.eval.n_hashes or None
+    step_fn = cached_eval_step if config.eval.cached else eval_step
     train_types = tuple(config.model.attention_types)
     eval_types = tuple(config.eval.attention_types) or train_types
     if eval_types == train_types:
-        return functools.partial(eval_step, model=model, n_hashes=n_hashes)
+        return functools.partial(step_fn, model=model, n_hashes=n_hashes)
     eval_model = ReformerLM(dataclasses.replace(model.cfg, attention_types=eval_types))
 
     def convert(params):
@@ -89,7 +90,7 @@ def make_eval_fn(config: ml_collections.ConfigDict, model: ReformerLM, abstract_
             f"model.attention_types {train_types} (their parameters differ). Weights carry "
             "over between 'lsh' and 'full_shared_qk', and between 'full' and 'local'."
         )
-    return lambda params, batch: eval_step(
+    return lambda params, batch: step_fn(
         convert(params), batch, model=eval_model, n_hashes=n_hashes
     )
 
@@ -213,6 +214,20 @@ def eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -
     )[1]
 
 
+def cached_eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -> dict:
+    """`eval_step` through the decoding caches: the logits sampling would draw from."""
+    tokens = batch["tokens"]
+    logits = decode.cached_logits(
+        model.cfg,
+        params,
+        tokens,
+        jax.random.key(0),
+        n_hashes=n_hashes or model.cfg.n_hashes,
+        prefix=tokens.shape[1],
+    )
+    return loss_and_metrics(logits, tokens, batch["weights"])[1]
+
+
 def summarize(sums: dict) -> dict:
     """Mean loss (nats/token), bits per token and accuracy from summed metrics."""
     w = max(float(sums["weight_sum"]), 1.0)
@@ -239,4 +254,6 @@ def eval_settings(config: ml_collections.ConfigDict) -> dict:
     out: dict = {"attention_types": list(types)}
     if "lsh" in types:
         out["n_hashes"] = config.eval.n_hashes or config.model.n_hashes
+    if config.eval.cached:
+        out["cached"] = True
     return out

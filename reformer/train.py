@@ -9,6 +9,7 @@ GPU nodes, or several processes on one machine) give every process
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -72,10 +73,13 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _exit_with_error(message: str) -> None:
-    program = "reformer.evaluate" if "evaluate" in sys.argv[0] else "reformer.train"
+    program = next(
+        (p for p in ("evaluate", "sample") if p in os.path.basename(sys.argv[0])), "train"
+    )
+    extra = " --prompt TEXT" if program == "sample" else ""
     print(
-        f"error: {message}\nUsage: python -m {program} --config configs/X.py "
-        "--workdir DIR [--config.group.field=value ...]",
+        f"error: {message}\nUsage: python -m reformer.{program} --config configs/X.py "
+        f"--workdir DIR{extra} [--config.group.field=value ...]",
         file=sys.stderr,
     )
     sys.exit(2)

@@ -1,0 +1,218 @@
+"""Cached decoding (`reformer/decode.py`) and sampling."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reformer import decode, steps
+from reformer.model import ModelConfig, ReformerLM
+from tests.conftest import load_config
+from tests.decode_reference import reference_logits
+
+GREEDY = decode.Sampling(temperature=0.0)
+CHUNK = 8
+
+
+def model_config(types, *, reversible=True, positional="axial", **overrides) -> ModelConfig:
+    m = load_config("tiny").model
+    m.attention_types = types
+    m.n_layers = 2 * len(types)
+    m.reversible = reversible
+    m.positional = positional
+    m.local_chunk_len = m.lsh_chunk_len = CHUNK
+    m.n_buckets, m.n_hashes = 4, 2
+    m.axial_shape, m.axial_dims = (8, 8), (16, 16)
+    m.vocab_size = 20
+    for k, v in overrides.items():
+        m[k] = v
+    return ModelConfig.from_config(m)
+
+
+def make(cfg: ModelConfig, seed: int = 1):
+    return steps.init_params(ReformerLM(cfg), jax.random.key(seed), 1, 64)
+
+
+def random_tokens(key: int, shape) -> jax.Array:
+    return jax.random.randint(jax.random.key(key), shape, 2, 20)
+
+
+EXACT = {
+    "local+full, reversible, axial": model_config(("local", "full")),
+    "full, plain, learned positions": model_config(("full",), reversible=False, positional="learned"),
+    "full shared-QK": model_config(("full_shared_qk",)),
+}
+
+
+@pytest.fixture(scope="module", params=list(EXACT))
+def exact_model(request):
+    cfg = EXACT[request.param]
+    return cfg, make(cfg)
+
+
+@pytest.mark.parametrize("prompt_len", [3, 13])  # shorter and longer than a chunk
+def test_cached_greedy_equals_rerunning_the_model(exact_model, prompt_len):
+    """Each cached greedy token is the argmax of the full model run on the whole prefix, and
+    the logits agree: so greedy decoding that re-runs the model gives the same tokens."""
+    cfg, params = exact_model
+    prompt = random_tokens(2, (2, prompt_len))
+    tokens, logits = decode.generate(
+        cfg, params, prompt, 24, jax.random.key(3), GREEDY, end_token=None, return_logits=True
+    )
+    whole = jnp.concatenate([prompt, tokens], axis=1)
+    full_logits = ReformerLM(cfg).apply({"params": params}, whole)[:, prompt_len:]
+    np.testing.assert_allclose(logits, full_logits, atol=1e-4)
+    np.testing.assert_array_equal(tokens, jnp.argmax(full_logits, -1))
+
+
+def test_cached_equals_uncached_decoding_loop():
+    cfg = EXACT["local+full, reversible, axial"]
+    params = make(cfg)
+    prompt = random_tokens(4, (2, 5))
+    args = (cfg, params, prompt, 20, jax.random.key(5))
+    for sampling in (GREEDY, decode.Sampling(temperature=1.0)):
+        cached = decode.generate(*args, sampling, end_token=None)
+        uncached = decode.generate_uncached(*args, sampling, end_token=None)
+        np.testing.assert_array_equal(cached, uncached)
+
+
+LSH = model_config(("lsh", "local"))
+
+
+@pytest.fixture(scope="module")
+def lsh_model():
+    return LSH, make(LSH)
+
+
+@pytest.mark.parametrize("prefix", [1, 5, 40])
+def test_lsh_decoding_equals_the_slow_reference(lsh_model, prefix):
+    """Prefill of `prefix` positions then one step per position, against a NumPy model of
+    the one-query LSH semantics (tests/decode_reference.py)."""
+    cfg, params = lsh_model
+    tokens = random_tokens(6, (2, 40))
+    key = jax.random.key(7)
+    logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=prefix)
+    expected = reference_logits(cfg, params, tokens, decode.all_rotations(cfg, key, 2))
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_lsh_semantics_differ_from_training_attention(lsh_model):
+    """The reference is not trivially the training forward pass (so the test above tests
+    the decoding semantics, not a copy of training)."""
+    cfg, params = lsh_model
+    tokens = random_tokens(6, (2, 40))
+    logits = decode.cached_logits(cfg, params, tokens, jax.random.key(7), n_hashes=2, prefix=40)
+    trained = ReformerLM(cfg).apply({"params": params}, tokens)
+    assert np.abs(np.asarray(logits) - np.asarray(trained)).max() > 1e-2
+
+
+def test_lsh_generation_matches_teacher_forcing(lsh_model):
+    """`generate` (prefill + steps, rotations from its key) emits the argmax of the
+    teacher-forced cached logits of its own output."""
+    cfg, params = lsh_model
+    prompt = random_tokens(8, (2, 9))
+    rng = jax.random.key(9)
+    tokens, logits = decode.generate(
+        cfg, params, prompt, 20, rng, GREEDY, end_token=None, return_logits=True
+    )
+    whole = jnp.concatenate([prompt, tokens], axis=1)
+    hash_key = jax.random.split(rng)[1]
+    forced = decode.cached_logits(cfg, params, whole, hash_key, n_hashes=2, prefix=29)[:, 9:]
+    np.testing.assert_allclose(logits, forced, atol=1e-4)
+    np.testing.assert_array_equal(tokens, jnp.argmax(forced, -1))
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+def test_fixed_seed_reproduces_and_other_seeds_differ(lsh_model):
+    cfg, params = lsh_model
+    prompt = random_tokens(10, (3, 4))
+    sampling = decode.Sampling(temperature=1.0)
+
+    def run(seed):
+        return np.asarray(
+            decode.generate(cfg, params, prompt, 16, jax.random.key(seed), sampling, end_token=None)
+        )
+
+    first = run(0)
+    np.testing.assert_array_equal(first, run(0))
+    assert (first != run(1)).any()
+
+
+def test_temperature_zero_is_greedy_and_tiny_temperatures_approach_it(lsh_model):
+    cfg, params = lsh_model
+    prompt = random_tokens(11, (2, 6))
+    rng = jax.random.key(0)
+    greedy, logits = decode.generate(
+        cfg, params, prompt, 16, rng, GREEDY, end_token=None, return_logits=True
+    )
+    np.testing.assert_array_equal(greedy, jnp.argmax(logits, -1))
+    cold = decode.generate(cfg, params, prompt, 16, rng, decode.Sampling(1e-4), end_token=None)
+    np.testing.assert_array_equal(cold, greedy)
+
+
+def test_batch_rows_are_independent(lsh_model):
+    """A row's samples do not depend on the other rows: changing row 1's prompt leaves rows
+    0 and 2 as they were, and row 0 alone is row 0 of the batch."""
+    cfg, params = lsh_model
+    prompts = random_tokens(12, (3, 7))
+    rng = jax.random.key(4)
+    sampling = decode.Sampling(temperature=1.0, top_k=10)
+
+    def run(p):
+        return np.asarray(decode.generate(cfg, params, p, 12, rng, sampling, end_token=None))
+
+    together = run(prompts)
+    changed = run(prompts.at[1].set(random_tokens(13, (7,))))
+    assert (changed[1] != together[1]).any()
+    np.testing.assert_array_equal(changed[[0, 2]], together[[0, 2]])
+    np.testing.assert_array_equal(run(prompts[:1])[0], together[0])
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.5), (5, 0.3)])
+def test_top_k_and_top_p_never_emit_excluded_tokens(top_k, top_p):
+    logits = jax.random.normal(jax.random.key(0), (64, 20)) * 2.0
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(1), i))(jnp.arange(64))
+    sampling = decode.Sampling(temperature=0.7, top_k=top_k, top_p=top_p)
+    drawn = []
+    for draw in range(30):
+        draw_keys = jax.vmap(lambda k, d=draw: jax.random.fold_in(k, d))(keys)
+        drawn.append(np.asarray(decode.sample_logits(logits, draw_keys, sampling)))
+    drawn = np.stack(drawn, 1)  # [rows, draws]
+    for row, tokens in zip(np.asarray(logits), drawn, strict=True):
+        probs = np.exp((row - row.max()) / 0.7)
+        order = np.argsort(-row)
+        allowed = order[:top_k] if top_k else order
+        p = probs[allowed] / probs[allowed].sum()
+        before = np.cumsum(p) - p
+        allowed = set(allowed[before < top_p].tolist())
+        assert set(tokens.tolist()) <= allowed
+    # Not degenerate: some rows draw tokens other than their most likely one.
+    assert any(len(set(t.tolist())) > 1 for t in drawn)
+
+
+def test_rows_stop_at_the_end_token():
+    cfg = model_config(("local",))
+    params = make(cfg)
+    params["logits"]["bias"] = params["logits"]["bias"].at[decode.END_TOKEN].set(1e3)
+    prompt = random_tokens(13, (2, 3))
+    tokens = decode.generate(cfg, params, prompt, 6, jax.random.key(0), decode.Sampling())
+    np.testing.assert_array_equal(tokens, [[1, 0, 0, 0, 0, 0]] * 2)
+    tokens = decode.generate(cfg, params, prompt, 6, jax.random.key(0), end_token=None)
+    np.testing.assert_array_equal(tokens, np.ones((2, 6)))
+
+
+def test_bad_lengths_and_sampling_settings_are_named():
+    cfg = model_config(("local",))
+    params = make(cfg)
+    with pytest.raises(ValueError, match="at most 63"):
+        decode.generate(cfg, params, jnp.ones((1, 64), jnp.int32), 1, jax.random.key(0))
+    with pytest.raises(ValueError, match="length <= 54"):
+        decode.generate(cfg, params, jnp.ones((1, 10), jnp.int32), 60, jax.random.key(0))
+    with pytest.raises(ValueError, match="top_p must be in"):
+        decode.Sampling(top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be"):
+        decode.Sampling(temperature=-1.0)
