@@ -121,9 +121,7 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, n_hashes: int) -> list
 
 def _attend(q_BxHxQxK, q_pos_Q, k_BxHxTxK, v_BxHxTxK, k_pos_T, bias_BxHxQxT, exclude_self):
     """Causal attention of Q queries over T cached keys, with the training masks."""
-    logits = jnp.einsum(
-        "bhqk,bhtk->bhqt", q_BxHxQxK, k_BxHxTxK, preferred_element_type=jnp.float32
-    )
+    logits = jnp.einsum("bhqk,bhtk->bhqt", q_BxHxQxK, k_BxHxTxK, preferred_element_type=jnp.float32)
     q_pos, k_pos = q_pos_Q[:, None], k_pos_T[None, :]
     bias = jnp.where(k_pos > q_pos, lsh.MASK_VALUE, 0.0)
     if exclude_self:
@@ -180,7 +178,9 @@ def _attend_cache(q_BxHxMxK, start, cache, exclude_self, q_buckets_BxHxNxM=None)
 
 
 def _write(cache_array, new, start, axis):
-    return jax.lax.dynamic_update_slice_in_dim(cache_array, new.astype(cache_array.dtype), start, axis)
+    return jax.lax.dynamic_update_slice_in_dim(
+        cache_array, new.astype(cache_array.dtype), start, axis
+    )
 
 
 def _local_step(cfg, q_BxHx1xK, k_BxHx1xK, v_BxHx1xK, pos, cache):
@@ -289,7 +289,9 @@ def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
     ff = FeedForwardHalf(cfg)
     new_caches = []
     for i, kind in enumerate(_layer_kinds(cfg)):
-        layer = jax.tree.map(lambda a, r=i // pattern: a[r], params["layers"][f"{i % pattern}_{kind}"])
+        layer = jax.tree.map(
+            lambda a, r=i // pattern: a[r], params["layers"][f"{i % pattern}_{kind}"]
+        )
         f_out, cache = _attention_half(
             cfg, kind, layer["attention"], x2, start, caches[i], rotations[i]
         )
@@ -453,9 +455,7 @@ def cached_logits(cfg: ModelConfig, params, tokens_BxL, hash_key, *, n_hashes: i
     return jnp.concatenate([logits, jnp.moveaxis(rest, 0, 1)], axis=1)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "length", "sampling", "end_token", "n_hashes")
-)
+@functools.partial(jax.jit, static_argnames=("cfg", "length", "sampling", "end_token", "n_hashes"))
 def _generate_uncached(cfg, params, prompt_BxN, rng, *, length, sampling, end_token, n_hashes):
     batch, n = prompt_BxN.shape
     sample_rng, hash_key = jax.random.split(rng)

@@ -5,11 +5,12 @@
         [--config.eval.attention_types="('full_shared_qk',)"] [--config.eval.cached=True]
 
 Prints and writes `W/eval_<split>.json`: loss, bits per token (and `bits_per_byte` on byte
-data), accuracy, how many tokens were scored, the step and the evaluation settings. On text data
-the split is covered exactly once by contiguous windows (see `reformer/data`), so the number
-is exact over the whole split (with `eval.cached` scored through the decoding caches of
-`reformer/decode.py`, the logits sampling draws from); on the synthetic duplication task `eval.num_batches` batches
-drawn with `eval.seed` are scored and `eval.split` only names the file.
+data), accuracy, how many tokens were scored, the step and the evaluation settings. On text
+data the split is covered exactly once by contiguous windows (see `reformer/data`), so the
+number is exact over the whole split; on the synthetic duplication task `eval.num_batches`
+batches drawn with `eval.seed` are scored and `eval.split` only names the file. With
+`eval.cached` the tokens are scored through the decoding caches of `reformer/decode.py`
+(the logits sampling draws from) instead of the training forward pass.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ def load_params(config, workdir: str):
     shapes = jax.eval_shape(
         lambda k: steps.init_params(model, k, 1, config.data.seq_len), jax.random.key(0)
     )
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes
+    )
     manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
     restored = None
     if manager is not None:

@@ -18,7 +18,9 @@ SELF_MASK = -1e5
 
 
 def _np(tree):
-    return {k: _np(v) if isinstance(v, dict) else np.asarray(v, np.float64) for k, v in tree.items()}
+    return {
+        k: _np(v) if isinstance(v, dict) else np.asarray(v, np.float64) for k, v in tree.items()
+    }
 
 
 def layer_norm(x, p, eps=1e-6):
@@ -49,7 +51,9 @@ def attention(cfg, kind, p, h_LxD, rotations):
     """One attention layer's output `[L, D]` for one sequence."""
     length = h_LxD.shape[0]
     out_LxHxK = np.zeros((length, cfg.n_heads, cfg.d_head))
-    proj = {name: np.einsum("ld,dhk->lhk", h_LxD, w["kernel"]) for name, w in p.items() if name != "out"}
+    proj = {
+        name: np.einsum("ld,dhk->lhk", h_LxD, w["kernel"]) for name, w in p.items() if name != "out"
+    }
     for hd in range(cfg.n_heads):
         v = proj["value"][:, hd]
         if kind in ("full", "local"):

@@ -41,7 +41,9 @@ def random_tokens(key: int, shape) -> jax.Array:
 
 EXACT = {
     "local+full, reversible, axial": model_config(("local", "full")),
-    "full, plain, learned positions": model_config(("full",), reversible=False, positional="learned"),
+    "full, plain, learned positions": model_config(
+        ("full",), reversible=False, positional="learned"
+    ),
     "full shared-QK": model_config(("full_shared_qk",)),
 }
 

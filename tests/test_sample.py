@@ -129,4 +129,6 @@ def test_text_prompts_need_a_byte_model():
     with pytest.raises(Exception, match="--prompt: text prompts need a byte-level model"):
         sample.prompt_tokens(config, "hello", None)
     np.testing.assert_array_equal(sample.prompt_tokens(config, None, "0, 5,7"), [0, 5, 7])
-    np.testing.assert_array_equal(sample.prompt_tokens(byte_config(), "é", None), [0xC3 + 2, 0xA9 + 2])
+    np.testing.assert_array_equal(
+        sample.prompt_tokens(byte_config(), "é", None), [0xC3 + 2, 0xA9 + 2]
+    )
