@@ -356,18 +356,41 @@ def check_lengths(cfg: ModelConfig, prompt_len: int, length: int) -> None:
         )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "length", "sampling", "end_token", "n_hashes", "with_logits")
-)
-def _generate(cfg, params, prompt_BxN, rng, *, length, sampling, end_token, n_hashes, with_logits):
-    batch, n = prompt_BxN.shape
-    sample_rng, hash_key = jax.random.split(rng)
+@functools.partial(jax.jit, static_argnames=("cfg", "total", "n_hashes"))
+def prefill(cfg: ModelConfig, params, prompt_BxN, hash_key, *, total: int, n_hashes: int):
+    """One forward pass over the prompt: `(logits [B, V] of position N, caches for `total`
+    positions holding positions 0..N, each layer's LSH rotations)`."""
+    batch, _ = prompt_BxN.shape
     rotations = all_rotations(cfg, hash_key, n_hashes)
-    caches = init_cache(cfg, batch, n + length, n_hashes)
-    inputs = jnp.pad(prompt_BxN, ((0, 0), (1, 0)))  # positions 0..n read 0, p_0, ..., p_{n-1}
+    caches = init_cache(cfg, batch, total, n_hashes)
+    inputs = jnp.pad(prompt_BxN, ((0, 0), (1, 0)))  # positions 0..N read 0, p_0, ..., p_{N-1}
     logits, caches = forward(cfg, params, inputs, 0, caches, rotations)
-    logits_BxV = logits[:, -1]
-    token = sample_logits(logits_BxV, _row_keys(sample_rng, batch, 0), sampling)
+    return logits[:, -1], caches, rotations
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfg", "length", "sampling", "end_token", "with_logits"),
+)
+def sample_loop(
+    cfg: ModelConfig,
+    params,
+    logits_BxV,
+    caches,
+    rotations,
+    start,
+    rng,
+    *,
+    length: int,
+    sampling: Sampling,
+    end_token: int | None,
+    with_logits: bool = False,
+):
+    """Draws `length` tokens: the first from `logits_BxV` (of position `start`), each next
+    one after a cached step that feeds the token before it. Returns `(tokens [B, length],
+    logits [B, length, V] or an empty array)`."""
+    batch = logits_BxV.shape[0]
+    token = sample_logits(logits_BxV, _row_keys(rng, batch, 0), sampling)
     tokens = jnp.zeros((batch, length), jnp.int32).at[:, 0].set(token)
     all_logits = jnp.zeros((batch, length, cfg.vocab_size) if with_logits else (0,), jnp.float32)
     if with_logits:
@@ -380,9 +403,9 @@ def _generate(cfg, params, prompt_BxN, rng, *, length, sampling, end_token, n_ha
 
     def body(carry):
         i, token, caches, tokens, done, all_logits = carry
-        logits, caches = forward(cfg, params, token[:, None], n + i, caches, rotations)
+        logits, caches = forward(cfg, params, token[:, None], start + i, caches, rotations)
         logits_BxV = logits[:, 0]
-        new = sample_logits(logits_BxV, _row_keys(sample_rng, batch, i), sampling)
+        new = sample_logits(logits_BxV, _row_keys(rng, batch, i), sampling)
         new = jnp.where(done, 0, new)
         if end_token is not None:
             done = done | (new == end_token)
@@ -419,15 +442,22 @@ def generate(
     if prompt_BxN.ndim != 2:
         raise ValueError(f"prompt must be token ids [batch, length], got shape {prompt_BxN.shape}")
     check_lengths(cfg, prompt_BxN.shape[1], length)
-    tokens, logits = _generate(
+    sample_rng, hash_key = jax.random.split(rng)
+    n = prompt_BxN.shape[1]
+    logits_BxV, caches, rotations = prefill(
+        cfg, params, prompt_BxN, hash_key, total=n + length, n_hashes=n_hashes or cfg.n_hashes
+    )
+    tokens, logits = sample_loop(
         cfg,
         params,
-        prompt_BxN,
-        rng,
+        logits_BxV,
+        caches,
+        rotations,
+        jnp.int32(n),
+        sample_rng,
         length=length,
         sampling=sampling,
         end_token=end_token,
-        n_hashes=n_hashes or cfg.n_hashes,
         with_logits=return_logits,
     )
     return (tokens, logits) if return_logits else tokens
