@@ -27,9 +27,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from reformer import attention, lsh
@@ -57,7 +59,11 @@ class Sampling:
         problems = []
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             problems.append(f"temperature must be a number >= 0, got {self.temperature}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+        if not (
+            isinstance(self.top_k, numbers.Integral)
+            and not isinstance(self.top_k, bool)
+            and self.top_k >= 0
+        ):
             problems.append(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
         if not (0.0 < self.top_p <= 1.0):
             problems.append(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
@@ -75,9 +81,18 @@ def max_positions(cfg: ModelConfig) -> int | None:
 
 
 def lsh_n_buckets(cfg: ModelConfig) -> int:
-    """Buckets per round when decoding: `model.n_buckets`, or trax's automatic count at the
-    model's training length (`model.max_len`), so the buckets are as fine as in training."""
+    """Buckets per round when decoding: `model.n_buckets`, else trax's automatic count at
+    `model.max_len`. Callers that know the training length resolve the automatic count at it
+    first (`with_training_length`), as `reformer.sample` and cached evaluation do."""
     return cfg.n_buckets or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
+
+
+def with_training_length(cfg: ModelConfig, seq_len: int) -> ModelConfig:
+    """`cfg` with an automatic bucket count (`n_buckets = 0`) fixed to the one training used
+    at sequences of `seq_len` tokens, so decoding hashes into as many buckets as training."""
+    if cfg.n_buckets or "lsh" not in cfg.attention_types:
+        return cfg
+    return dataclasses.replace(cfg, n_buckets=lsh.default_n_buckets(seq_len, cfg.lsh_chunk_len))
 
 
 def lsh_rotations(cfg: ModelConfig, hash_key: jax.Array, layer: int, n_hashes: int) -> jax.Array:
@@ -316,7 +331,8 @@ def sample_logits(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling) 
     """One token per row, row `b` drawn with `keys_B[b]` (rows are independent)."""
     if sampling.temperature == 0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits = logits_BxV.astype(jnp.float32) / sampling.temperature
+    logits = logits_BxV.astype(jnp.float32)
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / sampling.temperature
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -354,6 +370,25 @@ def check_lengths(cfg: ModelConfig, prompt_len: int, length: int) -> None:
             f"{prompt_len + length} positions; the model has {limit} ({where}). "
             f"Use a shorter prompt or length <= {max(0, limit - prompt_len)}."
         )
+
+
+def check_prompt(cfg: ModelConfig, prompt_BxN) -> jax.Array:
+    """The prompt as int32 `[B, N]`; ValueError for a non-causal model, another shape or
+    token ids outside the vocabulary."""
+    if not cfg.causal:
+        raise ValueError("decoding needs a causal model (model.causal=True)")
+    ids = np.asarray(prompt_BxN)
+    if ids.ndim != 2:
+        raise ValueError(f"prompt must be token ids [batch, length], got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"prompt must be integer token ids, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ValueError(
+            f"prompt token ids must be in 0..{cfg.vocab_size - 1} "
+            f"(model.vocab_size={cfg.vocab_size}), got {bad}"
+        )
+    return jnp.asarray(ids, jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "total", "n_hashes"))
@@ -407,10 +442,10 @@ def sample_loop(
         logits_BxV = logits[:, 0]
         new = sample_logits(logits_BxV, _row_keys(rng, batch, i), sampling)
         new = jnp.where(done, 0, new)
+        if with_logits:
+            all_logits = all_logits.at[:, i].set(jnp.where(done[:, None], 0.0, logits_BxV))
         if end_token is not None:
             done = done | (new == end_token)
-        if with_logits:
-            all_logits = all_logits.at[:, i].set(logits_BxV)
         return i + 1, new, caches, tokens.at[:, i].set(new), done, all_logits
 
     carry = (jnp.int32(1), token, caches, tokens, done, all_logits)
@@ -438,9 +473,7 @@ def generate(
     model's hash rounds. With `return_logits` also the logits `[B, length, V]` each token was
     drawn from (zeros after a row ended).
     """
-    prompt_BxN = jnp.asarray(prompt_BxN, jnp.int32)
-    if prompt_BxN.ndim != 2:
-        raise ValueError(f"prompt must be token ids [batch, length], got shape {prompt_BxN.shape}")
+    prompt_BxN = check_prompt(cfg, prompt_BxN)
     check_lengths(cfg, prompt_BxN.shape[1], length)
     sample_rng, hash_key = jax.random.split(rng)
     n = prompt_BxN.shape[1]
@@ -476,12 +509,13 @@ def cached_logits(cfg: ModelConfig, params, tokens_BxL, hash_key, *, n_hashes: i
     if prefix == length:
         return logits
 
-    def step(caches, t):
-        token = jax.lax.dynamic_slice_in_dim(inputs, t, 1, axis=1)
-        out, caches = forward(cfg, params, token, t, caches, rotations)
+    def step(caches, t_and_token):
+        t, token_B = t_and_token
+        out, caches = forward(cfg, params, token_B[:, None], t, caches, rotations)
         return caches, out[:, 0]
 
-    _, rest = jax.lax.scan(step, caches, jnp.arange(prefix, length))
+    xs = (jnp.arange(prefix, length), jnp.moveaxis(inputs[:, prefix:], 1, 0))
+    _, rest = jax.lax.scan(step, caches, xs)
     return jnp.concatenate([logits, jnp.moveaxis(rest, 0, 1)], axis=1)
 
 
@@ -532,7 +566,7 @@ def generate_uncached(
     forward pass) on a buffer of `N + length` positions, those not yet generated masked as
     padding. The reference for full and local layers, and the baseline of
     `scripts/bench_decode.py`."""
-    prompt_BxN = jnp.asarray(prompt_BxN, jnp.int32)
+    prompt_BxN = check_prompt(cfg, prompt_BxN)
     check_lengths(cfg, prompt_BxN.shape[1], length)
     return _generate_uncached(
         cfg,

@@ -85,17 +85,18 @@ def prompt_tokens(config, prompt: str | None, prompt_ids: str | None) -> np.ndar
     if prompt_ids is None or not prompt_ids.strip():
         return np.zeros((0,), np.int32)
     try:
-        ids = np.array([int(s) for s in prompt_ids.split(",")], np.int32)
+        ids = [int(s) for s in prompt_ids.split(",")]
     except ValueError:
         raise ConfigError(
             f"--prompt_ids: expected comma-separated integers, got {prompt_ids!r}"
         ) from None
     vocab = config.model.vocab_size
-    if ids.min() < 0 or ids.max() >= vocab:
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
         raise ConfigError(
-            f"--prompt_ids: ids must be in 0..{vocab - 1} (model.vocab_size={vocab}), got "
-            f"{int(ids.min()) if ids.min() < 0 else int(ids.max())}"
+            f"--prompt_ids: ids must be in 0..{vocab - 1} (model.vocab_size={vocab}), got {bad[0]}"
         )
+    ids = np.array(ids, np.int32)
     return ids
 
 
@@ -108,11 +109,15 @@ def sampling_settings() -> decode.Sampling:
 
 def sample(config, workdir: str) -> list[np.ndarray]:
     """Generates the samples the flags ask for; returns them as token id arrays."""
-    cfg = steps.make_model(config).cfg
+    cfg = decode.with_training_length(steps.make_model(config).cfg, config.data.seq_len)
     if not cfg.causal:
         raise ConfigError("config.model.causal: decoding needs a causal model (True)")
     if _NUM_SAMPLES.value < 1:
         raise ConfigError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
+    if _N_HASHES.value < 0:
+        raise ConfigError(
+            f"--n_hashes must be >= 0 (0 = config.eval.n_hashes), got {_N_HASHES.value}"
+        )
     sampling = sampling_settings()
     prompt = prompt_tokens(config, _PROMPT.value, _PROMPT_IDS.value)
     try:

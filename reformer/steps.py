@@ -218,7 +218,7 @@ def cached_eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | 
     """`eval_step` through the decoding caches: the logits sampling would draw from."""
     tokens = batch["tokens"]
     logits = decode.cached_logits(
-        model.cfg,
+        decode.with_training_length(model.cfg, tokens.shape[1]),
         params,
         tokens,
         jax.random.key(0),

@@ -54,7 +54,8 @@ def exact_model(request):
     return cfg, make(cfg)
 
 
-@pytest.mark.parametrize("prompt_len", [3, 13])  # shorter and longer than a chunk
+# Shorter and longer than a chunk (8), and longer than a local layer's ring (16).
+@pytest.mark.parametrize("prompt_len", [3, 13, 30])
 def test_cached_greedy_equals_rerunning_the_model(exact_model, prompt_len):
     """Each cached greedy token is the argmax of the full model run on the whole prefix, and
     the logits agree: so greedy decoding that re-runs the model gives the same tokens."""
@@ -80,6 +81,35 @@ def test_cached_equals_uncached_decoding_loop():
         np.testing.assert_array_equal(cached, uncached)
 
 
+def test_prompts_longer_than_a_query_block_prefill_in_blocks():
+    """Prefill attends in query blocks of 256 positions: a 300-token prompt spans two."""
+    cfg = model_config(("full", "local"), reversible=False, positional="learned", max_len=320)
+    params = make(cfg)
+    prompt = random_tokens(14, (1, 300))
+    tokens, logits = decode.generate(
+        cfg, params, prompt, 4, jax.random.key(0), GREEDY, end_token=None, return_logits=True
+    )
+    whole = jnp.concatenate([prompt, tokens], axis=1)
+    full_logits = ReformerLM(cfg).apply({"params": params}, whole)[:, 300:]
+    np.testing.assert_allclose(logits, full_logits, atol=1e-4)
+
+
+def test_bfloat16_models_decode():
+    """A bfloat16 model decodes through the same caches: tokens are the argmax of their
+    logits, which stay near the float32 ones of the same weights."""
+    cfg = model_config(("local", "full"), dtype="bfloat16")
+    params = make(EXACT["local+full, reversible, axial"])
+    prompt = random_tokens(15, (2, 11))
+    tokens, logits = decode.generate(
+        cfg, params, prompt, 12, jax.random.key(0), GREEDY, end_token=None, return_logits=True
+    )
+    assert np.isfinite(np.asarray(logits)).all()
+    np.testing.assert_array_equal(tokens, jnp.argmax(logits, -1))
+    whole = jnp.concatenate([prompt, tokens], axis=1)
+    f32 = ReformerLM(EXACT["local+full, reversible, axial"]).apply({"params": params}, whole)
+    np.testing.assert_allclose(logits, f32[:, 11:], atol=0.15)
+
+
 LSH = model_config(("lsh", "local"))
 
 
@@ -98,6 +128,37 @@ def test_lsh_decoding_equals_the_slow_reference(lsh_model, prefix):
     logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=prefix)
     expected = reference_logits(cfg, params, tokens, decode.all_rotations(cfg, key, 2))
     np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_lsh_with_full_layers_equals_the_slow_reference():
+    cfg = model_config(("lsh", "full"))
+    params = make(cfg)
+    tokens = random_tokens(16, (2, 24))
+    key = jax.random.key(8)
+    logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=5)
+    expected = reference_logits(cfg, params, tokens, decode.all_rotations(cfg, key, 2))
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_automatic_buckets_follow_the_training_length():
+    """With `n_buckets = 0`, decoding hashes into the buckets training used at its sequence
+    length (`2 * seq_len / lsh_chunk_len`), not at the positions the model could hold."""
+    cfg = model_config(("lsh", "local"), n_buckets=0)
+    resolved = decode.with_training_length(cfg, 32)
+    assert resolved.n_buckets == 8
+    rotations = decode.all_rotations(resolved, jax.random.key(0), 2)
+    assert rotations[0].shape == (cfg.n_heads, cfg.d_head, 2, 4)
+    assert decode.with_training_length(LSH, 32) == LSH  # explicit buckets stay
+    # The eval step decodes with the buckets of its windows' length.
+    params = make(cfg)
+    tokens = random_tokens(17, (1, 32))
+    batch = {"tokens": tokens, "weights": jnp.ones((1, 32))}
+    sums = steps.cached_eval_step(params, batch, model=ReformerLM(cfg), n_hashes=2)
+    logits = decode.cached_logits(
+        resolved, params, tokens, jax.random.key(0), n_hashes=2, prefix=32
+    )
+    expected = steps.loss_and_metrics(logits, tokens, batch["weights"])[1]
+    np.testing.assert_allclose(sums["loss_sum"], expected["loss_sum"], rtol=1e-6)
 
 
 def test_lsh_semantics_differ_from_training_attention(lsh_model):
@@ -205,6 +266,58 @@ def test_rows_stop_at_the_end_token():
     np.testing.assert_array_equal(tokens, [[1, 0, 0, 0, 0, 0]] * 2)
     tokens = decode.generate(cfg, params, prompt, 6, jax.random.key(0), end_token=None)
     np.testing.assert_array_equal(tokens, np.ones((2, 6)))
+
+
+def test_rows_end_at_different_steps():
+    """A row that emits the end token keeps it, then holds zeros (tokens and logits) while
+    the other rows go on exactly as without an end token."""
+    cfg = model_config(("local", "full"))
+    params = make(cfg)
+    prompt = random_tokens(18, (2, 5))
+    rng = jax.random.key(0)
+    free, free_logits = decode.generate(
+        cfg, params, prompt, 20, rng, GREEDY, end_token=None, return_logits=True
+    )
+    free = np.asarray(free)
+    first = {
+        int(t): [int(np.argmax(r == t)) if (r == t).any() else 20 for r in free]
+        for t in np.unique(free)
+    }
+    end, (e0, e1) = next((t, ends) for t, ends in first.items() if ends[0] != ends[1])
+    tokens, logits = decode.generate(
+        cfg, params, prompt, 20, rng, GREEDY, end_token=end, return_logits=True
+    )
+    for row, stop in enumerate((e0, e1)):
+        kept = min(stop + 1, 20)
+        np.testing.assert_array_equal(tokens[row, :kept], free[row, :kept])
+        np.testing.assert_array_equal(tokens[row, kept:], 0)
+        np.testing.assert_allclose(logits[row, :kept], free_logits[row, :kept], atol=1e-5)
+        np.testing.assert_array_equal(logits[row, kept:], 0)
+
+
+def test_bad_prompts_are_named():
+    cfg = model_config(("local",))
+    params = make(cfg)
+    with pytest.raises(
+        ValueError, match=r"token ids must be in 0..19 \(model.vocab_size=20\), got 20"
+    ):
+        decode.generate(cfg, params, jnp.full((1, 3), 20), 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="got -1"):
+        decode.generate(cfg, params, jnp.full((1, 3), -1), 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="prompt must be token ids"):
+        decode.generate(cfg, params, jnp.ones((3,), jnp.int32), 2, jax.random.key(0))
+    acausal = model_config(("local",), causal=False)
+    with pytest.raises(ValueError, match="needs a causal model"):
+        decode.generate(acausal, params, jnp.ones((1, 3), jnp.int32), 2, jax.random.key(0))
+    with pytest.raises(ValueError, match="top_k must be an integer"):
+        decode.Sampling(top_k=True)
+
+
+def test_tiny_temperatures_do_not_overflow():
+    logits = jnp.array([[0.0, 50.0, 49.0, -3.0]])
+    keys = jax.random.key(0)[None]
+    token = decode.sample_logits(logits, keys, decode.Sampling(temperature=1e-6))
+    assert int(token[0]) == 1
 
 
 def test_bad_lengths_and_sampling_settings_are_named():

@@ -109,6 +109,8 @@ def test_cli_prints_greedy_samples(trained):
         (["--prompt=ab", "--length=300"], "length <= 254"),
         (["--prompt_ids=3,900"], "--prompt_ids: ids must be in 0..257"),
         (["--prompt=x", "--top_k=-1"], "--top_k must be"),
+        (["--prompt_ids=7,99999999999999999999"], "ids must be in 0..257"),
+        (["--prompt=x", "--n_hashes=-1"], "--n_hashes must be >= 0"),
     ],
 )
 def test_cli_names_bad_input(trained, flags, message):
