@@ -182,6 +182,12 @@ class LocalSelfAttention(nn.Module):
         return y_BxLxD, None
 
 
+def random_rotations(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The LSH rotations `[heads, d_head, n_hashes, n_buckets / 2]` of one call: standard
+    normal, as trax and HF draw them. One function, so a test can put HF's in their place."""
+    return jax.random.normal(key, shape)
+
+
 class LSHSelfAttention(nn.Module):
     """Reformer LSH self-attention (shared QK, multi-round hashing, sorted chunks).
 
@@ -237,7 +243,7 @@ class LSHSelfAttention(nn.Module):
             if n_buckets % 2:
                 raise ValueError(f"n_buckets must be even, got {n_buckets}")
             shape = (self.n_heads, self.d_head, n_hashes or self.n_hashes, n_buckets // 2)
-            rotations_HxKxNxR = jax.random.normal(self._hash_rng(deterministic), shape)
+            rotations_HxKxNxR = random_rotations(self._hash_rng(deterministic), shape)
         rate, rngs_BxH = _dropout_rngs(self, self.dropout_rate, deterministic, batch, self.n_heads)
 
         def one_head(qk_LxK, v_LxK, buckets_NxL, mask_L, rng, rotations_KxNxR):

@@ -137,7 +137,9 @@ def restore_latest(
                 f"checkpoint {step} in {workdir} holds a train state of another structure than "
                 "this run's (did optimizer.name, optimizer.clip_norm = 0 or "
                 "optimizer.weight_decay = 0 change?). Use the original settings or a new "
-                f"--workdir. ({str(error).splitlines()[0][:200]})"
+                "--workdir; a checkpoint of parameters only (scripts/convert_hf_checkpoint.py) "
+                "starts a run with --config.train.init_from=DIR and a new --workdir. "
+                f"({str(error).splitlines()[0][:200]})"
             ) from error
         if _all_processes(error is None):
             _set_aside(manager, workdir, [s for s, _ in failed], move_corrupt)
@@ -156,6 +158,70 @@ def restore_latest(
             "wrong:\n  " + "\n  ".join(f"step {s}: {r}" for s, r in failed)
         )
     return None
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def param_mismatches(saved_params, abstract_params) -> list[str]:
+    """What differs between a checkpoint's parameter tree (arrays or orbax metadata) and
+    this model's: one line per missing, unexpected or differently shaped parameter."""
+    saved, want = _flat_shapes(saved_params), _flat_shapes(abstract_params)
+    lines = [
+        f"{k}: not in the checkpoint (this model needs {want[k]})" for k in want if k not in saved
+    ]
+    lines += [
+        f"{k}: in the checkpoint {saved[k]}, not in this model" for k in saved if k not in want
+    ]
+    lines += [
+        f"{k}: checkpoint has shape {saved[k]}, this model needs {want[k]}"
+        for k in want
+        if k in saved and saved[k] != want[k]
+    ]
+    return lines
+
+
+def restore_params(workdir: str, keep: int, abstract_params, purpose: str, check_shapes=False):
+    """`(params, step)` of the newest readable checkpoint in `workdir`, parameters only (no
+    optimizer state or data position needed), placed as `abstract_params` says.
+
+    With `check_shapes` the checkpoint's parameter shapes are compared with the model's
+    first, and every difference is named in one ConfigError. Raises a ConfigError when the
+    workdir holds no checkpoint; `purpose` says what it was wanted for ("evaluate").
+    """
+    manager = make_manager(workdir, keep, create=False)
+    restored = None
+    try:
+        if manager is not None and check_shapes and manager.latest_step() is not None:
+            step = manager.latest_step()
+            saved = ocp.PyTreeCheckpointHandler().metadata(manager.directory / str(step) / "state")
+            saved = getattr(saved, "tree", saved)
+            problems = param_mismatches(saved.get("params", {}), abstract_params)
+            if problems:
+                raise ConfigError(
+                    f"the parameters of checkpoint {step} in {workdir} do not fit this model "
+                    f"({purpose}):\n  "
+                    + "\n  ".join(problems[:20])
+                    + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+                )
+        if manager is not None:
+            restored = restore_latest(
+                manager, {"params": abstract_params}, workdir, move_corrupt=False
+            )
+    finally:
+        if manager is not None:
+            manager.close()
+    if restored is None:
+        raise ConfigError(
+            f"{workdir}: no checkpoint to {purpose}. Train first: python -m "
+            f"reformer.train --config ... --workdir {workdir}"
+        )
+    step, state, _ = restored
+    return state["params"], step
 
 
 def _set_aside(manager: ocp.CheckpointManager, workdir: str, steps: list[int], move: bool):

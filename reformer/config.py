@@ -19,6 +19,8 @@ SCHEDULES = ("rsqrt", "constant")
 DATASETS = ("duplication", "enwik8", "text")
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
+# "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
+FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
     m.causal = True  # Decoder (language model) masking.
     m.reversible = False  # Reversible residual layers.
     m.ff_chunk_size = 0  # Feed-forward computed this many positions at a time; 0 = all.
+    m.ff_activation = "gelu"  # Feed-forward nonlinearity: one of FF_ACTIVATIONS.
+    m.layer_norm_eps = 1e-6  # Epsilon of every LayerNorm (HF Reformer checkpoints: 1e-12).
     m.positional = "learned"  # Positional encoding: one of POSITIONAL.
     m.max_len = 2048  # Longest sequence the learned positional table covers.
     m.axial_shape = ()  # Axial positions: grid (a, b), a * b >= the longest sequence.
@@ -74,6 +78,10 @@ def default_config() -> ml_collections.ConfigDict:
     # The global batch is split into this many micro-batches whose gradients are summed
     # inside the step (same result as the whole batch, less activation memory).
     t.grad_accum_steps = 1  # Micro-batches per optimizer step.
+    # Fine-tuning: a workdir (e.g. one written by scripts/convert_hf_checkpoint.py) whose
+    # latest checkpoint's parameters start this run, with fresh optimizer state at step 0.
+    # Used only when --workdir has no checkpoint yet (resuming comes first).
+    t.init_from = ""  # Workdir to take initial parameters from; "" = random initialization.
 
     # Device mesh ("data", "fsdp"): the batch is split over both axes; with fsdp > 1 the
     # parameters and optimizer state are sharded over "fsdp". data * fsdp = all devices.
@@ -201,6 +209,12 @@ def _check_numbers(r: Report) -> None:
     for field in NON_NEGATIVE_INTS:
         v = r.value(field)
         r.check(_is_int(v) and v >= 0, field, f"must be a non-negative integer, got {v!r}")
+    eps = r.config.model.layer_norm_eps
+    r.check(
+        isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps < 1,
+        "model.layer_norm_eps",
+        f"must be a number in (0, 1), got {eps!r}",
+    )
     o = r.config.optimizer
     for field in ("model.dropout", "model.attention_dropout", "optimizer.b1", "optimizer.b2"):
         v = r.value(field)
@@ -221,6 +235,7 @@ def _check_choices(r: Report) -> None:
     for field, allowed in (
         ("model.positional", POSITIONAL),
         ("model.dtype", DTYPES),
+        ("model.ff_activation", FF_ACTIVATIONS),
         ("data.name", DATASETS),
         ("optimizer.name", OPTIMIZERS),
         ("optimizer.schedule", SCHEDULES),
@@ -320,6 +335,7 @@ def _check_data(r: Report) -> None:
     if not r.fine("data.name"):
         return
     if d.name == "duplication":
+        _check_init_from(r)
         if r.check(
             _is_int(d.word_len) and d.word_len >= 1,
             "data.word_len",
@@ -349,11 +365,24 @@ def _check_data(r: Report) -> None:
         r.check(bool(d.path), "data.path", 'data.name="text" reads a local file; give its path')
     if d.path:
         r.check(os.path.isfile(d.path), "data.path", f"no such file: {d.path}")
+    _check_init_from(r)
     if r.fine("eval.stride", "data.seq_len"):
         r.check(
             e.stride <= d.seq_len,
             "eval.stride",
             f"must be at most data.seq_len={d.seq_len} (0 = seq_len), got {e.stride}",
+        )
+
+
+def _check_init_from(r: Report) -> None:
+    path = r.config.train.init_from
+    if not path:
+        return
+    if r.check(isinstance(path, str), "train.init_from", f"must be a path, got {path!r}"):
+        r.check(
+            os.path.isdir(os.path.join(path, "checkpoints")),
+            "train.init_from",
+            f"{path} is not a workdir with checkpoints (no {os.path.join(path, 'checkpoints')})",
         )
 
 

@@ -239,7 +239,7 @@ def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
     """F of a layer on positions `start + [0, M)`: LayerNorm, attention over the cache, the
     output projection; returns (out, cache with these positions written)."""
     dtype = cfg.jnp_dtype
-    h = nn.LayerNorm(dtype=dtype).apply({"params": p["norm"]}, x_BxMxD)
+    h = nn.LayerNorm(cfg.layer_norm_eps, dtype=dtype).apply({"params": p["norm"]}, x_BxMxD)
     p = p["attention"]
 
     def project(name):
@@ -314,7 +314,9 @@ def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
         x2 = x2 + ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True)
         new_caches.append(cache)
     y = jnp.concatenate([x1, x2], axis=-1)
-    y = nn.LayerNorm(dtype=cfg.jnp_dtype).apply({"params": params["final_norm"]}, y)
+    y = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype).apply(
+        {"params": params["final_norm"]}, y
+    )
     logits = OutputLayer(cfg.vocab_size, cfg.jnp_dtype).apply({"params": params["logits"]}, y)
     return logits, new_caches
 

@@ -33,20 +33,11 @@ from reformer.optim import make_optimizer
 def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
     """(params, step) of the latest checkpoint in `workdir`, laid out over `mesh`."""
     checkpoints.check_config_matches(workdir, config)
-    manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
     model = trainer.make_model(config)
     abstract = trainer.abstract_state(config, model, make_optimizer(config.optimizer), mesh)
-    restored = None
-    if manager is not None:
-        restored = checkpoints.restore_latest(manager, abstract, workdir, move_corrupt=False)
-        manager.close()
-    if restored is None:
-        raise ConfigError(
-            f"--workdir {workdir}: no checkpoint to evaluate. Train first: python -m "
-            f"reformer.train --config ... --workdir {workdir}"
-        )
-    step, state, _ = restored
-    return state.params, step
+    return checkpoints.restore_params(
+        workdir, config.train.keep_checkpoints, abstract.params, "evaluate"
+    )
 
 
 def evaluate_checkpoint(

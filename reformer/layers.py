@@ -6,17 +6,26 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+ACTIVATIONS = {
+    "gelu": nn.gelu,  # tanh approximation
+    "gelu_exact": lambda x: nn.gelu(x, approximate=False),
+    "relu": nn.relu,
+}
 
-def feed_forward(params: dict, x_BxLxD: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """Dense -> GELU -> Dense on every position (no dropout: it sits outside the block)."""
+
+def feed_forward(
+    params: dict, x_BxLxD: jax.Array, dtype=jnp.float32, activation: str = "gelu"
+) -> jax.Array:
+    """Dense -> activation -> Dense on every position (no dropout: it sits outside the
+    block). `activation` is a key of `ACTIVATIONS` (`model.ff_activation`)."""
     h_BxLxF = x_BxLxD.astype(dtype) @ params["wi"]["kernel"].astype(dtype)
-    h_BxLxF = nn.gelu(h_BxLxF + params["wi"]["bias"].astype(dtype))
+    h_BxLxF = ACTIVATIONS[activation](h_BxLxF + params["wi"]["bias"].astype(dtype))
     y_BxLxD = h_BxLxF @ params["wo"]["kernel"].astype(dtype)
     return y_BxLxD + params["wo"]["bias"].astype(dtype)
 
 
 def chunked_feed_forward(
-    params: dict, x_BxLxD: jax.Array, chunk_size: int, dtype=jnp.float32
+    params: dict, x_BxLxD: jax.Array, chunk_size: int, dtype=jnp.float32, activation: str = "gelu"
 ) -> jax.Array:
     """`feed_forward` over `chunk_size` positions at a time, forward and backward.
 
@@ -26,12 +35,12 @@ def chunked_feed_forward(
     """
     batch, length, d_model = x_BxLxD.shape
     if chunk_size <= 0 or chunk_size >= length:
-        return feed_forward(params, x_BxLxD, dtype)
+        return feed_forward(params, x_BxLxD, dtype, activation)
     n_chunks = -(-length // chunk_size)
     pad = n_chunks * chunk_size - length
     x_padded = jnp.pad(x_BxLxD, ((0, 0), (0, pad), (0, 0)))
     x_NxBxCxD = x_padded.reshape(batch, n_chunks, chunk_size, d_model).swapaxes(0, 1)
-    one_chunk = jax.checkpoint(lambda x: feed_forward(params, x, dtype))
+    one_chunk = jax.checkpoint(lambda x: feed_forward(params, x, dtype, activation))
     y_NxBxCxD = jax.lax.map(one_chunk, x_NxBxCxD)
     y_BxLxD = y_NxBxCxD.swapaxes(0, 1).reshape(batch, n_chunks * chunk_size, -1)
     return y_BxLxD[:, :length]
@@ -43,6 +52,7 @@ class ChunkedFeedForward(nn.Module):
     d_ff: int
     chunk_size: int = 0
     dtype: jnp.dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
@@ -58,7 +68,7 @@ class ChunkedFeedForward(nn.Module):
                 "bias": self.param("wo_bias", nn.initializers.zeros, (d_model,)),
             },
         }
-        return chunked_feed_forward(params, x_BxLxD, self.chunk_size, self.dtype)
+        return chunked_feed_forward(params, x_BxLxD, self.chunk_size, self.dtype, self.activation)
 
 
 class AxialPositionalEmbedding(nn.Module):

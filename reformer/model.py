@@ -41,10 +41,17 @@ class ModelConfig:
     attention_dropout: float
     dtype: str
     loss_chunk_size: int = 0
+    ff_activation: str = "gelu"
+    layer_norm_eps: float = 1e-6
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
-        fields = {f.name: model[f.name] for f in dataclasses.fields(cls)}
+        fields = {
+            f.name: model[f.name]
+            if f.default is dataclasses.MISSING
+            else model.get(f.name, f.default)
+            for f in dataclasses.fields(cls)
+        }
         for name in ("attention_types", "axial_shape", "axial_dims"):
             fields[name] = tuple(fields[name])
         return cls(**fields)
@@ -94,7 +101,7 @@ class AttentionHalf(nn.Module):
         self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None = None, buckets=None
     ):
         cfg = self.cfg
-        h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
+        h = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
         h, aux = make_attention(cfg, self.kind, "attention")(
             h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes, buckets=buckets
         )
@@ -109,8 +116,10 @@ class FeedForwardHalf(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, *, deterministic: bool):
         cfg = self.cfg
-        h = nn.LayerNorm(dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
-        h = ChunkedFeedForward(cfg.d_ff, cfg.ff_chunk_size, cfg.jnp_dtype, name="ff")(h)
+        h = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
+        h = ChunkedFeedForward(
+            cfg.d_ff, cfg.ff_chunk_size, cfg.jnp_dtype, cfg.ff_activation, name="ff"
+        )(h)
         return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
 
 
@@ -168,7 +177,9 @@ class ReformerLM(nn.Module):
         y1_BxLxD, y2_BxLxD = self.blocks(x_BxLxD, mask_BxL, deterministic, n_hashes)
 
         y_BxLx2D = jnp.concatenate([y1_BxLxD, y2_BxLxD], axis=-1)
-        y_BxLx2D = nn.LayerNorm(dtype=cfg.jnp_dtype, name="final_norm")(y_BxLx2D)
+        y_BxLx2D = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="final_norm")(
+            y_BxLx2D
+        )
         output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
         if weights_BxL is None:
             return output(y_BxLx2D)

@@ -53,20 +53,9 @@ def load_params(config, workdir: str):
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes
     )
-    manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
-    restored = None
-    if manager is not None:
-        restored = checkpoints.restore_latest(
-            manager, {"params": abstract}, workdir, move_corrupt=False
-        )
-        manager.close()
-    if restored is None:
-        raise ConfigError(
-            f"--workdir {workdir}: no checkpoint to sample from. Train first: python -m "
-            f"reformer.train --config ... --workdir {workdir}"
-        )
-    step, state, _ = restored
-    return state["params"], step
+    return checkpoints.restore_params(
+        workdir, config.train.keep_checkpoints, abstract, "sample from"
+    )
 
 
 def prompt_tokens(config, prompt: str | None, prompt_ids: str | None) -> np.ndarray:

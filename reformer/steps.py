@@ -45,10 +45,18 @@ def make_init_state(config: ml_collections.ConfigDict, model: ReformerLM, tx):
     """`key -> TrainState` of fresh parameters and optimizer state."""
 
     def init_state(key):
-        params = init_params(model, key, 1, config.data.seq_len)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return state_from_params(tx)(init_params(model, key, 1, config.data.seq_len))
 
     return init_state
+
+
+def state_from_params(tx):
+    """`params -> TrainState` at step 0 with fresh optimizer state (fine-tuning)."""
+
+    def make(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return make
 
 
 def abstract_state(config: ml_collections.ConfigDict, model: ReformerLM, tx, mesh):

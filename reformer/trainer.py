@@ -32,6 +32,7 @@ from reformer.steps import (  # noqa: F401
     make_eval_fn,
     make_init_state,
     make_model,
+    state_from_params,
     summarize,
     train_step,
 )
@@ -103,6 +104,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         except ValueError as e:
             raise ConfigError(f"cannot resume the data stream from {workdir}: {e}") from e
         log(f"Resumed from {workdir} at step {latest}.")
+    elif t.init_from:
+        params, from_step = checkpoints.restore_params(
+            t.init_from,
+            t.keep_checkpoints,
+            abstract.params,
+            f"initialize {workdir} from (train.init_from)",
+            check_shapes=True,
+        )
+        state = jax.jit(state_from_params(tx), out_shardings=state_sharding)(params)
+        log(
+            f"Starting in {workdir} from the parameters of {t.init_from} (its step "
+            f"{from_step}), with fresh optimizer state at step 0."
+        )
     else:
         state = jax.jit(make_init_state(config, model, tx), out_shardings=state_sharding)(init_rng)
         log(f"Starting from scratch in {workdir}.")
