@@ -133,13 +133,18 @@ def restore_latest(
         except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
             error = e
         if error is not None and _is_structure_mismatch(error):
+            if set(_saved_state(manager, step)) == {"params"}:
+                raise ConfigError(
+                    f"checkpoint {step} in {workdir} holds parameters only (as "
+                    "scripts/convert_hf_checkpoint.py writes them), no optimizer state to resume "
+                    f"from: start a run from it with --config.train.init_from={workdir} and a "
+                    "new --workdir"
+                ) from error
             raise ConfigError(
                 f"checkpoint {step} in {workdir} holds a train state of another structure than "
                 "this run's (did optimizer.name, optimizer.clip_norm = 0 or "
                 "optimizer.weight_decay = 0 change?). Use the original settings or a new "
-                "--workdir; a checkpoint of parameters only (scripts/convert_hf_checkpoint.py) "
-                "starts a run with --config.train.init_from=DIR and a new --workdir. "
-                f"({str(error).splitlines()[0][:200]})"
+                f"--workdir. ({str(error).splitlines()[0][:200]})"
             ) from error
         if _all_processes(error is None):
             _set_aside(manager, workdir, [s for s, _ in failed], move_corrupt)
@@ -158,6 +163,12 @@ def restore_latest(
             "wrong:\n  " + "\n  ".join(f"step {s}: {r}" for s, r in failed)
         )
     return None
+
+
+def _saved_state(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The tree of array metadata (shapes, dtypes) of a checkpoint's train state."""
+    saved = ocp.PyTreeCheckpointHandler().metadata(manager.directory / str(step) / "state")
+    return dict(getattr(saved, "tree", saved))
 
 
 def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -198,8 +209,7 @@ def restore_params(workdir: str, keep: int, abstract_params, purpose: str, check
     try:
         if manager is not None and check_shapes and manager.latest_step() is not None:
             step = manager.latest_step()
-            saved = ocp.PyTreeCheckpointHandler().metadata(manager.directory / str(step) / "state")
-            saved = getattr(saved, "tree", saved)
+            saved = _saved_state(manager, step)
             problems = param_mismatches(saved.get("params", {}), abstract_params)
             if problems:
                 raise ConfigError(

@@ -231,3 +231,12 @@ def test_enwik8_layout():
 def test_inexpressible_settings_are_named(change, field):
     with pytest.raises(ConfigError, match=field):
         config_from_hf({**ENWIK8, **change})
+
+
+def test_resuming_a_converted_workdir_points_to_init_from(converted):
+    """Its checkpoint has no optimizer state: the error says what to do, nothing is moved."""
+    _, workdir, config_path = converted
+    config = fine_tune_config(config_path, "")
+    with pytest.raises(ConfigError, match="parameters only.*init_from"):
+        train_and_evaluate(config, workdir)
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["0"]
