@@ -18,6 +18,7 @@ heads. Random streams: "dropout" for attention dropout, "hash" for the LSH rotat
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -28,15 +29,32 @@ from flax import linen as nn
 
 from reformer import lsh
 
+# Projections multiply in `dtype` (bfloat16 in mixed precision) and accumulate and return
+# float32; rounding to `dtype` happens only where a matrix product takes its operands, so
+# the result does not depend on how XLA fuses the elementwise work around it.
+_F32_DOT = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+
+
+class _HeadsProjection(nn.DenseGeneral):
+    """d_model -> [n_heads, d_head], without bias; the result in `dtype` (it feeds the
+    attention kernel's products)."""
+
+    def __call__(self, x):
+        return super().__call__(x).astype(self.dtype or jnp.float32)
+
 
 def _heads_projection(n_heads: int, d_head: int, dtype: Any, name: str) -> nn.DenseGeneral:
     """d_model -> [n_heads, d_head], without bias."""
-    return nn.DenseGeneral((n_heads, d_head), use_bias=False, dtype=dtype, name=name)
+    return _HeadsProjection(
+        (n_heads, d_head), use_bias=False, dtype=dtype, dot_general=_F32_DOT, name=name
+    )
 
 
 def _output_projection(d_model: int, dtype: Any) -> nn.DenseGeneral:
-    """[n_heads, d_head] -> d_model, without bias."""
-    return nn.DenseGeneral(d_model, axis=(-2, -1), use_bias=False, dtype=dtype, name="out")
+    """[n_heads, d_head] -> d_model, without bias; the result in float32."""
+    return nn.DenseGeneral(
+        d_model, axis=(-2, -1), use_bias=False, dtype=dtype, dot_general=_F32_DOT, name="out"
+    )
 
 
 def _dropout_rngs(

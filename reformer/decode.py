@@ -279,8 +279,9 @@ def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
 
 
 def _embed(cfg: ModelConfig, params, inputs_BxM, start):
-    """Token plus position embeddings of positions `start + [0, M)`."""
-    dtype = cfg.jnp_dtype
+    """Token plus position embeddings of positions `start + [0, M)`: the float32 residual
+    streams, as in the model (only the branches compute in `model.dtype`)."""
+    dtype = jnp.float32
     x = params["embed"]["embedding"][inputs_BxM].astype(dtype)
     pos = start + jnp.arange(inputs_BxM.shape[1])
     if cfg.positional == "learned":
@@ -310,7 +311,7 @@ def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
         f_out, cache = _attention_half(
             cfg, kind, layer["attention"], x2, start, caches[i], rotations[i]
         )
-        x1 = x1 + f_out
+        x1 = x1 + f_out.astype(x1.dtype)
         x2 = x2 + ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True)
         new_caches.append(cache)
     y = jnp.concatenate([x1, x2], axis=-1)

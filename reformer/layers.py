@@ -17,11 +17,17 @@ def feed_forward(
     params: dict, x_BxLxD: jax.Array, dtype=jnp.float32, activation: str = "gelu"
 ) -> jax.Array:
     """Dense -> activation -> Dense on every position (no dropout: it sits outside the
-    block). `activation` is a key of `ACTIVATIONS` (`model.ff_activation`)."""
-    h_BxLxF = x_BxLxD.astype(dtype) @ params["wi"]["kernel"].astype(dtype)
-    h_BxLxF = ACTIVATIONS[activation](h_BxLxF + params["wi"]["bias"].astype(dtype))
-    y_BxLxD = h_BxLxF @ params["wo"]["kernel"].astype(dtype)
-    return y_BxLxD + params["wo"]["bias"].astype(dtype)
+    block), float32 out. `activation` is a key of `ACTIVATIONS` (`model.ff_activation`);
+    `dtype` is that of the products' operands."""
+    h_BxLxF = _matmul(x_BxLxD, params["wi"]["kernel"], dtype) + params["wi"]["bias"]
+    h_BxLxF = ACTIVATIONS[activation](h_BxLxF)
+    return _matmul(h_BxLxF, params["wo"]["kernel"], dtype) + params["wo"]["bias"]
+
+
+def _matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+    """`x @ w` with operands in `dtype` (bfloat16 in mixed precision), float32 result: the
+    elementwise work around it stays float32, rounded only where a product reads it."""
+    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
 def chunked_feed_forward(

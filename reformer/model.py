@@ -105,7 +105,8 @@ class AttentionHalf(nn.Module):
         h, aux = make_attention(cfg, self.kind, "attention")(
             h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes, buckets=buckets
         )
-        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic), aux
+        # The branch's result joins the float32 residual stream in its dtype.
+        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x_BxLxD.dtype), aux
 
 
 class FeedForwardHalf(nn.Module):
@@ -120,7 +121,7 @@ class FeedForwardHalf(nn.Module):
         h = ChunkedFeedForward(
             cfg.d_ff, cfg.ff_chunk_size, cfg.jnp_dtype, cfg.ff_activation, name="ff"
         )(h)
-        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
+        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x_BxLxD.dtype)
 
 
 def shift_right(tokens_BxL: jax.Array) -> jax.Array:
@@ -158,19 +159,21 @@ class ReformerLM(nn.Module):
         embed = nn.Embed(
             cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
         )
-        x_BxLxD = embed(shift_right(tokens_BxL)).astype(cfg.jnp_dtype)
+        # The two residual streams are float32 in every `model.dtype`: the reversible backward
+        # pass reconstructs them exactly; only the branches' matrix work runs in `dtype`.
+        x_BxLxD = embed(shift_right(tokens_BxL)).astype(jnp.float32)
         if cfg.positional == "learned":
             if length > cfg.max_len:
                 raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
             pos_LxD = self.param(
                 "pos_embed", nn.initializers.normal(1.0), (cfg.max_len, cfg.d_model)
             )[:length]
-            x_BxLxD = x_BxLxD + pos_LxD.astype(cfg.jnp_dtype)
+            x_BxLxD = x_BxLxD + pos_LxD
         elif cfg.positional == "axial":
             pos_LxD = AxialPositionalEmbedding(
                 tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
             )(length)
-            x_BxLxD = x_BxLxD + pos_LxD.astype(cfg.jnp_dtype)
+            x_BxLxD = x_BxLxD + pos_LxD.astype(jnp.float32)
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
 
@@ -267,9 +270,8 @@ class OutputLayer(nn.Module):
         return kernel, bias
 
     def _logits(self, y_BxLxD, kernel, bias):
-        y = y_BxLxD.astype(self.dtype)
-        logits = y @ kernel.astype(self.dtype) + bias.astype(self.dtype)
-        return logits.astype(jnp.float32)
+        y, w = y_BxLxD.astype(self.dtype), kernel.astype(self.dtype)
+        return jnp.matmul(y, w, preferred_element_type=jnp.float32) + bias
 
     @nn.compact
     def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size: int = 0):
