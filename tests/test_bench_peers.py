@@ -1,0 +1,96 @@
+"""scripts/bench_peers.py: a toy-sized run of every installed implementation, end to end."""
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_script
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import bench_peers as script  # noqa: E402
+
+REQUIRED = {
+    "impl",
+    "reversible",
+    "seq_len",
+    "step_seconds",
+    "step_seconds_all",
+    "peak_rss_bytes",
+    "device",
+    "n_layers",
+    "d_model",
+    "d_ff",
+    "n_heads",
+    "d_head",
+    "chunk",
+    "n_buckets",
+    "n_hashes",
+    "batch",
+    "versions",
+    "cpu",
+    "threads",
+}
+
+
+def installed_impls() -> list[str]:
+    """Our model and the PyTorch peers whose packages are installed (trax is left out: it
+    needs its own virtual environment)."""
+    have = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
+    impls = ["ours"]
+    if have("torch") and have("transformers"):
+        impls.append("hf")
+    if have("torch") and have("reformer_pytorch"):
+        impls.append("lucidrains")
+    return impls
+
+
+@pytest.mark.parametrize("seq_len", [128, 4096, 16384, 96])
+def test_axial_shape_factors_the_length(seq_len):
+    a, b = script.axial_shape(seq_len)
+    assert a * b == seq_len and a >= b >= 1
+    assert sum(script.axial_dims(512)) == 512
+
+
+def test_toy_run_of_every_installed_implementation(tmp_path):
+    impls = installed_impls()
+    out = tmp_path / "peers.json"
+    proc = run_script(
+        "bench_peers.py",
+        [
+            "--n_layers=2",
+            "--d_model=32",
+            "--d_ff=64",
+            "--n_heads=2",
+            "--d_head=16",
+            "--chunk=16",
+            "--n_hashes=2",
+            "--seq_lens=128",
+            "--batch=1",
+            "--repeats=2",
+            "--warmup=1",
+            "--pause=0",
+            f"--impls={','.join(impls)}",
+            f"--out={out}",
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert sorted(r["impl"] for r in records) == sorted(impls)
+    for r in records:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert "error" not in r, r["error"]
+        assert r["seq_len"] == 128 and r["n_buckets"] == 128 // 16 and r["device"] == "cpu"
+        assert len(r["step_seconds_all"]) == 2
+        assert all(math.isfinite(t) and t > 0 for t in r["step_seconds_all"])
+        assert math.isfinite(r["step_seconds"]) and r["step_seconds"] > 0
+        assert r["peak_rss_bytes"] > 0
+        assert all(math.isfinite(x) for x in r["losses"])
+        assert r["reversible"] is True  # ours, hf and lucidrains all run reversibly.
+    assert (tmp_path / "peers.png").exists()
+    for impl in impls[1:]:  # The table has our ratio against every peer.
+        assert any(line.startswith(f"| 128 | {impl} |") for line in proc.stdout.splitlines())
