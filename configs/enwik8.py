@@ -6,6 +6,9 @@ python -m reformer.train --config configs/enwik8.py --workdir W [--config.data.p
     with one chunk before, axial positions (128, 512) with dims (256, 768), dropout
     0.2, Adam with 2000 warmup steps and rsqrt decay, 65536-byte sequences, a batch of
     8 sequences (on fewer than 8 devices add --config.train.grad_accum_steps=8/devices).
+python -m reformer.train --config configs/enwik8.py:1m --workdir W
+    The same model on sequences of 1,048,576 bytes (axial grid 1024 x 1024, 8,192 buckets,
+    bfloat16 products, batch 1); see docs/benchmarks.md for the memory of its step.
 python -m reformer.train --config configs/enwik8.py:cpu \
         --config.data.path=../shared/data/enwik8_prefix_4154399 --workdir W
     A 4-layer model (local and LSH layers alternating, reversible, d_model 128, 512-byte
@@ -26,7 +29,7 @@ def get_config(variant: str = "paper"):
     m.causal = True
     m.reversible = True
     m.positional = "axial"
-    if variant == "paper":
+    if variant in ("paper", "1m"):
         m.d_model, m.d_ff, m.n_heads, m.d_head = 1024, 4096, 8, 128
         m.n_layers = 12
         m.attention_types = ("local", "local", "lsh", "local")
@@ -52,6 +55,15 @@ def get_config(variant: str = "paper"):
         c.eval.n_hashes = 4
         c.eval.batch_size = 8
         c.eval.num_batches = 8
+        if variant == "1m":
+            # One sequence of 2^20 bytes per step: axial positions over a 1024 x 1024 grid,
+            # two buckets per LSH chunk, bfloat16 products, the loss in 64K-position chunks.
+            m.axial_shape = (1024, 1024)
+            m.max_len = c.data.seq_len = 1 << 20
+            m.n_buckets = 2 * c.data.seq_len // m.lsh_chunk_len
+            m.dtype = "bfloat16"
+            m.loss_chunk_size = 65536
+            c.train.batch_size = c.eval.batch_size = 1
     elif variant == "cpu":
         # Sized for at most 30 minutes on 2 CPU cores on the 4.15 MB enwik8 prefix in
         # ../shared/data (about 0.85 s per step as configured, 1.0 s with full attention).
@@ -80,7 +92,7 @@ def get_config(variant: str = "paper"):
         c.eval.num_batches = 4
     else:
         raise ValueError(
-            f"configs/enwik8.py: unknown variant {variant!r}; use 'paper' (default) or 'cpu'"
+            f"configs/enwik8.py: unknown variant {variant!r}; use 'paper' (default), '1m' or 'cpu'"
         )
     c.data.name = "enwik8"
     return c
