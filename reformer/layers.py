@@ -100,5 +100,14 @@ class AxialPositionalEmbedding(nn.Module):
         init = nn.initializers.normal(1.0)
         e1_AxD1 = self.param("axial_0", init, (a, d1))
         e2_BxD2 = self.param("axial_1", init, (b, d2))
-        positions = jnp.arange(length)
-        return jnp.concatenate([e1_AxD1[positions // b], e2_BxD2[positions % b]], axis=-1)
+        # The rows in use as a broadcast of the two tables (no gather: the gradient is a sum
+        # over the grid's other axis, not a scatter of [L, d] rows).
+        rows = -(-length // b)
+        grid_RxBxD = jnp.concatenate(
+            [
+                jnp.broadcast_to(e1_AxD1[:rows, None, :], (rows, b, d1)),
+                jnp.broadcast_to(e2_BxD2[None, :, :], (rows, b, d2)),
+            ],
+            axis=-1,
+        )
+        return grid_RxBxD.reshape(rows * b, d1 + d2)[:length]
