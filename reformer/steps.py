@@ -23,6 +23,7 @@ import optax
 from reformer import decode, sharding
 from reformer.config import ConfigError
 from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, retype_layers
+from reformer.optim import make_schedule
 
 
 @flax.struct.dataclass
@@ -57,6 +58,30 @@ def state_from_params(tx):
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return make
+
+
+def jit_train_step(config: ml_collections.ConfigDict, model: ReformerLM, tx, mesh, state_sharding):
+    """`train_step` jitted as training runs it: state donated, batch split over the mesh,
+    gradients laid out like the parameters under FSDP; `(state, batch, rng) -> (state,
+    metrics)`."""
+    batch_sharding = sharding.batch_sharded(mesh)
+    fsdp = mesh.shape[sharding.FSDP_AXIS] > 1
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=make_schedule(config.optimizer),
+        accum_steps=config.train.grad_accum_steps,
+        batch_sharding=batch_sharding,
+        grad_sharding=state_sharding.params if fsdp else None,
+    )
+    rep = sharding.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, batch_sharding, rep),
+        out_shardings=(state_sharding, rep),
+        donate_argnums=(0,),
+    )
 
 
 def abstract_state(config: ml_collections.ConfigDict, model: ReformerLM, tx, mesh):

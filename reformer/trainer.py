@@ -8,7 +8,6 @@ the device except to log: it dispatches step N before it reads step N-1's metric
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -18,7 +17,7 @@ import ml_collections
 from reformer import checkpoints, data, sharding
 from reformer.config import ConfigError, validate
 from reformer.metrics import MetricsWriter, log, progress_line
-from reformer.optim import make_optimizer, make_schedule
+from reformer.optim import make_optimizer
 from reformer.preemption import StopRequests
 
 # The step functions, re-exported: scripts and tests use them as `trainer.<name>`.
@@ -29,6 +28,7 @@ from reformer.steps import (  # noqa: F401
     eval_step,
     evaluate,
     init_params,
+    jit_train_step,
     make_eval_fn,
     make_init_state,
     make_model,
@@ -85,7 +85,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log(_describe_process(mesh))
     model = make_model(config)
     tx = make_optimizer(config.optimizer)
-    schedule = make_schedule(config.optimizer)
     init_rng, step_rng = jax.random.split(jax.random.key(t.seed))
 
     # Shardings are derived from the state's shapes; parameters are born where they live.
@@ -128,21 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"({jax.devices()[0].platform}); mesh {dict(mesh.shape)}."
     )
 
-    fsdp = mesh.shape[sharding.FSDP_AXIS] > 1
-    p_train_step = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            accum_steps=t.grad_accum_steps,
-            batch_sharding=batch_sharding,
-            grad_sharding=state_sharding.params if fsdp else None,
-        ),
-        in_shardings=(state_sharding, batch_sharding, rep),
-        out_shardings=(state_sharding, rep),
-        donate_argnums=(0,),
-    )
+    p_train_step = jit_train_step(config, model, tx, mesh, state_sharding)
     p_eval_step = jax.jit(
         make_eval_fn(config, model, abstract.params),
         in_shardings=(state_sharding.params, batch_sharding),

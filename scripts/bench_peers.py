@@ -4,8 +4,8 @@ The same model (causal byte-level LM, every layer LSH attention, fp32, vocabular
 axial positions, no dropout) is built in each implementation and one whole optimizer step
 (forward, loss, backward, Adam update) is timed:
 
-- `ours`: this project's jitted `train_step`, wrapped and jitted as `reformer/trainer.py`
-  does (state donated, batch sharded over the mesh); reversible layers. `ours_plain` is the
+- `ours`: this project's train step as `reformer/trainer.py` runs it (`steps.jit_train_step`:
+  state donated, batch sharded over the mesh); reversible layers. `ours_plain` is the
   same with `model.reversible = False` (only when asked for).
 - `hf`: `transformers.ReformerModelWithLMHead` (reversible in training), `torch.optim.Adam`.
 - `lucidrains`: `reformer_pytorch.ReformerLM` (reversible at every length with
@@ -119,14 +119,13 @@ def peak_rss_bytes() -> int:
 
 def build_ours(args, seq_len: int, reversible: bool):
     sys.path.insert(0, str(REPO))
-    import functools
 
     import jax
 
     from reformer import sharding
     from reformer.config import default_config, validate
-    from reformer.optim import make_optimizer, make_schedule
-    from reformer.steps import abstract_state, make_init_state, make_model, train_step
+    from reformer.optim import make_optimizer
+    from reformer.steps import abstract_state, jit_train_step, make_init_state, make_model
 
     c = default_config()
     m = c.model
@@ -145,31 +144,15 @@ def build_ours(args, seq_len: int, reversible: bool):
     c.optimizer.name = "adam"
     validate(c, num_devices=jax.device_count())
 
-    # As reformer/trainer.py builds and jits the step.
+    # The step as reformer/trainer.py builds and jits it.
     mesh = sharding.make_mesh(c.mesh)
     model = make_model(c)
     tx = make_optimizer(c.optimizer)
-    schedule = make_schedule(c.optimizer)
     init_rng, step_rng = jax.random.split(jax.random.key(c.train.seed))
     abstract = abstract_state(c, model, tx, mesh)
     state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
-    batch_sharding = sharding.batch_sharded(mesh)
-    rep = sharding.replicated(mesh)
     state = jax.jit(make_init_state(c, model, tx), out_shardings=state_sharding)(init_rng)
-    p_train_step = jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            schedule=schedule,
-            accum_steps=1,
-            batch_sharding=batch_sharding,
-            grad_sharding=None,
-        ),
-        in_shardings=(state_sharding, batch_sharding, rep),
-        out_shardings=(state_sharding, rep),
-        donate_argnums=(0,),
-    )
+    p_train_step = jit_train_step(c, model, tx, mesh, state_sharding)
     import numpy as np
 
     x = tokens(args, seq_len)
@@ -189,7 +172,7 @@ def build_ours(args, seq_len: int, reversible: bool):
         "device": jax.devices()[0].platform,
         "threads": os.cpu_count(),  # XLA's CPU thread pool spans every core.
         "notes": (
-            f"reformer.steps.train_step jitted as the trainer does (donated state); "
+            f"reformer.steps.jit_train_step, as the trainer runs it (donated state); "
             f"axial positions {m.axial_shape} dims {m.axial_dims} (concatenated); "
             f"ff_chunk_size {m.ff_chunk_size}; tanh GELU; Adam (b2 0.98, eps 1e-9) "
             f"after global-norm clipping {c.optimizer.clip_norm}"
