@@ -335,7 +335,6 @@ def _check_data(r: Report) -> None:
     if not r.fine("data.name"):
         return
     if d.name == "duplication":
-        _check_init_from(r)
         if r.check(
             _is_int(d.word_len) and d.word_len >= 1,
             "data.word_len",
@@ -365,7 +364,6 @@ def _check_data(r: Report) -> None:
         r.check(bool(d.path), "data.path", 'data.name="text" reads a local file; give its path')
     if d.path:
         r.check(os.path.isfile(d.path), "data.path", f"no such file: {d.path}")
-    _check_init_from(r)
     if r.fine("eval.stride", "data.seq_len"):
         r.check(
             e.stride <= d.seq_len,
@@ -472,7 +470,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if missing:
         raise ConfigError(f"missing config field(s): {', '.join('config.' + u for u in missing)}")
     report = Report(config)
-    for check in (_check_numbers, _check_choices, _check_layers, _check_positions, _check_data):
+    for check in (
+        _check_numbers,
+        _check_choices,
+        _check_layers,
+        _check_positions,
+        _check_data,
+        _check_init_from,
+    ):
         check(report)
     _check_parallelism(report, num_devices)
     report.raise_if_any()

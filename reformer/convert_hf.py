@@ -340,7 +340,6 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
     problems = checkpoints.param_mismatches(params, shapes)
     if problems:  # A converter bug, not a user error.
         raise AssertionError("converted parameters do not fit the model: " + "; ".join(problems))
-    params = jax.tree.map(lambda p, s: jnp.asarray(p, s.dtype), params, shapes)
 
     manager = checkpoints.make_manager(out, config.train.keep_checkpoints)
     checkpoints.save(manager, 0, {"params": params}, {"converted_from": os.path.abspath(hf_dir)})

@@ -46,12 +46,7 @@ class ModelConfig:
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
-        fields = {
-            f.name: model[f.name]
-            if f.default is dataclasses.MISSING
-            else model.get(f.name, f.default)
-            for f in dataclasses.fields(cls)
-        }
+        fields = {f.name: model[f.name] for f in dataclasses.fields(cls)}
         for name in ("attention_types", "axial_shape", "axial_dims"):
             fields[name] = tuple(fields[name])
         return cls(**fields)
@@ -159,8 +154,8 @@ class ReformerLM(nn.Module):
         embed = nn.Embed(
             cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
         )
-        # The two residual streams are float32 in every `model.dtype`: the reversible backward
-        # pass reconstructs them exactly; only the branches' matrix work runs in `dtype`.
+        # The two residual streams are float32 in every `model.dtype`, and so is their
+        # reconstruction in the reversible backward pass; only matrix products use `dtype`.
         x_BxLxD = embed(shift_right(tokens_BxL)).astype(jnp.float32)
         if cfg.positional == "learned":
             if length > cfg.max_len:
@@ -173,30 +168,20 @@ class ReformerLM(nn.Module):
             pos_LxD = AxialPositionalEmbedding(
                 tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
             )(length)
-            x_BxLxD = x_BxLxD + pos_LxD.astype(jnp.float32)
+            x_BxLxD = x_BxLxD + pos_LxD
         x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
         x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
 
         y1_BxLxD, y2_BxLxD = self.blocks(x_BxLxD, mask_BxL, deterministic, n_hashes)
 
-        # LayerNorm(concat(Y1, Y2)) with the parameters `nn.LayerNorm(name="final_norm")`
-        # would have, applied by the output layer inside its chunks when the loss is chunked:
-        # so with `loss_chunk_size` no [B, L, 2 d_model] array (nor its gradient) exists whole.
-        d2 = 2 * cfg.d_model
-        norm_params = self.param(
-            "final_norm", lambda _: {"scale": jnp.ones((d2,)), "bias": jnp.zeros((d2,))}
+        y_BxLx2D = jnp.concatenate([y1_BxLxD, y2_BxLxD], axis=-1)
+        y_BxLx2D = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="final_norm")(
+            y_BxLx2D
         )
-        norm = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype)
-
-        def head_input(y1, y2):
-            return norm.apply({"params": norm_params}, jnp.concatenate([y1, y2], axis=-1))
-
         output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
         if weights_BxL is None:
-            return output(head_input(y1_BxLxD, y2_BxLxD))
-        return output(
-            (y1_BxLxD, y2_BxLxD), tokens_BxL, weights_BxL, cfg.loss_chunk_size, head_input
-        )
+            return output(y_BxLx2D)
+        return output(y_BxLx2D, tokens_BxL, weights_BxL, cfg.loss_chunk_size)
 
     def blocks(self, x_BxLxD, mask_BxL, deterministic: bool, n_hashes: int | None):
         """The layers, as pure functions of explicit parameters, scanned over the repeats of
@@ -284,37 +269,36 @@ class OutputLayer(nn.Module):
         return jnp.matmul(y, w, preferred_element_type=jnp.float32) + bias
 
     @nn.compact
-    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size: int = 0, pre=None):
-        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`.
-
-        With `pre`, `y_BxLxD` is a tuple of arrays `[B, L, ...]` and the layer reads
-        `pre(*y_BxLxD)`, computed chunk by chunk like the logits."""
-        if pre is None:
-            pre, y_BxLxD = (lambda y: y), (y_BxLxD,)
-        d_in = jax.eval_shape(pre, *(a[:, :1] for a in y_BxLxD)).shape[-1]
-        kernel, bias = self._params(d_in)
+    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size: int = 0):
+        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`."""
+        kernel, bias = self._params(y_BxLxD.shape[-1])
         if weights_BxL is None:
-            return self._logits(pre(*y_BxLxD), kernel, bias)
-        length = y_BxLxD[0].shape[1]
+            return self._logits(y_BxLxD, kernel, bias)
+        length = y_BxLxD.shape[1]
         if not chunk_size or chunk_size >= length:
-            logits = self._logits(pre(*y_BxLxD), kernel, bias)
-            return loss_and_metrics(logits, tokens_BxL, weights_BxL)
+            return loss_and_metrics(self._logits(y_BxLxD, kernel, bias), tokens_BxL, weights_BxL)
         n_chunks = -(-length // chunk_size)
         pad = n_chunks * chunk_size - length
-
         # Padded positions get weight 0; chunks lead so lax.map walks over them.
-        def by_chunk(a):
-            a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-            return jnp.moveaxis(a.reshape(a.shape[0], n_chunks, chunk_size, *a.shape[2:]), 1, 0)
+        y_CxBxKxD, t_CxBxK, w_CxBxK = (
+            jnp.moveaxis(
+                jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)).reshape(
+                    a.shape[0], n_chunks, chunk_size, *a.shape[2:]
+                ),
+                1,
+                0,
+            )
+            for a in (y_BxLxD, tokens_BxL, weights_BxL)
+        )
 
-        chunks = (tuple(by_chunk(a) for a in y_BxLxD), by_chunk(tokens_BxL), by_chunk(weights_BxL))
-
-        @jax.checkpoint  # The backward pass recomputes each chunk's input and logits.
+        @jax.checkpoint  # The backward pass recomputes each chunk's logits.
         def chunk_sums(args):
-            ys, t, w = args
-            return loss_and_metrics(self._logits(pre(*ys), kernel, bias), t, w)[1]
+            y, t, w = args
+            return loss_and_metrics(self._logits(y, kernel, bias), t, w)[1]
 
-        sums = jax.tree.map(lambda x: x.sum(0), jax.lax.map(chunk_sums, chunks))
+        sums = jax.tree.map(
+            lambda x: x.sum(0), jax.lax.map(chunk_sums, (y_CxBxKxD, t_CxBxK, w_CxBxK))
+        )
         loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
         return loss, sums
 

@@ -10,7 +10,7 @@ config has, 8,192 at 1M).
 
 writes one record per point ({"seq_len", "dtype", "temp_bytes", "total_bytes",
 "temp_bytes_per_token", "n_params", "compile_s", "device"}), a PNG beside it, and prints a
-Markdown table.
+Markdown table. `--set model.dropout=0` (repeatable) changes a config field at every point.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ LENGTHS = (65_536, 131_072, 262_144, 524_288, 1_048_576)
 DTYPES = ("float32", "bfloat16")
 
 
-def long_config(seq_len: int, dtype: str):
+def long_config(seq_len: int, dtype: str, overrides=()):
     c = enwik8_config()
+    for item in overrides:  # "model.dropout=0": config.model.dropout = 0.0
+        field, value = item.split("=", 1)
+        group, name = field.split(".")
+        c[group][name] = type(c[group][name])(value)
     m = c.model
     c.train.batch_size, c.data.seq_len, m.max_len, m.dtype = 1, seq_len, seq_len, dtype
     m.axial_shape = (seq_len // 512, 512)
@@ -66,11 +70,16 @@ def main() -> None:
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--out", default="docs/benchmarks/long_context_cpu.json")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override, e.g. model.dropout=0"
+    )
     args = parser.parse_args()
     records = []
     for dtype in args.dtypes.split(","):
         for seq_len in map(int, args.lengths.split(",")):
-            r = {"seq_len": seq_len, "dtype": dtype, **step_memory(long_config(seq_len, dtype))}
+            config = long_config(seq_len, dtype, args.set)
+            r = {"seq_len": seq_len, "dtype": dtype, **step_memory(config)}
+            r["overrides"] = args.set
             r["temp_bytes_per_token"] = r["temp_bytes"] / seq_len
             r["device"] = device_name()
             records.append(r)
