@@ -19,6 +19,7 @@ heads. Random streams: "dropout" for attention dropout, "hash" for the LSH rotat
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -201,7 +202,8 @@ class LocalSelfAttention(nn.Module):
 
 
 def random_rotations(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """The LSH rotations `[heads, d_head, n_hashes, n_buckets / 2]` of one call: standard
+    """The LSH rotations `[heads, d_head, n_hashes, R]` of one call (R = n_buckets / 2, or
+    sum(bucket_factors) / 2, `lsh.rotation_width`): standard
     normal, as trax and HF draw them. One function, so a test can put HF's in their place."""
     return jax.random.normal(key, shape)
 
@@ -221,6 +223,7 @@ class LSHSelfAttention(nn.Module):
     d_head: int
     chunk_len: int
     n_buckets: int | None = None
+    bucket_factors: tuple[int, ...] | None = None
     n_hashes: int = 1
     n_chunks_before: int = 1
     n_chunks_after: int = 0
@@ -260,7 +263,12 @@ class LSHSelfAttention(nn.Module):
             n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
             if n_buckets % 2:
                 raise ValueError(f"n_buckets must be even, got {n_buckets}")
-            shape = (self.n_heads, self.d_head, n_hashes or self.n_hashes, n_buckets // 2)
+            if self.bucket_factors and math.prod(self.bucket_factors) != n_buckets:
+                raise ValueError(
+                    f"bucket_factors {self.bucket_factors} must multiply to n_buckets={n_buckets}"
+                )
+            width = lsh.rotation_width(n_buckets, self.bucket_factors)
+            shape = (self.n_heads, self.d_head, n_hashes or self.n_hashes, width)
             rotations_HxKxNxR = random_rotations(self._hash_rng(deterministic), shape)
         rate, rngs_BxH = _dropout_rngs(self, self.dropout_rate, deterministic, batch, self.n_heads)
 
@@ -279,6 +287,7 @@ class LSHSelfAttention(nn.Module):
                 dropout_rate=rate,
                 dropout_rng=rng,
                 buckets=buckets_NxL,
+                bucket_factors=self.bucket_factors,
             )
 
         out_BxHxLxK, buckets_BxHxNxL = _per_head(

@@ -8,6 +8,7 @@ work starts and turns a bad value into one clear error that names the field.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -43,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.lsh_chunk_len = 64  # Chunk length of LSH attention.
     m.local_chunk_len = 64  # Chunk length of local attention.
     m.n_buckets = 0  # LSH buckets per round; 0 = automatic (about 2 L / lsh_chunk_len).
+    # Factorized LSH buckets (trax, HF): n_buckets is the product of these even counts, hashed
+    # with sum / 2 rotations per round instead of n_buckets / 2.
+    m.bucket_factors = ()  # LSH bucket count as a product, e.g. (32, 64); () = not factorized.
     m.n_hashes = 1  # LSH hash rounds in training.
     m.causal = True  # Decoder (language model) masking.
     m.reversible = False  # Reversible residual layers.
@@ -281,6 +285,16 @@ def _check_layers(r: Report) -> None:
         )
     if r.fine("model.n_buckets") and m.n_buckets % 2:
         r.add("model.n_buckets", f"must be even (or 0), got {m.n_buckets}")
+    factors = tuple(m.bucket_factors)
+    if factors:
+        if not all(_is_int(f) and f >= 2 and f % 2 == 0 for f in factors):
+            r.add("model.bucket_factors", f"must be even counts >= 2, got {factors}")
+        elif r.fine("model.n_buckets") and m.n_buckets not in (0, math.prod(factors)):
+            r.add(
+                "model.bucket_factors",
+                f"their product {math.prod(factors)} must equal model.n_buckets={m.n_buckets} "
+                "(or set n_buckets to 0)",
+            )
     seq = r.config.data.seq_len
     if not r.fine("data.seq_len"):
         return

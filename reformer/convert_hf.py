@@ -10,8 +10,9 @@ t - 1, as trax does), while HF reads token t at position t. So HF's logits for i
 `[0, t_0, ..., t_{L-2}]` are ours for tokens `[t_0, ..., t_{L-1}]`. The published trax
 weights (`google/reformer-enwik8`) were trained with the shift, which this model restores.
 
-Settings this project cannot express (factorized bucket counts, other chunk neighbourhoods,
-an encoder without causal masking, other activations) are refused with a ConfigError that
+Factorized bucket counts (a list `num_buckets`) become `model.bucket_factors`. Settings
+this project cannot express (other chunk neighbourhoods, an encoder without causal masking,
+other activations) are refused with a ConfigError that
 names the HF field.
 """
 
@@ -150,13 +151,14 @@ def config_from_hf(hf: Mapping, seq_len: int | None = None) -> ml_collections.Co
     if buckets is None and "lsh" in layers:
         buckets = hf_auto_buckets(c.data.seq_len, m.lsh_chunk_len, max_positions)
     if isinstance(buckets, list | tuple):
-        if len(buckets) != 1:
+        if not buckets or any(int(b) < 2 or int(b) % 2 for b in buckets):
             raise ConfigError(
                 f"this HuggingFace Reformer config cannot be expressed here:\n  num_buckets = "
-                f"{list(buckets)!r}: factorized bucket counts are not supported; give one even "
-                "number"
+                f"{list(buckets)!r}: each factor must be an even count >= 2"
             )
-        buckets = buckets[0]
+        if len(buckets) > 1:  # Factorized: hashed as HF does (lsh.buckets_from_rotated).
+            m.bucket_factors = tuple(int(b) for b in buckets)
+        buckets = math.prod(int(b) for b in buckets)
     m.n_buckets = int(buckets or 0)
     # Byte-level (ids = byte + 2, google/reformer-enwik8) or other text data (data.path).
     c.data.name = "enwik8" if m.vocab_size == 258 else "text"
@@ -283,7 +285,8 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: ml_collections.Confi
 # Fields of config.model (and data) written into the generated config file.
 MODEL_FIELDS = (
     "vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers", "attention_types",
-    "lsh_chunk_len", "local_chunk_len", "n_buckets", "n_hashes", "causal", "reversible",
+    "lsh_chunk_len", "local_chunk_len", "n_buckets", "bucket_factors", "n_hashes", "causal",
+    "reversible",
     "ff_activation", "layer_norm_eps", "positional", "max_len", "axial_shape", "axial_dims",
     "dropout", "attention_dropout",
 )  # fmt: skip

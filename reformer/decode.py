@@ -84,29 +84,34 @@ def lsh_n_buckets(cfg: ModelConfig) -> int:
     """Buckets per round when decoding: `model.n_buckets`, else trax's automatic count at
     `model.max_len`. Callers that know the training length resolve the automatic count at it
     first (`with_training_length`), as `reformer.sample` and cached evaluation do."""
-    return cfg.n_buckets or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
+    return cfg.lsh_n_buckets or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
 
 
 def with_training_length(cfg: ModelConfig, seq_len: int) -> ModelConfig:
     """`cfg` with an automatic bucket count (`n_buckets = 0`) fixed to the one training used
     at sequences of `seq_len` tokens, so decoding hashes into as many buckets as training."""
-    if cfg.n_buckets or "lsh" not in cfg.attention_types:
+    if cfg.lsh_n_buckets or "lsh" not in cfg.attention_types:
         return cfg
     return dataclasses.replace(cfg, n_buckets=lsh.default_n_buckets(seq_len, cfg.lsh_chunk_len))
 
 
 def lsh_rotations(cfg: ModelConfig, hash_key: jax.Array, layer: int, n_hashes: int) -> jax.Array:
-    """Random rotations `[H, K, n_hashes, n_buckets / 2]` of layer `layer` for one decode."""
-    shape = (cfg.n_heads, cfg.d_head, n_hashes, lsh_n_buckets(cfg) // 2)
+    """Random rotations `[H, K, n_hashes, R]` of layer `layer` for one decode (R as in
+    training, `lsh.rotation_width`)."""
+    width = lsh.rotation_width(lsh_n_buckets(cfg), cfg.bucket_factors)
+    shape = (cfg.n_heads, cfg.d_head, n_hashes, width)
     return jax.random.normal(jax.random.fold_in(hash_key, layer), shape)
 
 
-def hash_keys(qk_BxHxMxK: jax.Array, rotations_HxKxNxR: jax.Array) -> jax.Array:
-    """Buckets `[B, H, N, M]`: `argmax(concat([x R, -x R]))` per round, as in training."""
+def hash_keys(
+    qk_BxHxMxK: jax.Array, rotations_HxKxNxR: jax.Array, factors: tuple[int, ...] = ()
+) -> jax.Array:
+    """Buckets `[B, H, N, M]`: `argmax(concat([x R, -x R]))` per round (per factor), as in
+    training."""
     rotated = jnp.einsum(
         "bhmk,hknr->bhnmr", qk_BxHxMxK.astype(jnp.float32), rotations_HxKxNxR.astype(jnp.float32)
     )
-    return jnp.argmax(jnp.concatenate([rotated, -rotated], axis=-1), axis=-1).astype(jnp.int32)
+    return lsh.buckets_from_rotated(rotated, factors)
 
 
 def local_window(cfg: ModelConfig) -> int:
@@ -268,7 +273,7 @@ def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
         }
         q_buckets = None
         if kind == "lsh":
-            q_buckets = hash_keys(qk, rotations)
+            q_buckets = hash_keys(qk, rotations, cfg.bucket_factors)
             cache["buckets"] = _write(cache["buckets"], q_buckets, start, 3)
         out = _attend_cache(qk, start, cache, exclude_self=True, q_buckets_BxHxNxM=q_buckets)
     else:

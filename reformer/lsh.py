@@ -56,13 +56,40 @@ def _pad_length(x: jax.Array | None, padded: int, axis: int = 0) -> jax.Array | 
     return jnp.pad(x, widths)
 
 
-def hash_vectors(x_LxD: jax.Array, rotations_DxNxR: jax.Array) -> jax.Array:
+def rotation_width(n_buckets: int, factors: tuple[int, ...] | None = None) -> int:
+    """Columns R of the rotations per round: n_buckets / 2, or sum(factors) / 2."""
+    return sum(factors) // 2 if factors else n_buckets // 2
+
+
+def buckets_from_rotated(rotated_XxR: jax.Array, factors: tuple[int, ...] | None = None):
+    """Buckets (int32) of rotated vectors `[..., R]`: `argmax(concat([r, -r]))`, or with
+    `factors` (f_1, f_2, ...) the factorized hash of trax and HF: the columns are cut into
+    slices of f_i / 2, each slice hashed into f_i buckets, and the bucket is
+    b_1 + f_1 * (b_2 + f_2 * (b_3 + ...)), in `[0, prod(factors))`."""
+
+    def angular(r):
+        return jnp.argmax(jnp.concatenate([r, -r], axis=-1), axis=-1).astype(jnp.int32)
+
+    if not factors or len(factors) == 1:
+        return angular(rotated_XxR)
+    buckets, start, scale = None, 0, 1
+    for f in factors:
+        b = angular(rotated_XxR[..., start : start + f // 2])
+        buckets = b if buckets is None else buckets + scale * b
+        start, scale = start + f // 2, scale * f
+    return buckets
+
+
+def hash_vectors(
+    x_LxD: jax.Array, rotations_DxNxR: jax.Array, factors: tuple[int, ...] | None = None
+) -> jax.Array:
     """Angular LSH: `argmax(concat([x R, -x R]))` for each of the N rounds.
 
-    `rotations_DxNxR` holds random Gaussian rotations, R = n_buckets // 2. Returns int32
-    buckets of shape `[N, L]` with values in `[0, n_buckets)`. Positions are hashed in blocks:
-    with automatic bucket counts R grows with L, and the rotated vectors of the whole sequence
-    (`[N, L, 2R]`) would grow as L^2.
+    `rotations_DxNxR` holds random Gaussian rotations, R = n_buckets // 2 (or sum(factors)
+    // 2 with factorized buckets, `buckets_from_rotated`). Returns int32 buckets of shape
+    `[N, L]` with values in `[0, n_buckets)`. Positions are hashed in blocks: with automatic
+    bucket counts R grows with L, and the rotated vectors of the whole sequence (`[N, L, 2R]`)
+    would grow as L^2.
     """
     length, d = x_LxD.shape
     n_rounds, half = rotations_DxNxR.shape[1:]
@@ -74,8 +101,7 @@ def hash_vectors(x_LxD: jax.Array, rotations_DxNxR: jax.Array) -> jax.Array:
 
     def hash_block(x_BxD: jax.Array) -> jax.Array:
         rotated_BxNxR = (x_BxD @ rotations_DxM).reshape(block, n_rounds, half)
-        rotated_BxNx2R = jnp.concatenate([rotated_BxNxR, -rotated_BxNxR], axis=-1)
-        return jnp.argmax(rotated_BxNx2R, axis=-1).astype(jnp.int32)
+        return buckets_from_rotated(rotated_BxNxR, factors)
 
     buckets_TxBxN = lax.map(hash_block, x_TxBxD)
     return buckets_TxBxN.reshape(padded, n_rounds)[:length].T
@@ -506,6 +532,7 @@ def lsh_attention(
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
     buckets: jax.Array | None = None,
+    bucket_factors: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Reformer LSH self-attention on one head; returns `(out [L, V], buckets [N, L])`.
 
@@ -515,7 +542,8 @@ def lsh_attention(
     recomputes attention with the forward pass's buckets. `mask` is `[L]`, True = real token;
     padding is hashed into an extra bucket after the real ones. A length that is not a
     multiple of `chunk_len` is padded and masked inside. `attend_across_buckets=False` and
-    `allow_duplicate_attention=False` are the paper's Appendix A options.
+    `allow_duplicate_attention=False` are the paper's Appendix A options. `bucket_factors`
+    hashes into factorized buckets (`buckets_from_rotated`).
     """
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
@@ -527,7 +555,7 @@ def lsh_attention(
     if buckets is None:
         if rotations_DxNxR is None:
             raise ValueError("lsh_attention needs rotations_DxNxR or buckets")
-        buckets_NxL = hash_vectors(qk_LxD, rotations_DxNxR)
+        buckets_NxL = hash_vectors(qk_LxD, rotations_DxNxR, bucket_factors)
     else:
         buckets_NxL = _pad_length(lax.stop_gradient(buckets).astype(jnp.int32), padded, axis=1)
     n_rounds = buckets_NxL.shape[0]

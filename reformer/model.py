@@ -5,6 +5,7 @@ paper's Transformer baseline."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -43,16 +44,22 @@ class ModelConfig:
     loss_chunk_size: int = 0
     ff_activation: str = "gelu"
     layer_norm_eps: float = 1e-6
+    bucket_factors: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
         fields = {f.name: model[f.name] for f in dataclasses.fields(cls)}
-        for name in ("attention_types", "axial_shape", "axial_dims"):
+        for name in ("attention_types", "axial_shape", "axial_dims", "bucket_factors"):
             fields[name] = tuple(fields[name])
         return cls(**fields)
 
     def attention_type(self, layer: int) -> str:
         return self.attention_types[layer % len(self.attention_types)]
+
+    @property
+    def lsh_n_buckets(self) -> int:
+        """`n_buckets`, or the product of `bucket_factors`; 0 = automatic."""
+        return math.prod(self.bucket_factors) if self.bucket_factors else self.n_buckets
 
     @property
     def jnp_dtype(self):
@@ -76,7 +83,8 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
     if kind == "lsh":
         return attention.LSHSelfAttention(
             chunk_len=cfg.lsh_chunk_len,
-            n_buckets=cfg.n_buckets or None,
+            n_buckets=cfg.lsh_n_buckets or None,
+            bucket_factors=cfg.bucket_factors or None,
             n_hashes=cfg.n_hashes,
             **common,
         )

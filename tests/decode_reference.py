@@ -42,9 +42,17 @@ def unit(k):
     return k / np.sqrt(np.mean(k * k) + 1e-6) / np.sqrt(k.shape[-1])
 
 
-def buckets(x, rotations_KxNxR):
+def buckets(x, rotations_KxNxR, factors=()):
+    """Angular LSH per round; with factors (f1, f2, ...), one hash per slice of f_i / 2
+    columns, combined as b1 + f1 * b2 + f1 * f2 * b3 ..."""
     rotated = np.einsum("k,knr->nr", x, rotations_KxNxR)
-    return np.argmax(np.concatenate([rotated, -rotated], -1), -1)
+    sizes = factors or (2 * rotated.shape[-1],)
+    total, scale, start = 0, 1, 0
+    for f in sizes:
+        r = rotated[:, start : start + f // 2]
+        total = total + scale * np.argmax(np.concatenate([r, -r], -1), -1)
+        start, scale = start + f // 2, scale * f
+    return total
 
 
 def attention(cfg, kind, p, h_LxD, rotations):
@@ -62,7 +70,7 @@ def attention(cfg, kind, p, h_LxD, rotations):
             q = proj["query_key"][:, hd]
             k = np.stack([unit(x) for x in q])
         if kind == "lsh":
-            b = np.stack([buckets(x, rotations[hd]) for x in q])  # [L, N]
+            b = np.stack([buckets(x, rotations[hd], cfg.bucket_factors) for x in q])  # [L, N]
         for t in range(length):
             if kind == "local":
                 c = cfg.local_chunk_len

@@ -49,6 +49,7 @@ def test_unknown_variant():
         ("data.seq_len", 30, r"config.data.seq_len: the duplication task 0 w 0 w needs seq_len"),
         ("model.attention_types", ("full", "fancy"), "config.model.attention_types: 'fancy'"),
         ("model.n_buckets", 7, "config.model.n_buckets: must be even"),
+        ("model.bucket_factors", (4, 3), "config.model.bucket_factors: must be even counts"),
         ("optimizer.name", "sgd", "config.optimizer.name: must be one of"),
         ("optimizer.schedule", "cosine", "config.optimizer.schedule: must be one of"),
         ("optimizer.learning_rate", 0.0, "config.optimizer.learning_rate: must be positive"),
@@ -61,6 +62,18 @@ def test_bad_values_name_the_field(field, value, match):
     group, name = field.split(".")
     c[group][name] = value
     with pytest.raises(ConfigError, match=match):
+        validate(c)
+
+
+def test_bucket_factors_must_multiply_to_n_buckets():
+    c = load_config("tiny")
+    c.model.attention_types, c.model.bucket_factors = ("lsh",), (4, 8)
+    c.model.lsh_chunk_len = 8
+    validate(c)  # n_buckets 0: the product is the count.
+    c.model.n_buckets = 32
+    validate(c)
+    c.model.n_buckets = 16
+    with pytest.raises(ConfigError, match="config.model.bucket_factors: their product 32"):
         validate(c)
 
 

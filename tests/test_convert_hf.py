@@ -56,11 +56,10 @@ HF_SETTINGS = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def convert_random(tmp_path_factory, settings):
     """(HF model in float64, converted workdir, its config file) of a random HF model."""
     torch.manual_seed(0)
-    hf = transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**HF_SETTINGS))
+    hf = transformers.ReformerModelWithLMHead(transformers.ReformerConfig(**settings))
     with torch.no_grad():  # Non-trivial norms and biases (HF starts them at 1 and 0).
         for name, p in hf.named_parameters():
             if "layer_norm" in name or "bias" in name:
@@ -70,6 +69,17 @@ def converted(tmp_path_factory):
     out = os.path.join(str(tmp_path_factory.mktemp("converted")), "run")
     config_path = convert(hf_dir, out)
     return hf.eval().double(), out, config_path
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    return convert_random(tmp_path_factory, HF_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def converted_factorized(tmp_path_factory):
+    """HF's factorized hashing: 2 x 4 buckets per round from 3 rotation columns."""
+    return convert_random(tmp_path_factory, {**HF_SETTINGS, "num_buckets": [2, 4]})
 
 
 def hf_rotations(shape):
@@ -108,6 +118,19 @@ def test_logits_equal_hf(converted, monkeypatch, length):
     ours = our_logits(config, params, tokens, monkeypatch)
     assert np.abs(ref).max() > 1.0  # Logits of a size where errors would show.
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_factorized_buckets_equal_hf(converted_factorized, monkeypatch):
+    hf, workdir, config_path = converted_factorized
+    config, params, _ = load_converted(config_path, workdir)
+    assert tuple(config.model.bucket_factors) == (2, 4) and config.model.n_buckets == 8
+    tokens = np.random.default_rng(1).integers(2, 258, size=(2, 128))
+    with torch.no_grad():
+        ref = hf(torch.tensor(np.asarray(shift_right(jnp.asarray(tokens))))).logits.numpy()
+    np.testing.assert_allclose(our_logits(config, params, tokens, monkeypatch), ref, atol=1e-4)
+    # Hashing the factorized rotations as one 6-bucket hash would not match.
+    config.model.bucket_factors, config.model.n_buckets = (), 6
+    assert np.abs(our_logits(config, params, tokens, monkeypatch) - ref).max() > 1e-2
 
 
 def test_parity_depends_on_the_rotations(converted):
@@ -216,7 +239,7 @@ def test_enwik8_layout():
 @pytest.mark.parametrize(
     "change, field",
     [
-        (dict(num_buckets=[16, 32]), "num_buckets"),
+        (dict(num_buckets=[16, 3]), "num_buckets"),
         (dict(lsh_num_chunks_after=1), "lsh_num_chunks_after"),
         (dict(local_num_chunks_before=2), "local_num_chunks_before"),
         (dict(hidden_act="tanh"), "hidden_act"),

@@ -140,6 +140,17 @@ def test_lsh_with_full_layers_equals_the_slow_reference():
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
+def test_factorized_buckets_decode_as_the_slow_reference():
+    cfg = model_config(("lsh",), n_buckets=8, bucket_factors=(2, 4))
+    params = make(cfg)
+    tokens = random_tokens(17, (2, 24))
+    key = jax.random.key(9)
+    rotations = decode.all_rotations(cfg, key, 2)
+    assert rotations[0].shape[-1] == 3  # (2 + 4) / 2 columns, not 8 / 2.
+    logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=5)
+    np.testing.assert_allclose(logits, reference_logits(cfg, params, tokens, rotations), atol=1e-4)
+
+
 def test_automatic_buckets_follow_the_training_length():
     """With `n_buckets = 0`, decoding hashes into the buckets training used at its sequence
     length (`2 * seq_len / lsh_chunk_len`), not at the positions the model could hold."""

@@ -65,6 +65,24 @@ def test_hash_vectors_is_argmax_of_rotations_and_their_negatives():
     assert 0 <= int(buckets.min()) and int(buckets.max()) < 128
 
 
+def test_factorized_hash_combines_one_angular_hash_per_factor():
+    """bucket_factors (4, 8, 2): columns [0, 2), [2, 6), [6, 7) hashed into 4, 8 and 2 buckets,
+    combined as b1 + 4 * b2 + 32 * b3 (trax's and HF's order); every bucket of 64 is used."""
+    x = np.random.default_rng(1).normal(size=(4000, 16)).astype(np.float32)
+    rotations = np.random.default_rng(2).normal(size=(16, 2, 7)).astype(np.float32)
+    buckets = np.asarray(lsh.hash_vectors(jnp.asarray(x), jnp.asarray(rotations), (4, 8, 2)))
+    rotated = np.einsum("ld,dnr->nlr", x, rotations)
+    angular = lambda r: np.argmax(np.concatenate([r, -r], -1), -1)  # noqa: E731
+    expected = (
+        angular(rotated[..., 0:2])
+        + 4 * angular(rotated[..., 2:6])
+        + 32 * angular(rotated[..., 6:7])
+    )
+    np.testing.assert_array_equal(buckets, expected)
+    assert set(np.unique(buckets)) == set(range(64))
+    assert lsh.rotation_width(64, (4, 8, 2)) == 7 and lsh.rotation_width(64) == 32
+
+
 def test_hash_is_angular():
     """Scaling keeps the bucket; negating moves it to the opposite one (b + n_buckets/2)."""
     x = jax.random.normal(jax.random.key(0), (64, D))
