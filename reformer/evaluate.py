@@ -56,12 +56,20 @@ def evaluate_checkpoint(
     return record
 
 
-def evaluate_params(config: ml_collections.ConfigDict, params, step: int, mesh) -> dict:
-    """The evaluation record of `params` (trained with `config.model`) under `config.eval`."""
-    eval_fn = jax.jit(
+def jitted_eval_fn(config: ml_collections.ConfigDict, params, mesh):
+    """The jitted `(params, batch) -> metric sums` of `config.eval` (any split)."""
+    return jax.jit(
         trainer.make_eval_fn(config, trainer.make_model(config), params),
         out_shardings=sharding.replicated(mesh),
     )
+
+
+def evaluate_params(
+    config: ml_collections.ConfigDict, params, step: int, mesh, eval_fn=None
+) -> dict:
+    """The evaluation record of `params` (trained with `config.model`) under `config.eval`;
+    `eval_fn` (`jitted_eval_fn` of the same eval settings) reuses a compiled function."""
+    eval_fn = eval_fn or jitted_eval_fn(config, params, mesh)
     start = time.time()
     rows = sharding.process_rows(mesh, config.eval.batch_size)
     batches = data.make_eval_batches(config, rows=rows, whole_split=True)

@@ -255,9 +255,11 @@ def main(argv=None) -> None:
         mesh = sharding.make_mesh()
         params, step = evaluate.load_params(config, workdir, mesh)
         for n_eval in eval_hashes(spec):
+            config.eval.n_hashes = n_eval or 0
+            eval_fn = evaluate.jitted_eval_fn(config, params, mesh)  # Both splits.
             for split in ("validation", "test"):
-                config.eval.split, config.eval.n_hashes = split, n_eval or 0
-                r = evaluate.evaluate_params(config, params, step, mesh)
+                config.eval.split = split
+                r = evaluate.evaluate_params(config, params, step, mesh, eval_fn)
                 for figure in spec[0]:  # full_shared_qk belongs to Figures 3 and 4.
                     records.append(record(name, figure, spec, config, r, n_eval, minutes))
                 print(f"   {split}: {r['bits_per_byte']:.4f} bits/byte "
