@@ -4,9 +4,10 @@ LSH-1/2/4, each evaluated with full attention and with 8, 4, 2 and 1 hashes.
     python scripts/reproduce_duplication.py --scale cpu --workdir runs/table2
     python scripts/reproduce_duplication.py --scale paper --workdir runs/table2_paper
 
-Each row is one training run through the normal trainer (`configs/duplication.py:<scale>`,
-one workdir per row, so an interrupted reproduction resumes); each cell evaluates that
-row's latest checkpoint with `reformer.evaluate`. "Full" is full attention with the LSH
+Each row is one training run through the normal trainer (`configs/duplication.py:full`, or
+`:paper` at paper scale, with the row's attention; one workdir per row, so an interrupted
+reproduction resumes); each cell evaluates that row's latest checkpoint with
+`reformer.evaluate`. "Full" is full attention with the LSH
 layer's shared query-key projection (`full_shared_qk`), so every row can be evaluated in
 every column with the same weights; the full-attention row is trained with it.
 
@@ -45,7 +46,7 @@ def base_config(scale: str):
     from reformer.config import load_config_file
 
     path = os.path.join(REPO, "configs", "duplication.py")
-    c = load_config_file(path, "paper" if scale == "paper" else "cpu")
+    c = load_config_file(path, "paper" if scale == "paper" else "full")
     if scale == "toy":
         c.model.vocab_size = 16
         c.model.d_model = c.model.d_ff = 32
