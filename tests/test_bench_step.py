@@ -78,37 +78,25 @@ def test_model_flops_scale_with_length_as_the_attention_kind_says():
 
 def test_toy_sweep_writes_records_and_plot(tmp_path):
     out = tmp_path / "step.json"
-    proc = run_script(
-        "bench_step.py",
-        [
-            "--lengths=128,256",
-            "--tokens=256",
-            "--variants=lsh_reversible,full_plain",
-            "--n_layers=1",
-            "--d_model=32",
-            "--d_ff=64",
-            "--n_heads=2",
-            "--d_head=16",
-            "--chunk=32",
-            "--repeats=1",
-            f"--out={out}",
-        ],  # fmt: skip
-        timeout=600,
-    )
+    args = ["--lengths=128,256", "--tokens=256", "--full_max_len=128", "--n_layers=1",
+            "--variants=lsh_factorized_reversible,full_plain", "--d_model=32", "--d_ff=64",
+            "--n_heads=2", "--d_head=16", "--chunk=16", "--repeats=1", f"--out={out}"]  # fmt: skip
+    proc = run_script("bench_step.py", args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(out.read_text())
     assert [(r["variant"], r["seq_len"], r["batch"]) for r in records] == [
-        ("lsh_reversible", 128, 2),
-        ("lsh_reversible", 256, 1),
-        ("full_plain", 128, 2),
-        ("full_plain", 256, 1),
+        ("lsh_factorized_reversible", 128, 2),
+        ("lsh_factorized_reversible", 256, 1),
+        ("full_plain", 128, 2),  # Full attention stops at --full_max_len.
     ]
+    # 16 and 32 buckets as 4 x 4 and 4 x 8.
+    assert [r["model"].split("buckets as ")[1] for r in records[:2]] == ["(4, 4)", "(4, 8)"]
     for r in records:
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["step_seconds"] > 0 and 0 < r["mfu"] < 1
         assert r["tokens_per_sec"] == pytest.approx(256 / r["step_seconds"])
     assert (tmp_path / "step.png").stat().st_size > 10_000
-    assert "| 256 | 1 | full_plain | float32 |" in proc.stdout
+    assert "| 128 | 2 | full_plain | float32 |" in proc.stdout
 
 
 def test_unknown_variant_is_refused_with_the_allowed_ones():
