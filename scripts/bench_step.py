@@ -265,6 +265,7 @@ def plot(records: list[dict], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("train step seconds per million tokens")
     bx.set_ylabel("model FLOPs utilization (%)")
+    bx.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     device = records[0]["device"] if records else ""
     fig.suptitle(f"Whole train step at fixed tokens per step ({device})")
