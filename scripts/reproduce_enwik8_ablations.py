@@ -159,8 +159,16 @@ def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4.2), sharey=True)
-    for ax, (_, title, names) in zip(axes, PANELS, strict=True):
+    def shown(names):  # Only the panels with a model in this run (--models runs a subset).
+        if names is None:
+            return any(n.startswith("reformer_") for n in workdirs)
+        return any(n in workdirs for n in names)
+
+    panels = [p for p in PANELS if shown(p[2])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), sharey=True,
+                             squeeze=False)  # fmt: skip
+    axes = axes[0]
+    for ax, (_, title, names) in zip(axes, panels, strict=True):
         names = names or sorted(
             (n for n in workdirs if n.startswith("reformer_")), key=lambda n: int(n.split("_")[1])
         )
