@@ -89,6 +89,9 @@ def _check_dropout(dropout_rate: float, dropout_rng: jax.Array | None) -> None:
         raise ValueError("dropout_rate > 0 needs a dropout_rng")
 
 
+CAUSAL_BLOCK_LEN = 256  # query rows per block of causal full attention (see full_attention)
+
+
 def full_attention(
     q_LxD: jax.Array,
     k_LxD: jax.Array | None,
@@ -98,32 +101,57 @@ def full_attention(
     mask: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    block_len: int | None = None,
 ) -> jax.Array:
-    """Attention over all L keys (builds `[L, L]` logits: the O(L^2) baseline).
+    """Attention over all L keys: the O(L^2) baseline.
 
     With `k_LxD=None` it runs in shared-QK mode with exactly the LSH logits and masks (unit
     keys, no scaling, self mask): an LSH-trained model evaluated "with full attention".
     Otherwise it is standard scaled dot-product attention. `mask` is `[L]`, True = real token.
+
+    Causal attention is computed in blocks of `block_len` query rows (default
+    `CAUSAL_BLOCK_LEN`), block i against keys `[0, end of block i)` only: the same function
+    (each row's softmax is over the same keys), about half the work and memory of the
+    `[L, L]` logits, since the masked upper triangle is never computed. `block_len >= L`, or
+    non-causal attention, builds the whole `[L, L]` logits. With dropout the blocks draw
+    their masks from `fold_in(dropout_rng, block)`.
     """
     _check_dropout(dropout_rate, dropout_rng)
+    if block_len is not None and block_len < 1:
+        raise ValueError(f"block_len must be >= 1 or None, got {block_len}")
     q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD)
     v_LxV = jnp.asarray(v_LxV)
-    pos_L = jnp.arange(q_LxD.shape[0])
-    logits_LxL = jnp.einsum("qd,kd->qk", q_LxD, k_LxD, preferred_element_type=jnp.float32)
-    logits_LxL = logits_LxL + _mask_bias(
-        pos_L[:, None],
-        pos_L[None, :],
-        None if mask is None else mask[None, :],
-        causal=causal,
-        exclude_self=exclude_self,
-    )
-    probs_LxL = jax.nn.softmax(logits_LxL, axis=-1)
-    if dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_LxL.shape)
-        probs_LxL = jnp.where(keep, probs_LxL / (1.0 - dropout_rate), 0.0)
-    out_LxV = jnp.einsum(
-        "qk,kv->qv", probs_LxL.astype(v_LxV.dtype), v_LxV, preferred_element_type=jnp.float32
-    )
+    length = q_LxD.shape[0]
+    pos_L = jnp.arange(length)
+    block = length if not causal else min(block_len or CAUSAL_BLOCK_LEN, length)
+    outs = []
+    for i, start in enumerate(range(0, length, block)):
+        stop = min(start + block, length)
+        keys = stop if causal else length  # causal: later keys are masked anyway
+        logits_QxK = jnp.einsum(
+            "qd,kd->qk", q_LxD[start:stop], k_LxD[:keys], preferred_element_type=jnp.float32
+        )
+        logits_QxK = logits_QxK + _mask_bias(
+            pos_L[start:stop, None],
+            pos_L[None, :keys],
+            None if mask is None else mask[None, :keys],
+            causal=causal,
+            exclude_self=exclude_self,
+        )
+        probs_QxK = jax.nn.softmax(logits_QxK, axis=-1)
+        if dropout_rate > 0.0:
+            rng = dropout_rng if block == length else jax.random.fold_in(dropout_rng, i)
+            keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs_QxK.shape)
+            probs_QxK = jnp.where(keep, probs_QxK / (1.0 - dropout_rate), 0.0)
+        outs.append(
+            jnp.einsum(
+                "qk,kv->qv",
+                probs_QxK.astype(v_LxV.dtype),
+                v_LxV[:keys],
+                preferred_element_type=jnp.float32,
+            )
+        )
+    out_LxV = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
     return out_LxV.astype(v_LxV.dtype)
 
 

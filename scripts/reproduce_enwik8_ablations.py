@@ -56,7 +56,7 @@ SCALES = {
                 context=(64, 128, 256), context_hashes=2, chunk=32, steps=3, lr=3e-3,
                 warmup=1, eval_every=2, eval_batches=1),
     "cpu": dict(d_model=128, d_ff=512, n_heads=4, d_head=32, seq_len=4096, tokens=8192,
-                context=(512, 2048, 8192), context_hashes=2, chunk=64, steps=600, lr=3e-3,
+                context=(512, 2048, 8192), context_hashes=2, chunk=64, steps=1000, lr=3e-3,
                 warmup=100, eval_every=100, eval_batches=2),
     "gpu": dict(d_model=512, d_ff=2048, n_heads=8, d_head=64, seq_len=16384, tokens=65536,
                 context=(1024, 4096, 16384, 65536), context_hashes=4, chunk=128, steps=5000,

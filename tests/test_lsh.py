@@ -257,15 +257,22 @@ def test_local_attention_matches_reference(causal, n_padding, before, after):
         _assert_close(grad, ref_grad)
 
 
-@pytest.mark.parametrize("causal,shared_qk", [(True, False), (False, False), (True, True)])
-def test_full_attention_matches_reference(causal, shared_qk):
+@pytest.mark.parametrize(
+    "causal,shared_qk,block_len",
+    [(True, False, None), (False, False, None), (True, True, None), (True, False, 5),
+     (True, True, 5), (False, True, 5)],
+)  # fmt: skip
+def test_full_attention_matches_reference(causal, shared_qk, block_len):
+    """Also blockwise causal attention (block_len 5 leaves a ragged last block of 2 rows)."""
     q, v, cotangent = _inputs(21)
     k = _inputs(22)[0]
     mask = _padding_mask(LENGTH, 4)
     cotangent = cotangent * mask[:, None]
 
     def loss(q, k, v):
-        out = lsh.full_attention(q, None if shared_qk else k, v, causal=causal, mask=mask)
+        out = lsh.full_attention(
+            q, None if shared_qk else k, v, causal=causal, mask=mask, block_len=block_len
+        )
         return jnp.sum(out * cotangent), out
 
     (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
@@ -281,7 +288,7 @@ def test_full_attention_matches_reference(causal, shared_qk):
 # -------------------------------------------------------------------------- properties
 
 
-@pytest.mark.parametrize("kind", ["lsh", "local", "full"])
+@pytest.mark.parametrize("kind", ["lsh", "local", "full", "full_blocks"])
 def test_causality_through_gradients(kind):
     """d out[t] / d inputs[s] is exactly zero for every s > t."""
     qk, v, _ = _inputs(31)
@@ -292,6 +299,7 @@ def test_causality_through_gradients(kind):
         )[0],
         "local": lambda qk, v: lsh.local_attention(qk, qk * 0.5, v, chunk_len=CHUNK, causal=True),
         "full": lambda qk, v: lsh.full_attention(qk, None, v, causal=True),
+        "full_blocks": lambda qk, v: lsh.full_attention(qk, None, v, causal=True, block_len=8),
     }[kind]
     jac_qk, jac_v = jax.jacrev(attend, argnums=(0, 1))(qk, v)  # [L, d, L, d] each
     future = np.arange(LENGTH)[None, :] > np.arange(LENGTH)[:, None]
@@ -409,7 +417,7 @@ def test_memory_is_linear_in_length():
     lsh_4k, lsh_8k = _temp_bytes(lsh_attention, 4096), _temp_bytes(lsh_attention, 8192)
     full_4k, full_8k = _temp_bytes(full_attention, 4096), _temp_bytes(full_attention, 8192)
     assert lsh_8k <= 2.2 * lsh_4k, (lsh_4k, lsh_8k)
-    assert full_8k >= 3.8 * full_4k, (full_4k, full_8k)
+    assert full_8k >= 3.5 * full_4k, (full_4k, full_8k)  # blocks of 256 rows: still O(L^2)
     assert lsh_8k < 0.1 * full_8k
 
 
