@@ -105,6 +105,8 @@ def run_rows(args) -> list[dict]:
         minutes = (time.time() - start) / 60
         mesh = sharding.make_mesh()
         params, step = evaluate.load_params(config, workdir, mesh)
+        if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
+            sys.exit(f"Stopped in {row} at step {step}; rerun the command to resume.")
         for column in COLUMNS:
             r = evaluate.evaluate_params(column_config(config, column), params, step, mesh)
             print(f"   eval {COLUMN_LABELS[column]:>5}: accuracy {r['accuracy']:.4f}", flush=True)

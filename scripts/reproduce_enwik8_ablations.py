@@ -263,8 +263,7 @@ def main(argv=None) -> None:
         mesh = sharding.make_mesh()
         params, step = evaluate.load_params(config, workdir, mesh)
         if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
-            print(f"Stopped in {name} at step {step}; rerun the command to resume.")
-            return
+            sys.exit(f"Stopped in {name} at step {step}; rerun the command to resume.")
         for n_eval in eval_hashes(spec):
             config.eval.n_hashes = n_eval or 0
             eval_fn = evaluate.jitted_eval_fn(config, params, mesh)  # Both splits.

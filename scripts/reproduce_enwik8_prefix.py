@@ -139,6 +139,8 @@ def main(argv=None) -> None:
         minutes = (time.time() - start) / 60
         mesh = sharding.make_mesh()
         params, step = evaluate.load_params(config, workdir, mesh)
+        if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
+            sys.exit(f"Stopped in {model} at step {step}; rerun the command to resume.")
         for n_hashes in EVAL_HASHES if model == "reformer" else (0,):
             config.eval.split, config.eval.n_hashes = "test", n_hashes
             r = evaluate.evaluate_params(config, params, step, mesh)
