@@ -193,14 +193,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if ready is not None:  # Step N is dispatched; now read the interval before it.
                     write_train_record(*ready)
                     ready = None
-                if step % t.log_every == 0 or step == t.num_steps:
-                    now = time.time()
-                    ready = (step, pending, now - interval_start, step - interval_first_step)
-                    pending, interval_start, interval_first_step = [], now, step
                 stopping = stop.should_stop(step)
                 done = step == t.num_steps or stopping
                 evaluate_now = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
                 save_now = step % t.checkpoint_every == 0 or done
+                if evaluate_now or save_now:
+                    # Both wait for the state; wait here, so that the steps still running
+                    # count as training time, not as the pause below.
+                    jax.block_until_ready(state)
+                if step % t.log_every == 0 or step == t.num_steps:
+                    now = time.time()
+                    ready = (step, pending, now - interval_start, step - interval_first_step)
+                    pending, interval_start, interval_first_step = [], now, step
                 if ready is not None and (evaluate_now or save_now):
                     write_train_record(*ready)  # Never save a state whose metrics are unchecked.
                     ready = None

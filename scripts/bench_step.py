@@ -16,7 +16,9 @@ pass (the backward pass costs twice the forward), 2 FLOPs per multiply-add:
 - every matrix product with a weight (attention projections, feed-forward, output layer):
   2 x tokens x fan_in x fan_out;
 - attention: 4 x tokens x keys_per_query x d_head per head (q k^T and probs v), where
-  keys_per_query is L for full attention (the whole masked [L, L] product is computed),
+  keys_per_query is, for full attention, L when not causal and, when causal, the keys up to
+  the end of each block of `reformer.lsh.CAUSAL_BLOCK_LEN` query rows (what the blocked
+  kernel computes: about (L + block) / 2),
   2 x chunk_len x n_hashes for LSH (a chunk and the one before it) and 2 x
   chunk_len for local attention; the LSH hash projection 2 x tokens x d_head x
   n_hashes x n_buckets / 2 (sum(bucket_factors) / 2 with factorized buckets).
@@ -52,7 +54,7 @@ import numpy as np  # noqa: E402
 
 from reformer import sharding  # noqa: E402
 from reformer.config import default_config, load_config_file, validate  # noqa: E402
-from reformer.lsh import default_n_buckets  # noqa: E402
+from reformer.lsh import CAUSAL_BLOCK_LEN, default_n_buckets  # noqa: E402
 from reformer.optim import make_optimizer  # noqa: E402
 from reformer.steps import abstract_state, jit_train_step, make_init_state, make_model  # noqa: E402
 
@@ -122,7 +124,7 @@ def model_flops(c, n_params_matmul: int) -> float:
     for i in range(m.n_layers):
         kind = m.attention_types[i % len(m.attention_types)]
         if kind == "full":
-            keys = c.data.seq_len
+            keys = full_keys_per_query(c.data.seq_len, m.causal)
         elif kind == "lsh":
             keys = 2 * m.lsh_chunk_len * m.n_hashes
             width = sum(m.bucket_factors) if m.bucket_factors else m.n_buckets
@@ -131,6 +133,16 @@ def model_flops(c, n_params_matmul: int) -> float:
             keys = 2 * m.local_chunk_len
         fwd += 4.0 * tokens * keys * m.d_head * m.n_heads
     return 3.0 * fwd
+
+
+def full_keys_per_query(seq_len: int, causal: bool) -> float:
+    """Mean keys per query that full attention computes: all L, or with the causal blocked
+    kernel, the keys up to the end of each query block."""
+    block = CAUSAL_BLOCK_LEN
+    if not causal or block >= seq_len:
+        return float(seq_len)
+    starts = range(0, seq_len, block)
+    return sum(min(block, seq_len - s) * min(s + block, seq_len) for s in starts) / seq_len
 
 
 def matmul_param_count(params) -> int:

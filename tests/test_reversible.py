@@ -1,5 +1,6 @@
 """The reversible stack: exact gradients, saved buckets reused, memory flat in depth."""
 
+import dataclasses
 import functools
 
 import jax
@@ -192,9 +193,15 @@ def test_bfloat16_reversible_gradients_equal_plain_gradients(monkeypatch):
         return jax.jit(jax.grad(loss))(params)
 
     g_rev, g_plain = grads(rev), grads(plain)
+    g_f32 = grads(dataclasses.replace(plain, dtype="float32"))
     assert set(stream_dtypes) == {jnp.dtype(jnp.float32)}, stream_dtypes
-    # 7.3e-2 when the streams were bfloat16; 1.4e-3 measured now. What remains comes from
-    # bfloat16 rounding of values that differ in their last float32 bits between the two
-    # backward passes (reconstructed inputs, cotangents summed in another order): a flip of
-    # one bfloat16 rounding moves a value by 0.4%, and such flips compound over the layers.
-    assert relative_difference(g_rev, g_plain) < 2e-3
+    # 7.3e-2 when the streams were bfloat16; 1.4e-3 to 2.2e-3 now, depending on the CPU (XLA
+    # vectorizes sums differently). What remains comes from bfloat16 rounding of values that
+    # differ in their last float32 bits between two backward graphs (reconstructed inputs,
+    # cotangents summed in another order): the plain stack with its layer inputs stored but
+    # the same per-layer backward structure differs from the plain one by 1.6e-3 as well.
+    assert relative_difference(g_rev, g_plain) < 3e-3
+    # Against float32 gradients, both bfloat16 gradients are off by about 8e-2 (bfloat16's
+    # own rounding); the reversible one is no worse than the plain one.
+    err_rev, err_plain = relative_difference(g_rev, g_f32), relative_difference(g_plain, g_f32)
+    assert err_rev < 1.02 * err_plain, (err_rev, err_plain)
