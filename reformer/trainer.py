@@ -155,11 +155,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return record
 
     pending: list[tuple[int, dict]] = []  # (step, device metrics) of steps not yet logged.
-    ready: tuple[int, list, float, int] | None = None  # A log interval to write.
-    interval_start, interval_first_step = time.time(), step
+    ready: tuple[int, list, int] | None = None  # A log interval to write.
+    # Steps run asynchronously: an interval ends when its last step's metrics arrive on the
+    # host, not when that step is dispatched. Evaluations and saves are not training time.
+    clock = {"last_done": time.time(), "paused": 0.0}
+    interval_first_step, compiled = step, False
 
-    def write_train_record(end_step: int, metrics: list, seconds: float, n_steps: int) -> None:
+    def write_train_record(end_step: int, metrics: list, n_steps: int) -> None:
         host_metrics = jax.device_get(metrics)  # One transfer for the whole interval.
+        now = time.time()
+        seconds = now - clock["last_done"] - clock["paused"]
+        clock["last_done"], clock["paused"] = now, 0.0
         _check_finite(host_metrics)
         host = [m for _, m in host_metrics]
         sums = {
@@ -187,7 +193,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         try:
             while step < t.num_steps:
                 batch = sharding.global_batch(mesh, next(stream))
+                dispatched = time.time()
                 state, metrics = p_train_step(state, batch, step_rng)
+                if not compiled:  # The first call returns once the step is compiled.
+                    compiled = True
+                    clock["paused"] += time.time() - dispatched
+                    if is_main:
+                        log(f"Compiled the train step in {time.time() - dispatched:.1f} s.")
                 step += 1
                 pending.append((step, metrics))
                 if ready is not None:  # Step N is dispatched; now read the interval before it.
@@ -197,24 +209,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 done = step == t.num_steps or stopping
                 evaluate_now = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
                 save_now = step % t.checkpoint_every == 0 or done
+                if step % t.log_every == 0 or step == t.num_steps:
+                    ready = (step, pending, step - interval_first_step)
+                    pending, interval_first_step = [], step
+                if ready is not None and (evaluate_now or save_now):
+                    write_train_record(*ready)  # Never save a state whose metrics are unchecked.
+                    ready = None
                 if evaluate_now or save_now:
                     # Both wait for the state; wait here, so that the steps still running
                     # count as training time, not as the pause below.
                     jax.block_until_ready(state)
-                if step % t.log_every == 0 or step == t.num_steps:
-                    now = time.time()
-                    ready = (step, pending, now - interval_start, step - interval_first_step)
-                    pending, interval_start, interval_first_step = [], now, step
-                if ready is not None and (evaluate_now or save_now):
-                    write_train_record(*ready)  # Never save a state whose metrics are unchecked.
-                    ready = None
                 paused = time.time()
                 if evaluate_now:
                     last_eval = run_eval(step)
                 if save_now:
                     _check_finite(pending)
                     checkpoints.save(manager, step, state, stream.get_state())
-                interval_start += time.time() - paused  # Speed counts training steps only.
+                clock["paused"] += time.time() - paused  # Speed counts training steps only.
                 if stopping:
                     log(f"Stopped at step {step}; checkpoint saved. Rerun the command to resume.")
                     break
