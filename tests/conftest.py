@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
-import pytest
+# One persistent XLA compilation cache for the whole test session, shared by the xdist
+# workers and the subprocesses they start (inherited through the environment; set before
+# JAX is imported): many tests compile the same small train step again, in a resumed run,
+# in a command-line run, in another process. It starts empty, so no result depends on an
+# earlier session.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="reformer-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
-from reformer.config import load_config_file
+import pytest  # noqa: E402
+
+from reformer.config import load_config_file  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
