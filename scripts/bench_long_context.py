@@ -11,6 +11,13 @@ config has, 8,192 at 1M).
 writes one record per point ({"seq_len", "dtype", "temp_bytes", "total_bytes",
 "temp_bytes_per_token", "n_params", "compile_s", "device"}), a PNG beside it, and prints a
 Markdown table. `--set model.dropout=0` (repeatable) changes a config field at every point.
+
+    python scripts/bench_long_context.py --breakdown --lengths 32768
+
+prints where the step's temporary memory goes instead, in units of one float32 `[L, d_model]`
+activation: the forward pass alone, the gradient (no optimizer), the whole train step, and the
+forward and backward pass (`jax.vjp`) of each kind of half-layer on its own, with the
+half's input, cotangent and outputs counted apart (`--out` then gets these records).
 """
 
 from __future__ import annotations
@@ -40,6 +47,62 @@ def long_config(seq_len: int, dtype: str, overrides=()):
     m.axial_shape = (seq_len // 512, 512)
     m.n_buckets = 2 * seq_len // m.lsh_chunk_len
     return c
+
+
+def breakdown(seq_len: int, dtype: str, overrides=()) -> list[dict]:
+    """Temporary memory of the parts of one train step, in [L, d_model] float32 vectors."""
+    import jax
+    import jax.numpy as jnp
+
+    from reformer import steps
+    from reformer.model import AttentionHalf, FeedForwardHalf
+
+    config = long_config(seq_len, dtype, overrides)
+    model = steps.make_model(config)
+    cfg = model.cfg
+    vector = seq_len * cfg.d_model * 4
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    tokens = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
+    weights = jax.ShapeDtypeStruct((1, seq_len), jnp.float32)
+    params = jax.eval_shape(lambda k: steps.init_params(model, k, 1, seq_len), key)
+
+    def loss(p, t, w, r):
+        rngs = {"dropout": r, "hash": r}
+        return model.apply({"params": p}, t, deterministic=False, weights_BxL=w, rngs=rngs)[0]
+
+    def temp(fn, *args) -> dict:
+        m = jax.jit(fn).lower(*args).compile().memory_analysis()
+        io = m.argument_size_in_bytes + m.output_size_in_bytes
+        return {"temp_vectors": round(m.temp_size_in_bytes / vector, 2),
+                "io_vectors": round(io / vector, 2)}  # fmt: skip
+
+    parts = {
+        "forward (loss)": temp(loss, params, tokens, weights, key),
+        "gradient (no optimizer)": temp(jax.grad(loss), params, tokens, weights, key),
+        "train step": {"temp_vectors": round(step_memory(config)["temp_bytes"] / vector, 2)},
+    }
+    x = jax.ShapeDtypeStruct((1, seq_len, cfg.d_model), jnp.float32)
+    halves = {f"{kind} attention half": AttentionHalf(cfg, kind) for kind in
+              dict.fromkeys(cfg.attention_types)}  # fmt: skip
+    halves["feed-forward half"] = FeedForwardHalf(cfg)
+    for name, half in halves.items():
+        extra = () if isinstance(half, FeedForwardHalf) else (None,)
+        p = jax.eval_shape(
+            lambda k, h=half, e=extra: h.init({"params": k, "hash": k}, jnp.zeros(x.shape), *e,
+                                              deterministic=True)["params"], key)  # fmt: skip
+
+        def fwd_bwd(p, x, dy, r, h=half, e=extra):
+            def f(p, x):
+                out = h.apply({"params": p}, x, *e, deterministic=False,
+                              rngs={"dropout": r, "hash": r})  # fmt: skip
+                return out if isinstance(h, FeedForwardHalf) else out[0]
+
+            out, vjp = jax.vjp(f, p, x)
+            return out, vjp(dy)
+
+        parts[f"{name}: forward + backward"] = temp(fwd_bwd, p, x, x, key)
+    return [{"seq_len": seq_len, "dtype": dtype, "part": k, **v, "device": device_name(),
+             "overrides": list(overrides)} for k, v in parts.items()]  # fmt: skip
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -73,7 +136,21 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], help="a config override, e.g. model.dropout=0"
     )
+    parser.add_argument("--breakdown", action="store_true", help="memory of the step's parts")
     args = parser.parse_args()
+    if args.breakdown:
+        records = []
+        for dtype in args.dtypes.split(","):
+            for seq_len in map(int, args.lengths.split(",")):
+                records += breakdown(seq_len, dtype, args.set)
+        print("| tokens | dtype | part | temporaries ([L, d_model] f32) | inputs + outputs |")
+        print("|---|---|---|---|---|")
+        for r in records:
+            print(f"| {r['seq_len']:,} | {r['dtype']} | {r['part']} | {r['temp_vectors']} | "
+                  f"{r.get('io_vectors', '-')} |")  # fmt: skip
+        if args.out != parser.get_default("out"):
+            Path(args.out).write_text(json.dumps(records, indent=1) + "\n")
+        return
     records = []
     for dtype in args.dtypes.split(","):
         for seq_len in map(int, args.lengths.split(",")):

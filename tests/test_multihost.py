@@ -261,7 +261,12 @@ def test_two_processes_train_resume_and_evaluate_like_one(one_device, tmp_path):
     np.testing.assert_allclose(two_process_eval["loss"], here["loss"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+# Ctrl-C takes the same path as SIGTERM (`StopRequests`); it runs with the slow tests.
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+    ids=["SIGTERM", "Ctrl-C"],
+)
 def test_a_stop_request_to_one_process_stops_both_at_the_same_step(sig, tmp_path):
     """SIGTERM (preemption) or one Ctrl-C to process 1 only: both processes stop at the same
     step, one checkpoint is written there, and both exit with status 0."""
