@@ -196,10 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 dispatched = time.time()
                 state, metrics = p_train_step(state, batch, step_rng)
                 if not compiled:  # The first call returns once the step is compiled.
-                    compiled = True
-                    clock["paused"] += time.time() - dispatched
+                    compiled, compile_s = True, time.time() - dispatched
+                    clock["paused"] += compile_s
                     if is_main:
-                        log(f"Compiled the train step in {time.time() - dispatched:.1f} s.")
+                        log(f"Compiled the train step in {compile_s:.1f} s.")
                 step += 1
                 pending.append((step, metrics))
                 if ready is not None:  # Step N is dispatched; now read the interval before it.

@@ -56,8 +56,7 @@ SCALES = {
                 context=(64, 128, 256), context_hashes=2, chunk=32, steps=3, lr=3e-3,
                 warmup=1, eval_every=2, eval_batches=1),
     # Figures 3 and 4 at CPU scale: 2 heads and one sequence per step, so that the seven
-    # models train 700 steps each in about 80 minutes on 2 cores (full attention at 4096
-    # costs 1.1 s a step so, 3.5 s with 4 heads and 2 sequences).
+    # models train 700 steps each in about an hour on 2 cores (docs/results.md).
     "cpu": dict(d_model=128, d_ff=512, n_heads=4, d_head=32, seq_len=4096, tokens=8192,
                 context=(512, 2048, 8192), context_hashes=2, chunk=64, steps=450, lr=3e-3,
                 warmup=100, eval_every=100, eval_batches=2,
