@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from reformer import lsh
+from reformer.layers import sequence_map
 
 # Projections multiply in `dtype` (bfloat16 in mixed precision) and accumulate and return
 # float32; rounding to `dtype` happens only where a matrix product takes its operands, so
@@ -44,17 +45,19 @@ class _HeadsProjection(nn.DenseGeneral):
         return super().__call__(x).astype(self.dtype or jnp.float32)
 
 
-def _heads_projection(n_heads: int, d_head: int, dtype: Any, name: str) -> nn.DenseGeneral:
-    """d_model -> [n_heads, d_head], without bias."""
+def _heads_projection(n_heads: int, d_head: int, dtype: Any) -> nn.DenseGeneral:
+    """d_model -> [n_heads, d_head], without bias, as a free module: apply it to a kernel
+    `{"kernel": [d_model, n_heads, d_head]}`."""
     return _HeadsProjection(
-        (n_heads, d_head), use_bias=False, dtype=dtype, dot_general=_F32_DOT, name=name
+        (n_heads, d_head), use_bias=False, dtype=dtype, dot_general=_F32_DOT, parent=None
     )
 
 
 def _output_projection(d_model: int, dtype: Any) -> nn.DenseGeneral:
-    """[n_heads, d_head] -> d_model, without bias; the result in float32."""
+    """[n_heads, d_head] -> d_model, without bias, the result in float32; a free module, to
+    apply to a kernel `{"kernel": [n_heads, d_head, d_model]}`."""
     return nn.DenseGeneral(
-        d_model, axis=(-2, -1), use_bias=False, dtype=dtype, dot_general=_F32_DOT, name="out"
+        d_model, axis=(-2, -1), use_bias=False, dtype=dtype, dot_general=_F32_DOT, parent=None
     )
 
 
@@ -89,6 +92,57 @@ def _to_heads_first(x_BxLxHxK: jax.Array) -> jax.Array:
     return jnp.swapaxes(x_BxLxHxK, 1, 2)
 
 
+class _Kernel(nn.Module):
+    """A projection kernel under `<name>/kernel`, initialized as `nn.DenseGeneral` does
+    (LeCun normal over the `n_in` leading axes flattened as fan-in)."""
+
+    shape: tuple[int, ...]
+    n_in: int
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        def init(key, shape, dtype=jnp.float32):
+            flat = (math.prod(shape[: self.n_in]), math.prod(shape[self.n_in :]))
+            return nn.initializers.lecun_normal()(key, flat, dtype).reshape(shape)
+
+        return self.param("kernel", init, self.shape)
+
+
+def _project(
+    module: nn.Module, x_BxLxD: jax.Array, names: tuple[str, ...], normalize: Callable | None
+) -> tuple[jax.Array, ...]:
+    """The head projections `names` of `normalize(x)`, each `[B, H, L, K]` in `dtype`, computed
+    on `module.position_chunk` positions at a time (`layers.sequence_map`)."""
+    d_model = x_BxLxD.shape[-1]
+    shape = (d_model, module.n_heads, module.d_head)
+    kernels = {n: _Kernel(shape, 1, name=n)() for n in names}
+
+    def chunk(_, x):
+        h = x if normalize is None else normalize(x)
+        proj = _heads_projection(module.n_heads, module.d_head, module.dtype)
+        return tuple(
+            _to_heads_first(proj.apply({"params": {"kernel": kernels[n]}}, h)) for n in names
+        )
+
+    return sequence_map(chunk, (x_BxLxD,), module.position_chunk, out_axis=2)
+
+
+def _unproject(
+    module: nn.Module, out_BxHxLxK: jax.Array, d_model: int, finish: Callable | None
+) -> jax.Array:
+    """The output projection of the heads, `[B, L, d_model]` float32, then
+    `finish(chunk_index, y)`, on `module.position_chunk` positions at a time."""
+    kernel = _Kernel((module.n_heads, module.d_head, d_model), 2, name="out")()
+
+    def chunk(index, out):
+        y = _output_projection(d_model, module.dtype).apply(
+            {"params": {"kernel": kernel}}, _to_heads_first(out)
+        )
+        return y if finish is None else finish(index, y)
+
+    return sequence_map(chunk, (out_BxHxLxK,), module.position_chunk, in_axis=2)
+
+
 class FullSelfAttention(nn.Module):
     """Multi-head attention over the whole sequence (O(L^2) memory).
 
@@ -104,6 +158,7 @@ class FullSelfAttention(nn.Module):
     shared_qk: bool = False
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    position_chunk: int = 0
 
     @nn.compact
     def __call__(
@@ -114,24 +169,18 @@ class FullSelfAttention(nn.Module):
         deterministic: bool = True,
         n_hashes: int | None = None,
         buckets: jax.Array | None = None,
+        normalize: Callable | None = None,
+        finish: Callable | None = None,
     ) -> tuple[jax.Array, None]:
         del n_hashes, buckets  # LSH-only arguments
         batch = x_BxLxD.shape[0]
         if self.shared_qk:
-            q_BxHxLxK = _to_heads_first(
-                _heads_projection(self.n_heads, self.d_head, self.dtype, "query_key")(x_BxLxD)
-            )
+            q_BxHxLxK, v_BxHxLxK = _project(self, x_BxLxD, ("query_key", "value"), normalize)
             k_BxHxLxK = None
         else:
-            q_BxHxLxK, k_BxHxLxK = (
-                _to_heads_first(
-                    _heads_projection(self.n_heads, self.d_head, self.dtype, n)(x_BxLxD)
-                )
-                for n in ("query", "key")
+            q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _project(
+                self, x_BxLxD, ("query", "key", "value"), normalize
             )
-        v_BxHxLxK = _to_heads_first(
-            _heads_projection(self.n_heads, self.d_head, self.dtype, "value")(x_BxLxD)
-        )
         rate, rngs_BxH = _dropout_rngs(self, self.dropout_rate, deterministic, batch, self.n_heads)
 
         def one_head(q_LxK, k_LxK, v_LxK, mask_L, rng):
@@ -146,8 +195,7 @@ class FullSelfAttention(nn.Module):
             )
 
         out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
-        y_BxLxD = _output_projection(x_BxLxD.shape[-1], self.dtype)(_to_heads_first(out_BxHxLxK))
-        return y_BxLxD, None
+        return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
 
 
 class LocalSelfAttention(nn.Module):
@@ -162,6 +210,7 @@ class LocalSelfAttention(nn.Module):
     causal: bool = True
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    position_chunk: int = 0
 
     @nn.compact
     def __call__(
@@ -172,11 +221,12 @@ class LocalSelfAttention(nn.Module):
         deterministic: bool = True,
         n_hashes: int | None = None,
         buckets: jax.Array | None = None,
+        normalize: Callable | None = None,
+        finish: Callable | None = None,
     ) -> tuple[jax.Array, None]:
         del n_hashes, buckets  # LSH-only arguments
-        q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = (
-            _to_heads_first(_heads_projection(self.n_heads, self.d_head, self.dtype, n)(x_BxLxD))
-            for n in ("query", "key", "value")
+        q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _project(
+            self, x_BxLxD, ("query", "key", "value"), normalize
         )
         rate, rngs_BxH = _dropout_rngs(
             self, self.dropout_rate, deterministic, x_BxLxD.shape[0], self.n_heads
@@ -197,8 +247,7 @@ class LocalSelfAttention(nn.Module):
             )
 
         out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
-        y_BxLxD = _output_projection(x_BxLxD.shape[-1], self.dtype)(_to_heads_first(out_BxHxLxK))
-        return y_BxLxD, None
+        return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
 
 
 def random_rotations(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -232,6 +281,7 @@ class LSHSelfAttention(nn.Module):
     allow_duplicate_attention: bool = True
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    position_chunk: int = 0
 
     def _hash_rng(self, deterministic: bool) -> jax.Array:
         if self.has_rng("hash"):
@@ -252,12 +302,11 @@ class LSHSelfAttention(nn.Module):
         deterministic: bool = True,
         n_hashes: int | None = None,
         buckets: jax.Array | None = None,
+        normalize: Callable | None = None,
+        finish: Callable | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         batch, length, d_model = x_BxLxD.shape
-        qk_BxHxLxK, v_BxHxLxK = (
-            _to_heads_first(_heads_projection(self.n_heads, self.d_head, self.dtype, n)(x_BxLxD))
-            for n in ("query_key", "value")
-        )
+        qk_BxHxLxK, v_BxHxLxK = _project(self, x_BxLxD, ("query_key", "value"), normalize)
         rotations_HxKxNxR = None
         if buckets is None:
             n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
@@ -293,5 +342,4 @@ class LSHSelfAttention(nn.Module):
         out_BxHxLxK, buckets_BxHxNxL = _per_head(
             one_head, (qk_BxHxLxK, v_BxHxLxK, buckets), mask_BxL, rngs_BxH, (rotations_HxKxNxR,)
         )
-        y_BxLxD = _output_projection(d_model, self.dtype)(_to_heads_first(out_BxHxLxK))
-        return y_BxLxD, buckets_BxHxNxL
+        return _unproject(self, out_BxHxLxK, d_model, finish), buckets_BxHxNxL

@@ -248,7 +248,7 @@ def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
     p = p["attention"]
 
     def project(name):
-        proj = attention._heads_projection(cfg.n_heads, cfg.d_head, dtype, name)
+        proj = attention._heads_projection(cfg.n_heads, cfg.d_head, dtype)
         return jnp.swapaxes(proj.apply({"params": p[name]}, h), 1, 2)  # [B, H, M, K]
 
     m = x_BxMxD.shape[1]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -30,26 +33,109 @@ def _matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
+def sequence_map(
+    fn: Callable[..., Any],
+    arrays: tuple[jax.Array, ...],
+    chunk_size: int,
+    *,
+    in_axis: int = 1,
+    out_axis: int = 1,
+) -> Any:
+    """`fn(index, *chunks)` over chunks of `chunk_size` positions, one chunk at a time.
+
+    `arrays` share their sequence axis `in_axis` (length L); `fn` gets chunk `index` of each
+    and returns arrays (or a tuple of them) with the chunk's positions on `out_axis`, which
+    are joined into sequences of L. Chunks run one after another (`lax.map`) and each is
+    rematerialized in the backward pass, so only the inputs and outputs are kept for it and
+    one chunk's intermediates (LayerNorm output, projections, `d_ff`-wide activations, dropout
+    masks) are alive at a time. `fn` must be position-wise; it gets the index to draw
+    per-chunk random numbers. L is padded to a multiple of `chunk_size`; `chunk_size <= 0` or
+    `>= L` calls `fn(0, *arrays)` once, without rematerialization.
+    """
+    length = arrays[0].shape[in_axis]
+    if chunk_size <= 0 or chunk_size >= length:
+        return fn(jnp.int32(0), *arrays)
+    n_chunks = -(-length // chunk_size)
+    pad = n_chunks * chunk_size - length
+
+    def split(a):  # [..., L, ...] -> [n_chunks, ..., chunk_size, ...]
+        widths = [(0, 0)] * a.ndim
+        widths[in_axis] = (0, pad)
+        a = jnp.pad(a, widths).reshape(
+            a.shape[:in_axis] + (n_chunks, chunk_size) + a.shape[in_axis + 1 :]
+        )
+        return jnp.moveaxis(a, in_axis, 0)
+
+    def join(a):  # [n_chunks, ..., chunk_size, ...] -> [..., L, ...]
+        a = jnp.moveaxis(a, 0, out_axis)
+        a = a.reshape(a.shape[:out_axis] + (n_chunks * chunk_size,) + a.shape[out_axis + 2 :])
+        return jax.lax.slice_in_dim(a, 0, length, axis=out_axis)
+
+    one_chunk = jax.checkpoint(lambda args: fn(args[0], *args[1:]))
+    chunks = (jnp.arange(n_chunks, dtype=jnp.int32), *(split(a) for a in arrays))
+    return jax.tree.map(join, jax.lax.map(one_chunk, chunks))
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, index: jax.Array) -> jax.Array:
+    """Inverted dropout of one chunk `x` (the mask drawn from `key` folded with the chunk's
+    `index`, so a rematerialized chunk draws the same mask); identity if `key` is None."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, index), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def chunked_feed_forward(
     params: dict, x_BxLxD: jax.Array, chunk_size: int, dtype=jnp.float32, activation: str = "gelu"
 ) -> jax.Array:
-    """`feed_forward` over `chunk_size` positions at a time, forward and backward.
+    """`feed_forward` over `chunk_size` positions at a time, forward and backward
+    (`sequence_map`): only one chunk's `d_ff`-wide activations are alive at once."""
+    return sequence_map(
+        lambda _, x: feed_forward(params, x, dtype, activation), (x_BxLxD,), chunk_size
+    )
 
-    Chunks run one after another (`lax.map`) and each is rematerialized in the backward pass,
-    so only one chunk's `d_ff`-wide activations are alive at once. The sequence is padded to
-    a multiple of `chunk_size`; `chunk_size <= 0` or `>= L` computes it in one piece.
-    """
-    batch, length, d_model = x_BxLxD.shape
-    if chunk_size <= 0 or chunk_size >= length:
-        return feed_forward(params, x_BxLxD, dtype, activation)
-    n_chunks = -(-length // chunk_size)
-    pad = n_chunks * chunk_size - length
-    x_padded = jnp.pad(x_BxLxD, ((0, 0), (0, pad), (0, 0)))
-    x_NxBxCxD = x_padded.reshape(batch, n_chunks, chunk_size, d_model).swapaxes(0, 1)
-    one_chunk = jax.checkpoint(lambda x: feed_forward(params, x, dtype, activation))
-    y_NxBxCxD = jax.lax.map(one_chunk, x_NxBxCxD)
-    y_BxLxD = y_NxBxCxD.swapaxes(0, 1).reshape(batch, n_chunks * chunk_size, -1)
-    return y_BxLxD[:, :length]
+
+def _declare_feed_forward(module: nn.Module, d_model: int, d_ff: int) -> dict:
+    """The feed-forward parameters of `module`, in the layout `feed_forward` reads."""
+    dense_init = nn.initializers.lecun_normal()
+    return {
+        "wi": {
+            "kernel": module.param("wi_kernel", dense_init, (d_model, d_ff)),
+            "bias": module.param("wi_bias", nn.initializers.zeros, (d_ff,)),
+        },
+        "wo": {
+            "kernel": module.param("wo_kernel", dense_init, (d_ff, d_model)),
+            "bias": module.param("wo_bias", nn.initializers.zeros, (d_model,)),
+        },
+    }
+
+
+class FeedForwardWeights(nn.Module):
+    """Declares the parameters of `ChunkedFeedForward` (same names) and returns them, for a
+    caller that runs `feed_forward` itself (inside `sequence_map`)."""
+
+    d_ff: int
+
+    @nn.compact
+    def __call__(self, d_model: int) -> dict:
+        return _declare_feed_forward(self, d_model, self.d_ff)
+
+
+class LayerNormWeights(nn.Module):
+    """Declares the parameters of `nn.LayerNorm` (scale, bias) and returns them; apply them
+    with `layer_norm`."""
+
+    @nn.compact
+    def __call__(self, d_model: int) -> dict:
+        return {
+            "scale": self.param("scale", nn.initializers.ones, (d_model,)),
+            "bias": self.param("bias", nn.initializers.zeros, (d_model,)),
+        }
+
+
+def layer_norm(params: dict, x: jax.Array, epsilon: float, dtype=jnp.float32) -> jax.Array:
+    """`nn.LayerNorm` with explicit parameters (float32 statistics, result in `dtype`)."""
+    return nn.LayerNorm(epsilon, dtype=dtype).apply({"params": params}, x)
 
 
 class ChunkedFeedForward(nn.Module):
@@ -62,18 +148,7 @@ class ChunkedFeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        d_model = x_BxLxD.shape[-1]
-        dense_init = nn.initializers.lecun_normal()
-        params = {
-            "wi": {
-                "kernel": self.param("wi_kernel", dense_init, (d_model, self.d_ff)),
-                "bias": self.param("wi_bias", nn.initializers.zeros, (self.d_ff,)),
-            },
-            "wo": {
-                "kernel": self.param("wo_kernel", dense_init, (self.d_ff, d_model)),
-                "bias": self.param("wo_bias", nn.initializers.zeros, (d_model,)),
-            },
-        }
+        params = _declare_feed_forward(self, x_BxLxD.shape[-1], self.d_ff)
         return chunked_feed_forward(params, x_BxLxD, self.chunk_size, self.dtype, self.activation)
 
 

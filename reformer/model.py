@@ -13,7 +13,15 @@ import ml_collections
 from flax import linen as nn
 
 from reformer import attention, reversible
-from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward
+from reformer.layers import (
+    AxialPositionalEmbedding,
+    FeedForwardWeights,
+    LayerNormWeights,
+    dropout,
+    feed_forward,
+    layer_norm,
+    sequence_map,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +82,7 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
         causal=cfg.causal,
         dropout_rate=cfg.attention_dropout,
         dtype=cfg.jnp_dtype,
+        position_chunk=cfg.ff_chunk_size,
         name=name,
     )
     if kind == "full":
@@ -94,7 +103,13 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
 
 
 class AttentionHalf(nn.Module):
-    """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None)."""
+    """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None).
+
+    The LayerNorm and the projections, and the output projection and the dropout, run on
+    `model.ff_chunk_size` positions at a time around the attention kernel, each chunk
+    rematerialized in the backward pass (`layers.sequence_map`): the half keeps no
+    whole-sequence LayerNorm output, dropout mask or projected output for its backward pass.
+    """
 
     cfg: ModelConfig
     kind: str
@@ -104,27 +119,44 @@ class AttentionHalf(nn.Module):
         self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None = None, buckets=None
     ):
         cfg = self.cfg
-        h = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
-        h, aux = make_attention(cfg, self.kind, "attention")(
-            h, mask_BxL, deterministic=deterministic, n_hashes=n_hashes, buckets=buckets
+        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
+        rate = 0.0 if deterministic else cfg.dropout
+        key = self.make_rng("dropout") if rate > 0.0 else None
+
+        def finish(index, y):  # The branch's result joins the float32 residual stream.
+            return dropout(y, rate, key, index).astype(x_BxLxD.dtype)
+
+        return make_attention(cfg, self.kind, "attention")(
+            x_BxLxD,
+            mask_BxL,
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            buckets=buckets,
+            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps, cfg.jnp_dtype),
+            finish=finish,
         )
-        # The branch's result joins the float32 residual stream in its dtype.
-        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x_BxLxD.dtype), aux
 
 
 class FeedForwardHalf(nn.Module):
-    """G of a layer: LayerNorm -> chunked feed-forward -> dropout."""
+    """G of a layer: LayerNorm -> feed-forward -> dropout, all on `model.ff_chunk_size`
+    positions at a time (`layers.sequence_map`)."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x_BxLxD, *, deterministic: bool):
         cfg = self.cfg
-        h = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="norm")(x_BxLxD)
-        h = ChunkedFeedForward(
-            cfg.d_ff, cfg.ff_chunk_size, cfg.jnp_dtype, cfg.ff_activation, name="ff"
-        )(h)
-        return nn.Dropout(cfg.dropout)(h, deterministic=deterministic).astype(x_BxLxD.dtype)
+        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
+        ff = FeedForwardWeights(cfg.d_ff, name="ff")(x_BxLxD.shape[-1])
+        rate = 0.0 if deterministic else cfg.dropout
+        key = self.make_rng("dropout") if rate > 0.0 else None
+
+        def chunk(index, x):
+            h = layer_norm(norm, x, cfg.layer_norm_eps, cfg.jnp_dtype)
+            h = feed_forward(ff, h, cfg.jnp_dtype, cfg.ff_activation)
+            return dropout(h, rate, key, index).astype(x.dtype)
+
+        return sequence_map(chunk, (x_BxLxD,), cfg.ff_chunk_size)
 
 
 def shift_right(tokens_BxL: jax.Array) -> jax.Array:
