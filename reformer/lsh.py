@@ -54,11 +54,15 @@ def unit_keys(qk_LxD: jax.Array, epsilon: float = 1e-6) -> jax.Array:
     return k.astype(qk_LxD.dtype)
 
 
-def _prepare_qk(q_LxD: jax.Array, k_LxD: jax.Array | None) -> tuple[jax.Array, jax.Array, bool]:
-    """(queries, keys, exclude_self): shared QK if `k` is None, else scaled dot product."""
+def _prepare_qk(
+    q_LxD: jax.Array, k_LxD: jax.Array | None, *, keys: bool = True
+) -> tuple[jax.Array, jax.Array | None, bool]:
+    """(queries, keys, exclude_self): shared QK if `k` is None, else scaled dot product.
+    With `keys=False` shared QK gives no keys: the chunked kernel normalizes the rows it
+    gathers itself, so no whole-sequence key array is kept for the backward pass."""
     q_LxD = jnp.asarray(q_LxD)
     if k_LxD is None:
-        return q_LxD, unit_keys(q_LxD), True
+        return q_LxD, unit_keys(q_LxD) if keys else None, True
     scale = jnp.asarray(q_LxD.shape[-1] ** -0.5, q_LxD.dtype)
     return q_LxD * scale, jnp.asarray(k_LxD), False
 
@@ -233,7 +237,8 @@ def _block_logits(
     cfg: _ChunkConfig, g: jax.Array, q_LxD: jax.Array, k_LxD: jax.Array, lay: _Layout
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Masked float32 logits of query block `g`: `[B, C, K]` with B chunks of C queries and
-    K = (n_chunks_before + 1 + n_chunks_after) * C keys each; also the positions and rows."""
+    K = (n_chunks_before + 1 + n_chunks_after) * C keys each; also the positions and rows.
+    `k_LxD` None means shared QK: keys are `unit_keys` of the gathered query rows."""
     c, n_b = cfg.chunk_len, cfg.block_chunks
     q_chunk_B = g * n_b + jnp.arange(n_b)
     offsets_W = jnp.arange(-cfg.n_chunks_before, cfg.n_chunks_after + 1)
@@ -243,7 +248,8 @@ def _block_logits(
     q_pos_BxC = lay.pos_S[q_slot_BxC]
     k_pos_BxK = lay.pos_S[k_slot_BxK]
     q_BxCxD = q_LxD[q_pos_BxC]
-    k_BxKxD = k_LxD[k_pos_BxK]
+    # Shared QK (k is None): the keys are the unit-length query rows, normalized here.
+    k_BxKxD = unit_keys(q_LxD[k_pos_BxK]) if k_LxD is None else k_LxD[k_pos_BxK]
     logits_BxCxK = jnp.einsum("bqd,bkd->bqk", q_BxCxD, k_BxKxD, preferred_element_type=jnp.float32)
     logits_BxCxK = logits_BxCxK + _mask_bias(
         q_pos_BxC[:, :, None],
@@ -344,7 +350,8 @@ def _chunked_attention(
     lay: _Layout,
     rng: jax.Array | None,
 ) -> jax.Array:
-    """Chunked attention over the sorted sequence described by `lay`; output `[L, V]`."""
+    """Chunked attention over the sorted sequence described by `lay`; output `[L, V]`.
+    `k_LxD` None: shared QK, keys are the unit-length rows of `q_LxD`."""
     out_LxV, _, _ = _chunked_forward(cfg, q_LxD, k_LxD, v_LxV, lay, rng)
     return out_LxV.astype(v_LxV.dtype)
 
@@ -365,6 +372,7 @@ def _chunked_attention_bwd(cfg, residuals, dout_LxV):
     q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L = residuals
     dout_LxV = dout_LxV.astype(jnp.float32)
     delta_L = jnp.sum(dout_LxV * out_LxV, axis=-1)
+    shared_qk = k_LxD is None
 
     def step(carry, g):
         dq_LxD, dk_LxD, dv_LxV = carry
@@ -388,21 +396,28 @@ def _chunked_attention_bwd(cfg, residuals, dout_LxV):
         dq_BxCxD = jnp.einsum("bqk,bkd->bqd", dlogits_BxCxK, k_BxKxD.astype(jnp.float32))
         dk_BxKxD = jnp.einsum("bqk,bqd->bkd", dlogits_BxCxK, q_BxCxD.astype(jnp.float32))
         k_pos_R = k_pos_BxK.reshape(-1)
+        dq_LxD = dq_LxD.at[q_pos_Q].add(dq_BxCxD.reshape(-1, dq_BxCxD.shape[-1]))
+        if shared_qk:  # Through the keys' normalization into the same rows' gradient.
+            _, norm_vjp = jax.vjp(unit_keys, q_LxD[k_pos_BxK].astype(jnp.float32))
+            (dk_BxKxD,) = norm_vjp(dk_BxKxD)
+            dq_LxD = dq_LxD.at[k_pos_R].add(dk_BxKxD.reshape(-1, dk_BxKxD.shape[-1]))
+        else:
+            dk_LxD = dk_LxD.at[k_pos_R].add(dk_BxKxD.reshape(-1, dk_BxKxD.shape[-1]))
         return (
-            dq_LxD.at[q_pos_Q].add(dq_BxCxD.reshape(-1, dq_BxCxD.shape[-1])),
-            dk_LxD.at[k_pos_R].add(dk_BxKxD.reshape(-1, dk_BxKxD.shape[-1])),
+            dq_LxD,
+            dk_LxD,
             dv_LxV.at[k_pos_R].add(dv_BxKxV.reshape(-1, dv_BxKxV.shape[-1])),
         ), None
 
     init = (
         jnp.zeros(q_LxD.shape, jnp.float32),
-        jnp.zeros(k_LxD.shape, jnp.float32),
+        None if shared_qk else jnp.zeros(k_LxD.shape, jnp.float32),
         jnp.zeros(v_LxV.shape, jnp.float32),
     )
     (dq_LxD, dk_LxD, dv_LxV), _ = lax.scan(step, init, jnp.arange(cfg.n_blocks))
     return (
         dq_LxD.astype(q_LxD.dtype),
-        dk_LxD.astype(k_LxD.dtype),
+        None if shared_qk else dk_LxD.astype(k_LxD.dtype),
         dv_LxV.astype(v_LxV.dtype),
         None,
         None,
@@ -452,7 +467,7 @@ def local_attention(
     _check_dropout(dropout_rate, dropout_rng)
     length = q_LxD.shape[0]
     padded = _round_up(length, chunk_len)
-    q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD)
+    q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD, keys=False)
     v_LxV = jnp.asarray(v_LxV)
     cfg = _ChunkConfig(
         length=padded,
@@ -476,7 +491,7 @@ def local_attention(
     out_LxV = _chunked_attention(
         cfg,
         _pad_length(q_LxD, padded),
-        _pad_length(k_LxD, padded),
+        None if k_LxD is None else _pad_length(k_LxD, padded),
         _pad_length(v_LxV, padded),
         lay,
         dropout_rng if dropout_rate > 0.0 else None,
@@ -560,7 +575,7 @@ def lsh_attention(
     out_LxV = _chunked_attention(
         cfg,
         qk_LxD,
-        unit_keys(qk_LxD),
+        None,
         v_LxV,
         lay,
         dropout_rng if dropout_rate > 0.0 else None,
