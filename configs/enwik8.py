@@ -37,6 +37,7 @@ def get_config(variant: str = "paper"):
         m.local_chunk_len = 128
         m.axial_shape, m.axial_dims = (128, 512), (256, 768)
         m.ff_chunk_size = 8192
+        m.loss_chunk_size = 8192
         m.dropout = 0.2
         m.attention_dropout = 0.2
         m.max_len = 65536

@@ -39,41 +39,70 @@ def sequence_map(
     chunk_size: int,
     *,
     in_axis: int = 1,
-    out_axis: int = 1,
+    out_axis: int | None = 1,
 ) -> Any:
     """`fn(index, *chunks)` over chunks of `chunk_size` positions, one chunk at a time.
 
     `arrays` share their sequence axis `in_axis` (length L); `fn` gets chunk `index` of each
     and returns arrays (or a tuple of them) with the chunk's positions on `out_axis`, which
-    are joined into sequences of L. Chunks run one after another (`lax.map`) and each is
-    rematerialized in the backward pass, so only the inputs and outputs are kept for it and
+    are joined into sequences of L (`out_axis=None`: summed over the chunks instead, e.g.
+    per-chunk loss sums; padded positions are zeros). `fn` must be position-wise; it gets the
+    index to draw per-chunk random numbers.
+
+    Chunks run one after another in a loop that reads each chunk from the whole input and
+    writes its result into the whole output in place (no chunk-major copies of either), and
+    each chunk is rematerialized in the backward pass: only the inputs are kept for it, and
     one chunk's intermediates (LayerNorm output, projections, `d_ff`-wide activations, dropout
-    masks) are alive at a time. `fn` must be position-wise; it gets the index to draw
-    per-chunk random numbers. L is padded to a multiple of `chunk_size`; `chunk_size <= 0` or
-    `>= L` calls `fn(0, *arrays)` once, without rematerialization.
+    masks) are alive at a time. L is padded to a multiple of `chunk_size`; `chunk_size <= 0`
+    or `>= L` calls `fn(0, *arrays)` once, without rematerialization.
     """
     length = arrays[0].shape[in_axis]
     if chunk_size <= 0 or chunk_size >= length:
         return fn(jnp.int32(0), *arrays)
     n_chunks = -(-length // chunk_size)
     pad = n_chunks * chunk_size - length
+    if pad:
+        arrays = tuple(_pad_axis(a, in_axis, pad) for a in arrays)
 
-    def split(a):  # [..., L, ...] -> [n_chunks, ..., chunk_size, ...]
-        widths = [(0, 0)] * a.ndim
-        widths[in_axis] = (0, pad)
-        a = jnp.pad(a, widths).reshape(
-            a.shape[:in_axis] + (n_chunks, chunk_size) + a.shape[in_axis + 1 :]
-        )
-        return jnp.moveaxis(a, in_axis, 0)
+    @jax.checkpoint
+    def one_chunk(index, arrays):
+        start = index * chunk_size
+        chunks = (jax.lax.dynamic_slice_in_dim(a, start, chunk_size, in_axis) for a in arrays)
+        return fn(index, *chunks)
 
-    def join(a):  # [n_chunks, ..., chunk_size, ...] -> [..., L, ...]
-        a = jnp.moveaxis(a, 0, out_axis)
-        a = a.reshape(a.shape[:out_axis] + (n_chunks * chunk_size,) + a.shape[out_axis + 2 :])
-        return jax.lax.slice_in_dim(a, 0, length, axis=out_axis)
+    out_shapes = jax.eval_shape(one_chunk, jnp.int32(0), arrays)
+    if out_axis is None:
 
-    one_chunk = jax.checkpoint(lambda args: fn(args[0], *args[1:]))
-    chunks = (jnp.arange(n_chunks, dtype=jnp.int32), *(split(a) for a in arrays))
-    return jax.tree.map(join, jax.lax.map(one_chunk, chunks))
+        def step(total, index):
+            return jax.tree.map(jnp.add, total, one_chunk(index, arrays)), None
+
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+        return jax.lax.scan(step, zeros, jnp.arange(n_chunks, dtype=jnp.int32))[0]
+
+    def step(out, index):
+        updates = one_chunk(index, arrays)
+        start = index * chunk_size
+        return jax.tree.map(
+            lambda o, u: jax.lax.dynamic_update_slice_in_dim(o, u, start, out_axis), out, updates
+        ), None
+
+    def whole(s):
+        shape = list(s.shape)
+        shape[out_axis] = n_chunks * chunk_size
+        return jnp.zeros(shape, s.dtype)
+
+    out = jax.lax.scan(
+        step, jax.tree.map(whole, out_shapes), jnp.arange(n_chunks, dtype=jnp.int32)
+    )[0]
+    if pad:
+        out = jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, length, axis=out_axis), out)
+    return out
+
+
+def _pad_axis(a: jax.Array, axis: int, pad: int) -> jax.Array:
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(a, widths)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None, index: jax.Array) -> jax.Array:

@@ -214,14 +214,15 @@ class ReformerLM(nn.Module):
 
         y1_BxLxD, y2_BxLxD = self.blocks(x_BxLxD, mask_BxL, deterministic, n_hashes)
 
-        y_BxLx2D = jnp.concatenate([y1_BxLxD, y2_BxLxD], axis=-1)
-        y_BxLx2D = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype, name="final_norm")(
-            y_BxLx2D
-        )
+        final_norm = LayerNormWeights(name="final_norm")(2 * cfg.d_model)
         output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
-        if weights_BxL is None:
-            return output(y_BxLx2D)
-        return output(y_BxLx2D, tokens_BxL, weights_BxL, cfg.loss_chunk_size)
+        return output(
+            (y1_BxLxD, y2_BxLxD),
+            tokens_BxL if weights_BxL is not None else None,
+            weights_BxL,
+            cfg.loss_chunk_size,
+            normalize=lambda y: layer_norm(final_norm, y, cfg.layer_norm_eps, cfg.jnp_dtype),
+        )
 
     def blocks(self, x_BxLxD, mask_BxL, deterministic: bool, n_hashes: int | None):
         """The layers, as pure functions of explicit parameters, scanned over the repeats of
@@ -309,35 +310,30 @@ class OutputLayer(nn.Module):
         return jnp.matmul(y, w, preferred_element_type=jnp.float32) + bias
 
     @nn.compact
-    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size: int = 0):
-        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`."""
-        kernel, bias = self._params(y_BxLxD.shape[-1])
+    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size=0, normalize=None):
+        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`.
+
+        `y_BxLxD` may be a tuple of arrays, joined along the last axis (the two residual
+        streams), and `normalize` (the final LayerNorm) applied to the joined features; with
+        a loss both happen chunk by chunk (`layers.sequence_map`), rematerialized in the
+        backward pass, so no whole-sequence joined, normalized or logit array exists.
+        """
+        parts = y_BxLxD if isinstance(y_BxLxD, tuple) else (y_BxLxD,)
+        kernel, bias = self._params(sum(p.shape[-1] for p in parts))
+
+        def features(*ps):
+            y = jnp.concatenate(ps, axis=-1) if len(ps) > 1 else ps[0]
+            return y if normalize is None else normalize(y)
+
         if weights_BxL is None:
-            return self._logits(y_BxLxD, kernel, bias)
-        length = y_BxLxD.shape[1]
-        if not chunk_size or chunk_size >= length:
-            return loss_and_metrics(self._logits(y_BxLxD, kernel, bias), tokens_BxL, weights_BxL)
-        n_chunks = -(-length // chunk_size)
-        pad = n_chunks * chunk_size - length
-        # Padded positions get weight 0; chunks lead so lax.map walks over them.
-        y_CxBxKxD, t_CxBxK, w_CxBxK = (
-            jnp.moveaxis(
-                jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2)).reshape(
-                    a.shape[0], n_chunks, chunk_size, *a.shape[2:]
-                ),
-                1,
-                0,
-            )
-            for a in (y_BxLxD, tokens_BxL, weights_BxL)
-        )
+            return self._logits(features(*parts), kernel, bias)
 
-        @jax.checkpoint  # The backward pass recomputes each chunk's logits.
-        def chunk_sums(args):
-            y, t, w = args
-            return loss_and_metrics(self._logits(y, kernel, bias), t, w)[1]
+        def chunk_sums(_, *args):  # Padded positions have weight 0.
+            *ps, t, w = args
+            return loss_and_metrics(self._logits(features(*ps), kernel, bias), t, w)[1]
 
-        sums = jax.tree.map(
-            lambda x: x.sum(0), jax.lax.map(chunk_sums, (y_CxBxKxD, t_CxBxK, w_CxBxK))
+        sums = sequence_map(
+            chunk_sums, (*parts, tokens_BxL, weights_BxL), chunk_size, out_axis=None
         )
         loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
         return loss, sums

@@ -126,7 +126,8 @@ def test_saved_buckets_are_reused_in_the_backward_pass():
 def test_reversible_stack_keeps_no_per_layer_activations():
     """XLA temp memory of forward+backward: per extra layer, the reversible stack adds no
     more than that layer's parameter gradients (one row of the stacked gradients), while
-    the plain stack adds its activations, several times more."""
+    the plain stack adds its activations, several times more (fewer than before the halves
+    rematerialized their position-wise work, but still the whole attention kernel's)."""
 
     def temp_and_layer_bytes(stack, n_layers):
         fs, gs, params, x = _stack_pieces(n_layers)
@@ -146,7 +147,7 @@ def test_reversible_stack_keeps_no_per_layer_activations():
     (plain2, _), (plain12, _) = (temp_and_layer_bytes(reversible.plain_stack, n) for n in (2, 12))
     rev_per_layer, plain_per_layer = (rev12 - rev2) / 10, (plain12 - plain2) / 10
     assert rev_per_layer <= 1.1 * layer_bytes, (rev_per_layer, layer_bytes)
-    assert plain_per_layer >= 4 * layer_bytes, (plain_per_layer, layer_bytes)
+    assert plain_per_layer >= 3 * layer_bytes, (plain_per_layer, layer_bytes)
 
 
 def relative_difference(a, b) -> float:
