@@ -70,6 +70,11 @@ def _dropout_rngs(
     return rate, jax.random.split(module.make_rng("dropout"), (batch, n_heads))
 
 
+def _fold_in_each(keys_BxH: jax.Array, data: jax.Array) -> jax.Array:
+    """Each example's and head's key folded with `data` (e.g. a chunk index)."""
+    return jax.vmap(jax.vmap(lambda key: jax.random.fold_in(key, data)))(keys_BxH)
+
+
 def _per_head(
     fn: Callable[..., Any],
     arrays_BxHx: tuple[jax.Array | None, ...],
@@ -108,23 +113,46 @@ class _Kernel(nn.Module):
         return self.param("kernel", init, self.shape)
 
 
+def _in_kernels(module: nn.Module, d_model: int, names: tuple[str, ...]) -> dict:
+    """Declares the head projections `names` (`[d_model, H, K]` each) and returns them."""
+    shape = (d_model, module.n_heads, module.d_head)
+    return {n: _Kernel(shape, 1, name=n)() for n in names}
+
+
+def _out_kernel(module: nn.Module, d_model: int) -> jax.Array:
+    """Declares the output projection `[H, K, d_model]` and returns it."""
+    return _Kernel((module.n_heads, module.d_head, d_model), 2, name="out")()
+
+
+def _project_chunk(module, kernels: dict, normalize: Callable | None, x_BxCxD: jax.Array):
+    """`normalize(x)` projected to each kernel's heads: `[B, H, C, K]` in `dtype` each."""
+    h = x_BxCxD if normalize is None else normalize(x_BxCxD)
+    proj = _heads_projection(module.n_heads, module.d_head, module.dtype)
+    return tuple(
+        _to_heads_first(proj.apply({"params": {"kernel": k}}, h)) for k in kernels.values()
+    )
+
+
+def _unproject_chunk(module, kernel, finish: Callable | None, index, out_BxHxCxK: jax.Array):
+    """The heads' output projection, `[B, C, d_model]` float32, then `finish(index, y)`."""
+    y = _output_projection(kernel.shape[-1], module.dtype).apply(
+        {"params": {"kernel": kernel}}, _to_heads_first(out_BxHxCxK)
+    )
+    return y if finish is None else finish(index, y)
+
+
 def _project(
     module: nn.Module, x_BxLxD: jax.Array, names: tuple[str, ...], normalize: Callable | None
 ) -> tuple[jax.Array, ...]:
     """The head projections `names` of `normalize(x)`, each `[B, H, L, K]` in `dtype`, computed
     on `module.position_chunk` positions at a time (`layers.sequence_map`)."""
-    d_model = x_BxLxD.shape[-1]
-    shape = (d_model, module.n_heads, module.d_head)
-    kernels = {n: _Kernel(shape, 1, name=n)() for n in names}
-
-    def chunk(_, x):
-        h = x if normalize is None else normalize(x)
-        proj = _heads_projection(module.n_heads, module.d_head, module.dtype)
-        return tuple(
-            _to_heads_first(proj.apply({"params": {"kernel": kernels[n]}}, h)) for n in names
-        )
-
-    return sequence_map(chunk, (x_BxLxD,), module.position_chunk, out_axis=2)
+    kernels = _in_kernels(module, x_BxLxD.shape[-1], names)
+    return sequence_map(
+        lambda _, x: _project_chunk(module, kernels, normalize, x),
+        (x_BxLxD,),
+        module.position_chunk,
+        out_axis=2,
+    )
 
 
 def _unproject(
@@ -132,15 +160,13 @@ def _unproject(
 ) -> jax.Array:
     """The output projection of the heads, `[B, L, d_model]` float32, then
     `finish(chunk_index, y)`, on `module.position_chunk` positions at a time."""
-    kernel = _Kernel((module.n_heads, module.d_head, d_model), 2, name="out")()
-
-    def chunk(index, out):
-        y = _output_projection(d_model, module.dtype).apply(
-            {"params": {"kernel": kernel}}, _to_heads_first(out)
-        )
-        return y if finish is None else finish(index, y)
-
-    return sequence_map(chunk, (out_BxHxLxK,), module.position_chunk, in_axis=2)
+    kernel = _out_kernel(module, d_model)
+    return sequence_map(
+        lambda index, out: _unproject_chunk(module, kernel, finish, index, out),
+        (out_BxHxLxK,),
+        module.position_chunk,
+        in_axis=2,
+    )
 
 
 class FullSelfAttention(nn.Module):
@@ -225,11 +251,15 @@ class LocalSelfAttention(nn.Module):
         finish: Callable | None = None,
     ) -> tuple[jax.Array, None]:
         del n_hashes, buckets  # LSH-only arguments
-        q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _project(
-            self, x_BxLxD, ("query", "key", "value"), normalize
-        )
         rate, rngs_BxH = _dropout_rngs(
             self, self.dropout_rate, deterministic, x_BxLxD.shape[0], self.n_heads
+        )
+        length, span = x_BxLxD.shape[1], self.position_chunk
+        if self.causal and self.n_chunks_after == 0 and 0 < span < length:
+            if span % self.chunk_len == 0:
+                return self._in_spans(x_BxLxD, mask_BxL, rate, rngs_BxH, normalize, finish), None
+        q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _project(
+            self, x_BxLxD, ("query", "key", "value"), normalize
         )
 
         def one_head(q_LxK, k_LxK, v_LxK, mask_L, rng):
@@ -248,6 +278,46 @@ class LocalSelfAttention(nn.Module):
 
         out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
         return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
+
+    def _in_spans(self, x_BxLxD, mask_BxL, rate, rngs_BxH, normalize, finish):
+        """The whole half, projections to output, on `position_chunk` positions at a time.
+
+        Causal local attention needs only the `n_chunks_before` chunks before a span, so
+        each span is computed from its positions and that look-back (`sequence_map` with
+        `look_back`), rematerialized in the backward pass: nothing of sequence length is kept
+        but the input. The same function as the whole-sequence path: the look-back of the
+        first span, where the whole-sequence kernel wraps around to the last chunks, is masked
+        (there causal masking hides those keys). Attention dropout draws per span.
+        """
+        d_model, back = x_BxLxD.shape[-1], self.n_chunks_before * self.chunk_len
+        kernels = _in_kernels(self, d_model, ("query", "key", "value"))
+        out_kernel = _out_kernel(self, d_model)
+
+        def span(index, x_BxSxD, *mask):
+            q_BxHxSxK, k_BxHxSxK, v_BxHxSxK = _project_chunk(self, kernels, normalize, x_BxSxD)
+            seen_S = (jnp.arange(x_BxSxD.shape[1]) >= back) | (index > 0)
+            mask_BxS = seen_S[None, :] & (mask[0] if mask else True)
+            mask_BxS = jnp.broadcast_to(mask_BxS, x_BxSxD.shape[:2])
+            rngs = None if rngs_BxH is None else _fold_in_each(rngs_BxH, index)
+
+            def one_head(q_SxK, k_SxK, v_SxK, mask_S, rng):
+                return lsh.local_attention(
+                    q_SxK,
+                    k_SxK,
+                    v_SxK,
+                    chunk_len=self.chunk_len,
+                    n_chunks_before=self.n_chunks_before,
+                    causal=True,
+                    mask=mask_S,
+                    dropout_rate=rate,
+                    dropout_rng=rng,
+                )
+
+            out_BxHxSxK = _per_head(one_head, (q_BxHxSxK, k_BxHxSxK, v_BxHxSxK), mask_BxS, rngs)
+            return _unproject_chunk(self, out_kernel, finish, index, out_BxHxSxK[:, :, back:])
+
+        arrays = (x_BxLxD,) if mask_BxL is None else (x_BxLxD, mask_BxL)
+        return sequence_map(span, arrays, self.position_chunk, look_back=back)
 
 
 def random_rotations(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -40,6 +40,7 @@ def sequence_map(
     *,
     in_axis: int = 1,
     out_axis: int | None = 1,
+    look_back: int = 0,
 ) -> Any:
     """`fn(index, *chunks)` over chunks of `chunk_size` positions, one chunk at a time.
 
@@ -47,7 +48,10 @@ def sequence_map(
     and returns arrays (or a tuple of them) with the chunk's positions on `out_axis`, which
     are joined into sequences of L (`out_axis=None`: summed over the chunks instead, e.g.
     per-chunk loss sums; padded positions are zeros). `fn` must be position-wise; it gets the
-    index to draw per-chunk random numbers.
+    index to draw per-chunk random numbers. With `look_back` > 0, each input chunk starts
+    with the `look_back` positions before it (`fn` gets `look_back + chunk_size` positions
+    and returns results for the last `chunk_size`); the first chunk's look-back holds the
+    array's first positions, which `fn` must mask (it knows the chunk by its index).
 
     Chunks run one after another in a loop that reads each chunk from the whole input and
     writes its result into the whole output in place (no chunk-major copies of either), and
@@ -58,7 +62,11 @@ def sequence_map(
     """
     length = arrays[0].shape[in_axis]
     if chunk_size <= 0 or chunk_size >= length:
+        if look_back:
+            raise ValueError("look_back needs chunks shorter than the sequence")
         return fn(jnp.int32(0), *arrays)
+    if look_back > chunk_size:
+        raise ValueError(f"look_back {look_back} exceeds the chunk size {chunk_size}")
     n_chunks = -(-length // chunk_size)
     pad = n_chunks * chunk_size - length
     if pad:
@@ -67,7 +75,15 @@ def sequence_map(
     @jax.checkpoint
     def one_chunk(index, arrays):
         start = index * chunk_size
-        chunks = (jax.lax.dynamic_slice_in_dim(a, start, chunk_size, in_axis) for a in arrays)
+        chunks = [jax.lax.dynamic_slice_in_dim(a, start, chunk_size, in_axis) for a in arrays]
+        if look_back:
+            before = jnp.maximum(start - look_back, 0)
+            chunks = [
+                jnp.concatenate(
+                    [jax.lax.dynamic_slice_in_dim(a, before, look_back, in_axis), c], in_axis
+                )
+                for a, c in zip(arrays, chunks, strict=True)
+            ]
         return fn(index, *chunks)
 
     out_shapes = jax.eval_shape(one_chunk, jnp.int32(0), arrays)

@@ -199,3 +199,35 @@ def test_gradients_through_the_lsh_module_under_jit(x_BxLxD, mask_BxL):
     grads_params, grads_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x_BxLxD)
     for g in jax.tree.leaves(grads_params) + [grads_x]:
         assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+@pytest.mark.parametrize("kind", ["local", "lsh", "full"])
+@pytest.mark.parametrize("span", [8, 16, 24])
+def test_position_chunks_equal_the_whole_sequence(kind, span, x_BxLxD, mask_BxL):
+    """`position_chunk` (projections and output projection in rematerialized chunks; causal
+    local attention computed whole span by span with its look-back) is the same function,
+    values and gradients, padding masks included; 24 does not divide the length."""
+    make = {
+        "local": functools.partial(LocalSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK),
+        "lsh": functools.partial(LSHSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK, n_hashes=2),
+        "full": functools.partial(FullSelfAttention, N_HEADS, D_HEAD),
+    }[kind]
+    whole, chunked = make(causal=True), make(causal=True, position_chunk=span)
+    params = whole.init(jax.random.key(1), x_BxLxD)["params"]
+
+    def loss(module, p, x):
+        y = module.apply({"params": p}, x, mask_BxL)[0]
+        return jnp.sum(jnp.sin(y) * mask_BxL[..., None]), y
+
+    (l_whole, y_whole), g_whole = jax.value_and_grad(
+        functools.partial(loss, whole), argnums=(0, 1), has_aux=True
+    )(params, x_BxLxD)
+    (l_chunked, y_chunked), g_chunked = jax.value_and_grad(
+        functools.partial(loss, chunked), argnums=(0, 1), has_aux=True
+    )(params, x_BxLxD)
+    valid = np.asarray(mask_BxL)
+    np.testing.assert_allclose(
+        np.asarray(y_chunked)[valid], np.asarray(y_whole)[valid], rtol=1e-5, atol=1e-5
+    )
+    for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

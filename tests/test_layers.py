@@ -54,3 +54,41 @@ def test_axial_positions_shape_and_slicing():
     np.testing.assert_array_equal(module.apply({"params": params}, 11), full[:11])
     with pytest.raises(ValueError, match="exceeds the axial grid"):
         module.apply({"params": params}, 33)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5, 16])
+def test_sequence_map_joins_sums_and_looks_back(chunk_size):
+    """Chunks joined along their axes, per-chunk results summed (`out_axis=None`), and a
+    look-back of earlier positions: equal to the whole-sequence computation, with gradients."""
+    from reformer.layers import sequence_map
+
+    x = jax.random.normal(jax.random.key(0), (2, 16, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 4))
+
+    def heads_first(x):  # [B, L, D] -> [B, 4, L]
+        return jnp.swapaxes(jnp.tanh(x @ w), 1, 2)
+
+    whole = heads_first(x)
+    np.testing.assert_allclose(
+        sequence_map(lambda _, c: heads_first(c), (x,), chunk_size, out_axis=2), whole, rtol=1e-6
+    )
+    total = sequence_map(lambda _, c: jnp.sum(c**2), (x,), chunk_size, out_axis=None)
+    np.testing.assert_allclose(total, jnp.sum(x**2), rtol=1e-5)
+
+    # A causal difference with the previous position: needs a look-back of 1.
+    def diff_whole(x):
+        return x - jnp.pad(x, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+
+    def diff_chunked(x):
+        def chunk(index, c):  # c: 1 + chunk_size positions; the first chunk's look-back is 0
+            before = jnp.where(index > 0, c[:, :1], 0.0)
+            return c[:, 1:] - jnp.concatenate([before, c[:, 1:-1]], axis=1)
+
+        return sequence_map(chunk, (x,), chunk_size, look_back=1)
+
+    if chunk_size < 16:
+        np.testing.assert_allclose(diff_chunked(x), diff_whole(x), rtol=1e-6)
+        g = jax.grad(lambda x: jnp.sum(jnp.sin(diff_chunked(x))))(x)
+        np.testing.assert_allclose(
+            g, jax.grad(lambda x: jnp.sum(jnp.sin(diff_whole(x))))(x), rtol=1e-5, atol=1e-6
+        )
