@@ -358,8 +358,10 @@ def _chunked_attention(
 
 def _chunked_attention_fwd(cfg, q_LxD, k_LxD, v_LxV, lay, rng):
     out_LxV, max_L, sum_L = _chunked_forward(cfg, q_LxD, k_LxD, v_LxV, lay, rng)
-    residuals = (q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L)
-    return out_LxV.astype(v_LxV.dtype), residuals
+    # The backward pass reads the output as returned (bfloat16 in mixed precision, as
+    # FlashAttention does), so no second, float32 copy of it is kept.
+    out_LxV = out_LxV.astype(v_LxV.dtype)
+    return out_LxV, (q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L)
 
 
 def _chunked_attention_bwd(cfg, residuals, dout_LxV):
@@ -371,7 +373,7 @@ def _chunked_attention_bwd(cfg, residuals, dout_LxV):
     """
     q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L = residuals
     dout_LxV = dout_LxV.astype(jnp.float32)
-    delta_L = jnp.sum(dout_LxV * out_LxV, axis=-1)
+    delta_L = jnp.sum(dout_LxV * out_LxV.astype(jnp.float32), axis=-1)
     shared_qk = k_LxD is None
 
     def step(carry, g):

@@ -167,43 +167,57 @@ def reversible_stack(
         params, y1, y2, rngs, context, auxes = residuals
         recompute_rngs = rngs if backward_rngs is None else backward_rngs
 
-        # Each layer's parameter gradients leave the scan as one flat row (padded to the
-        # largest layer), so XLA stacks them in place instead of copying an accumulator.
-        unravels, sizes = [], []
-        for j in range(n_pattern):
-            flat, unravel = ravel_pytree(_at(params[j], 0))
-            unravels.append(unravel)
-            sizes.append(flat.size)
-        width = max(sizes)
+        # Each half's parameter gradients leave the scan as one flat row (padded to the
+        # largest of its kind), so XLA stacks them in place instead of copying an
+        # accumulator.
+        ravels = [
+            [ravel_pytree(half) for half in _at(params[j], 0)] for j in range(n_pattern)
+        ]  # [j][0 = attention, 1 = feed-forward] -> (flat, unravel)
+        widths = [max(ravels[j][h][0].size for j in range(n_pattern)) for h in (0, 1)]
 
-        def layer_bwd(j, y1, y2, dy1, dy2, i):
-            f, g = attention_fns[j], feed_forward_fns[j]
-            (p_f, p_g), (r_f, r_g) = _at(params[j], i // n_pattern), layer_rngs(recompute_rngs, i)
-            aux_in = _at(auxes[j], i) if reuse_aux else None
-            # Undo Y2 = X2 + G(Y1).
+        def row(grads, h):
+            flat = ravel_pytree(grads)[0]
+            return jnp.pad(flat, (0, widths[h] - flat.size))
+
+        # Each half runs in its own `lax.switch` over the pattern position, and the streams
+        # are updated outside: a branch's outputs get fresh buffers, so a switch over the
+        # whole layer would hold the four old streams and the new ones at once.
+        def g_part(j, y1, dy2, i):  # Y2 = X2 + G(Y1): G(Y1) and its vjp.
+            p_g, r_g = _at(params[j][1], i // n_pattern), layer_rngs(recompute_rngs, i)[1]
+            g = feed_forward_fns[j]
             g_out, g_vjp = jax.vjp(lambda p, y: g(p, y, r_g, context), p_g, y1)
-            x2 = y2 - g_out
             dp_g, dy1_through_g = g_vjp(dy2)
-            dy1 = dy1 + dy1_through_g
-            # Undo Y1 = X1 + F(X2), with the forward pass's buckets.
+            return g_out, dy1_through_g, row(dp_g, 1)
+
+        def f_part(j, x2, dy1, i):  # Y1 = X1 + F(X2), with the forward pass's buckets.
+            p_f, r_f = _at(params[j][0], i // n_pattern), layer_rngs(recompute_rngs, i)[0]
+            f, aux_in = attention_fns[j], _at(auxes[j], i) if reuse_aux else None
             f_out, f_vjp, _ = jax.vjp(
                 lambda p, x: f(p, x, r_f, aux_in, context), p_f, x2, has_aux=True
             )
-            x1 = y1 - f_out
             dp_f, dx2_through_f = f_vjp(dy1)
-            flat = ravel_pytree((dp_f, dp_g))[0]
-            return (x1, x2, dy1, dy2 + dx2_through_f), jnp.pad(flat, (0, width - flat.size))
+            return f_out, dx2_through_f, row(dp_f, 0)
 
         def step(carry, i):
-            branches = [functools.partial(layer_bwd, j) for j in range(n_pattern)]
-            return jax.lax.switch(i % n_pattern, branches, *carry, i)
+            y1, y2, dy1, dy2 = carry
+            branches = [functools.partial(g_part, j) for j in range(n_pattern)]
+            g_out, dy1_through_g, g_row = jax.lax.switch(i % n_pattern, branches, y1, dy2, i)
+            x2, dy1 = y2 - g_out, dy1 + dy1_through_g
+            branches = [functools.partial(f_part, j) for j in range(n_pattern)]
+            f_out, dx2_through_f, f_row = jax.lax.switch(i % n_pattern, branches, x2, dy1, i)
+            return (y1 - f_out, x2, dy1, dy2 + dx2_through_f), (f_row, g_row)
 
         n_repeats = _n_repeats(params)
-        (_, _, dx1, dx2), flat_grads = jax.lax.scan(
+        (_, _, dx1, dx2), rows = jax.lax.scan(
             step, (y1, y2, *cotangents), jnp.arange(n_repeats * n_pattern), reverse=True
         )
-        flat_grads = flat_grads.reshape(n_repeats, n_pattern, width)
-        dparams = [jax.vmap(unravels[j])(flat_grads[:, j, : sizes[j]]) for j in range(n_pattern)]
+        rows = [r.reshape(n_repeats, n_pattern, -1) for r in rows]
+        dparams = [
+            type(params[j])(
+                jax.vmap(ravels[j][h][1])(rows[h][:, j, : ravels[j][h][0].size]) for h in (0, 1)
+            )
+            for j in range(n_pattern)
+        ]
         return type(params)(dparams), dx1, dx2, None, None
 
     stack.defvjp(stack_fwd, stack_bwd)
