@@ -209,7 +209,11 @@ class ReformerLM(nn.Module):
                 tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
             )(length)
             x_BxLxD = x_BxLxD + pos_LxD
-        x_BxLxD = nn.Dropout(cfg.dropout)(x_BxLxD, deterministic=deterministic)
+        if not deterministic and cfg.dropout > 0.0:  # Chunked: the mask is drawn again
+            key = self.make_rng("dropout")  # in the backward pass, never stored.
+            x_BxLxD = sequence_map(
+                lambda i, x: dropout(x, cfg.dropout, key, i), (x_BxLxD,), cfg.ff_chunk_size
+            )
         x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
 
         y1_BxLxD, y2_BxLxD = self.blocks(x_BxLxD, mask_BxL, deterministic, n_hashes)
