@@ -36,8 +36,12 @@ def get_config(variant: str = "paper"):
         m.lsh_chunk_len, m.n_buckets, m.n_hashes = 256, 512, 2
         m.local_chunk_len = 128
         m.axial_shape, m.axial_dims = (128, 512), (256, 768)
-        m.ff_chunk_size = 8192
-        m.loss_chunk_size = 8192
+        # Position-wise work (feed-forward, LayerNorms, projections, dropout, the loss) in
+        # chunks of 2048 positions (docs/benchmarks.md has the step's memory).
+        m.ff_chunk_size = 2048
+        m.loss_chunk_size = 2048
+        # LSH layers two heads at a time (recomputed in the backward pass).
+        m.lsh_heads_per_step = 2
         m.dropout = 0.2
         m.attention_dropout = 0.2
         m.max_len = 65536

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 from reformer import lsh
 from reformer.layers import sequence_map
@@ -125,9 +126,11 @@ def _out_kernel(module: nn.Module, d_model: int) -> jax.Array:
 
 
 def _project_chunk(module, kernels: dict, normalize: Callable | None, x_BxCxD: jax.Array):
-    """`normalize(x)` projected to each kernel's heads: `[B, H, C, K]` in `dtype` each."""
+    """`normalize(x)` projected to each kernel's heads: `[B, H, C, K]` in `dtype` each (H is
+    the kernels' head count: all of the module's heads or a group of them)."""
     h = x_BxCxD if normalize is None else normalize(x_BxCxD)
-    proj = _heads_projection(module.n_heads, module.d_head, module.dtype)
+    n_heads, d_head = next(iter(kernels.values())).shape[1:]
+    proj = _heads_projection(n_heads, d_head, module.dtype)
     return tuple(
         _to_heads_first(proj.apply({"params": {"kernel": k}}, h)) for k in kernels.values()
     )
@@ -352,6 +355,7 @@ class LSHSelfAttention(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     position_chunk: int = 0
+    heads_per_step: int = 0
 
     def _hash_rng(self, deterministic: bool) -> jax.Array:
         if self.has_rng("hash"):
@@ -376,7 +380,6 @@ class LSHSelfAttention(nn.Module):
         finish: Callable | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         batch, length, d_model = x_BxLxD.shape
-        qk_BxHxLxK, v_BxHxLxK = _project(self, x_BxLxD, ("query_key", "value"), normalize)
         rotations_HxKxNxR = None
         if buckets is None:
             n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
@@ -409,7 +412,72 @@ class LSHSelfAttention(nn.Module):
                 bucket_factors=self.bucket_factors,
             )
 
+        per_head = (buckets, rngs_BxH, rotations_HxKxNxR)
+        if 0 < self.heads_per_step < self.n_heads:
+            return self._in_head_groups(one_head, x_BxLxD, mask_BxL, per_head, normalize, finish)
+        qk_BxHxLxK, v_BxHxLxK = _project(self, x_BxLxD, ("query_key", "value"), normalize)
         out_BxHxLxK, buckets_BxHxNxL = _per_head(
             one_head, (qk_BxHxLxK, v_BxHxLxK, buckets), mask_BxL, rngs_BxH, (rotations_HxKxNxR,)
         )
         return _unproject(self, out_BxHxLxK, d_model, finish), buckets_BxHxNxL
+
+    def _in_head_groups(self, one_head, x_BxLxD, mask_BxL, per_head, normalize, finish):
+        """The whole half for `heads_per_step` heads at a time, their contributions summed.
+
+        A group projects the (normalized) input to its heads' queries-keys and values, hashes
+        and attends, and projects its output back to `[B, L, d_model]`; each group is
+        rematerialized in the backward pass, so nothing of all heads at sequence length
+        (projections, kernel outputs, their gradients) exists at once: only the input, the
+        sum, and one group's arrays. Costs one more forward pass of the projections and the
+        kernel per LSH layer in the backward pass. `finish` (dropout) is applied to the sum.
+        """
+        if self.n_heads % self.heads_per_step:
+            raise ValueError(
+                f"heads_per_step={self.heads_per_step} must divide n_heads={self.n_heads}"
+            )
+        size, (batch, length, d_model) = self.heads_per_step, x_BxLxD.shape
+        kernels = _in_kernels(self, d_model, ("query_key", "value"))
+        out_kernel = _out_kernel(self, d_model)
+
+        def take(a, axis, index):  # This group's heads of `a`.
+            return None if a is None else lax.dynamic_slice_in_dim(a, index * size, size, axis)
+
+        @jax.checkpoint
+        def group(index):
+            group_kernels = {n: take(k, 1, index) for n, k in kernels.items()}
+            qk_BxGxLxK, v_BxGxLxK = sequence_map(
+                lambda _, x: _project_chunk(self, group_kernels, normalize, x),
+                (x_BxLxD,),
+                self.position_chunk,
+                out_axis=2,
+            )
+            buckets, rngs, rotations = (
+                take(a, axis, index) for a, axis in zip(per_head, (1, 1, 0), strict=True)
+            )
+            out_BxGxLxK, buckets_BxGxNxL = _per_head(
+                one_head, (qk_BxGxLxK, v_BxGxLxK, buckets), mask_BxL, rngs, (rotations,)
+            )
+            group_out = take(out_kernel, 0, index)
+            y_BxLxD = sequence_map(
+                lambda i, out: _unproject_chunk(self, group_out, None, i, out),
+                (out_BxGxLxK,),
+                self.position_chunk,
+                in_axis=2,
+            )
+            return y_BxLxD, buckets_BxGxNxL
+
+        def step(total_BxLxD, index):
+            y_BxLxD, buckets_BxGxNxL = group(index)
+            return total_BxLxD + y_BxLxD, buckets_BxGxNxL
+
+        y_BxLxD, buckets_PxBxGxNxL = lax.scan(
+            step,
+            jnp.zeros((batch, length, d_model), jnp.float32),
+            jnp.arange(self.n_heads // size, dtype=jnp.int32),
+        )
+        buckets_BxHxNxL = jnp.moveaxis(buckets_PxBxGxNxL, 0, 1).reshape(
+            (batch, self.n_heads) + buckets_PxBxGxNxL.shape[3:]
+        )
+        if finish is not None:
+            y_BxLxD = sequence_map(finish, (y_BxLxD,), self.position_chunk)
+        return y_BxLxD, buckets_BxHxNxL

@@ -271,9 +271,14 @@ def _state_structure(config: dict) -> dict:
     }
 
 
+# How the same function is computed, not what it is: a run may resume with other values
+# (e.g. smaller chunks to fit another device). Only the dropout draws of later steps differ.
+EXECUTION_FIELDS = ("model.ff_chunk_size", "model.loss_chunk_size", "model.lsh_heads_per_step")
+
+
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a checkpoint written by a model of a different shape or kind, or
-    with an optimizer whose state has another structure."""
+    with an optimizer whose state has another structure (`EXECUTION_FIELDS` may differ)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return
@@ -287,7 +292,7 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
     diff = [
         f"config.{k}: checkpoint has {old[k]!r}, this run has {new.get(k)!r}"
         for k in sorted(old)
-        if old[k] != new.get(k)
+        if old[k] != new.get(k) and k not in EXECUTION_FIELDS
     ]
     if diff:
         raise ConfigError(

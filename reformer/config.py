@@ -47,10 +47,15 @@ def default_config() -> ml_collections.ConfigDict:
     # Factorized LSH buckets (trax, HF): n_buckets is the product of these even counts, hashed
     # with sum / 2 rotations per round instead of n_buckets / 2.
     m.bucket_factors = ()  # LSH bucket count as a product, e.g. (32, 64); () = not factorized.
+    # LSH attention layers run whole (projections to output) for this many heads at a
+    # time, recomputed in the backward pass: less memory, one more forward pass.
+    m.lsh_heads_per_step = 0  # Heads per step of an LSH layer; 0 = all at once.
     m.n_hashes = 1  # LSH hash rounds in training.
     m.causal = True  # Decoder (language model) masking.
     m.reversible = False  # Reversible residual layers.
-    m.ff_chunk_size = 0  # Feed-forward computed this many positions at a time; 0 = all.
+    # Feed-forward, LayerNorms, projections, dropout (and causal local attention whole)
+    # run this many positions at a time, rematerialized in the backward pass.
+    m.ff_chunk_size = 0  # Positions per chunk of position-wise work; 0 = all at once.
     m.ff_activation = "gelu"  # Feed-forward nonlinearity: one of FF_ACTIVATIONS.
     m.layer_norm_eps = 1e-6  # Epsilon of every LayerNorm (HF Reformer checkpoints: 1e-12).
     m.positional = "learned"  # Positional encoding: one of POSITIONAL.
@@ -60,7 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0  # Dropout on residual branches.
     m.attention_dropout = 0.0  # Dropout on attention weights.
     m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
-    m.loss_chunk_size = 0  # Output logits and loss this many positions at a time; 0 = all.
+    m.loss_chunk_size = 0  # Final LayerNorm, logits and loss this many positions at a time.
 
     c.data = d = ml_collections.ConfigDict()
     # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
@@ -199,6 +204,7 @@ NON_NEGATIVE_INTS = (
     "model.n_buckets",
     "model.ff_chunk_size",
     "model.loss_chunk_size",
+    "model.lsh_heads_per_step",
     "train.eval_every",
     "optimizer.warmup_steps",
     "eval.n_hashes",
@@ -295,6 +301,13 @@ def _check_layers(r: Report) -> None:
                 f"their product {math.prod(factors)} must equal model.n_buckets={m.n_buckets} "
                 "(or set n_buckets to 0)",
             )
+    if r.fine("model.lsh_heads_per_step", "model.n_heads"):
+        per_step, n_heads = m.lsh_heads_per_step, m.n_heads
+        r.check(
+            per_step == 0 or n_heads % per_step == 0,
+            "model.lsh_heads_per_step",
+            f"must divide model.n_heads={n_heads} (or be 0), got {per_step}",
+        )
     seq = r.config.data.seq_len
     if not r.fine("data.seq_len"):
         return

@@ -53,6 +53,7 @@ class ModelConfig:
     ff_activation: str = "gelu"
     layer_norm_eps: float = 1e-6
     bucket_factors: tuple[int, ...] = ()
+    lsh_heads_per_step: int = 0
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
@@ -95,6 +96,7 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
             n_buckets=cfg.lsh_n_buckets or None,
             bucket_factors=cfg.bucket_factors or None,
             n_hashes=cfg.n_hashes,
+            heads_per_step=cfg.lsh_heads_per_step,
             **common,
         )
     if kind == "local":

@@ -201,18 +201,25 @@ def test_gradients_through_the_lsh_module_under_jit(x_BxLxD, mask_BxL):
         assert np.all(np.isfinite(g)) and np.any(g != 0)
 
 
-@pytest.mark.parametrize("kind", ["local", "lsh", "full"])
-@pytest.mark.parametrize("span", [8, 16, 24])
-def test_position_chunks_equal_the_whole_sequence(kind, span, x_BxLxD, mask_BxL):
+@pytest.mark.parametrize(
+    "kind, span, heads",
+    [(kind, span, 0) for kind in ("local", "lsh", "full") for span in (8, 16, 24)]
+    + [("lsh", 0, 1), ("lsh", 16, 1)],
+)
+def test_position_chunks_equal_the_whole_sequence(kind, span, heads, x_BxLxD, mask_BxL):
     """`position_chunk` (projections and output projection in rematerialized chunks; causal
-    local attention computed whole span by span with its look-back) is the same function,
-    values and gradients, padding masks included; 24 does not divide the length."""
+    local attention computed whole span by span with its look-back) and LSH's
+    `heads_per_step` (the layer one head at a time, summed) are the same function, values
+    and gradients, padding masks included; 24 does not divide the length."""
     make = {
         "local": functools.partial(LocalSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK),
-        "lsh": functools.partial(LSHSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK, n_hashes=2),
+        "lsh": functools.partial(
+            LSHSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK, n_hashes=2, heads_per_step=heads
+        ),
         "full": functools.partial(FullSelfAttention, N_HEADS, D_HEAD),
     }[kind]
-    whole, chunked = make(causal=True), make(causal=True, position_chunk=span)
+    whole = make(causal=True, **({"heads_per_step": 0} if kind == "lsh" else {}))
+    chunked = make(causal=True, position_chunk=span)
     params = whole.init(jax.random.key(1), x_BxLxD)["params"]
 
     def loss(module, p, x):

@@ -318,6 +318,7 @@ BREAKABLE = (
     "model.dtype",
     "model.ff_chunk_size",
     "model.loss_chunk_size",
+    "model.lsh_heads_per_step",
     "optimizer.name",
     "optimizer.learning_rate",
     "optimizer.schedule",
@@ -388,6 +389,8 @@ def generated_configs(draw, num_devices: int, valid_only: bool = False):
     put("model.dtype", ["float32", "bfloat16"], ["float16"])
     put("model.ff_chunk_size", [0, 5, 16], [-1])
     put("model.loss_chunk_size", [0, 7], [-3])
+    assert c.model.n_heads == 2
+    put("model.lsh_heads_per_step", [0, 1, 2], [-1, 3])
     c.model.reversible = draw(st.booleans())
 
     axial = {"model.axial_shape", "model.axial_dims"} & broken

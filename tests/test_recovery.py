@@ -355,6 +355,25 @@ def test_diverging_resume_keeps_the_last_good_checkpoint(trained_ten_steps, tmp_
     assert_trees_equal(params, saved_params)
 
 
+def test_resume_with_other_chunking_but_not_another_model(trained_ten_steps, tmp_path):
+    """Chunk sizes and LSH heads per step say how the model is computed, so a run resumes
+    with other values; a different model (here its width) is refused, naming the field."""
+    source, saved_params = trained_ten_steps
+    workdir = str(tmp_path / "w")
+    shutil.copytree(source, workdir)
+    config = load_config("tiny")
+    config.train.num_steps = 12
+    config.model.ff_chunk_size, config.model.loss_chunk_size = 4, 8
+    config.model.lsh_heads_per_step = 1
+    train_and_evaluate(config, workdir)
+    assert checkpoint_steps(workdir)[-1] == 12
+    config.model.d_ff *= 2
+    config.train.num_steps = 14
+    with pytest.raises(ConfigError, match="config.model.d_ff: checkpoint has"):
+        train_and_evaluate(config, workdir)
+    assert checkpoint_steps(workdir)[-1] == 12
+
+
 def test_keep_records_up_to_drops_later_steps_and_a_torn_line(tmp_path):
     path = str(tmp_path / "metrics.jsonl")
     lines = [

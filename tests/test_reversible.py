@@ -51,10 +51,14 @@ def assert_trees_close(a, b, rtol):
         )
 
 
-def test_reversible_gradients_equal_plain_gradients():
+@pytest.mark.parametrize("lsh_heads_per_step", [0, 1])
+def test_reversible_gradients_equal_plain_gradients(lsh_heads_per_step):
     """4 layers (LSH and local), dropout on, 2 hashes: the custom_vjp's gradients equal those
-    of the same parameters run without reversibility."""
-    rev, plain = small_config(reversible=True), small_config(reversible=False)
+    of the same parameters run without reversibility (LSH layers also one head at a time,
+    reusing the forward pass's buckets per head)."""
+    rev, plain = (
+        small_config(reversible=r, lsh_heads_per_step=lsh_heads_per_step) for r in (True, False)
+    )
     tokens = jax.random.randint(jax.random.key(0), (2, LENGTH), 0, 16)
     params = ReformerLM(rev).init({"params": jax.random.key(1)}, tokens)["params"]
     rngs = {"dropout": jax.random.key(2), "hash": jax.random.key(3)}
