@@ -38,6 +38,7 @@ Records (one per point): {"seq_len", "batch", "attention_types", "reversible", "
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import json
 import os
@@ -112,6 +113,10 @@ def make_config(
     c.data.seq_len = seq_len
     c.train.batch_size = max(1, args.tokens // seq_len)
     c.optimizer.name = "adam"
+    for item in args.set:  # "model.ff_chunk_size=2048", "model.attention_types=('local', 'lsh')"
+        field, value = item.split("=", 1)
+        group, name = field.split(".")
+        c[group][name] = ast.literal_eval(value)
     validate(c, num_devices=jax.device_count())
     return c
 
@@ -337,6 +342,12 @@ def main() -> None:
     parser.add_argument("--d_head", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=64, help="LSH chunk length")
     parser.add_argument("--n_hashes", type=int, default=2)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="a config override applied last, e.g. model.ff_chunk_size=2048 (repeatable)",
+    )
     parser.add_argument("--out", default="docs/benchmarks/step_cpu.json")
     args = parser.parse_args()
     for v in args.variants.split(","):
@@ -350,6 +361,7 @@ def main() -> None:
                     continue
                 r = run_point(args, seq_len, variant, dtype)
                 r["device"] = device_label()
+                r["overrides"] = args.set
                 r["command"] = "python scripts/bench_step.py " + " ".join(sys.argv[1:])
                 records.append(r)
                 print(
