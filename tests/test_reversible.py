@@ -200,7 +200,7 @@ def test_bfloat16_reversible_gradients_equal_plain_gradients(monkeypatch):
     g_rev, g_plain = grads(rev), grads(plain)
     g_f32 = grads(dataclasses.replace(plain, dtype="float32"))
     assert set(stream_dtypes) == {jnp.dtype(jnp.float32)}, stream_dtypes
-    # 7.3e-2 when the streams were bfloat16; 1.4e-3 to 2.2e-3 now, depending on the CPU (XLA
+    # 7.3e-2 when the streams were bfloat16; 1.3e-3 to 2.2e-3 now, depending on the CPU (XLA
     # vectorizes sums differently). What remains comes from bfloat16 rounding of values that
     # differ in their last float32 bits between two backward graphs (reconstructed inputs,
     # cotangents summed in another order): the plain stack with its layer inputs stored but
