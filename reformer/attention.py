@@ -258,8 +258,10 @@ class LocalSelfAttention(nn.Module):
             self, self.dropout_rate, deterministic, x_BxLxD.shape[0], self.n_heads
         )
         length, span = x_BxLxD.shape[1], self.position_chunk
+        back = self.n_chunks_before * self.chunk_len
         if self.causal and self.n_chunks_after == 0 and 0 < span < length:
-            if span % self.chunk_len == 0:
+            # Spans of whole chunks, each with a look-back no longer than itself.
+            if span % self.chunk_len == 0 and back <= span:
                 return self._in_spans(x_BxLxD, mask_BxL, rate, rngs_BxH, normalize, finish), None
         q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _project(
             self, x_BxLxD, ("query", "key", "value"), normalize

@@ -204,7 +204,7 @@ def test_gradients_through_the_lsh_module_under_jit(x_BxLxD, mask_BxL):
 @pytest.mark.parametrize(
     "kind, span, heads",
     [(kind, span, 0) for kind in ("local", "lsh", "full") for span in (8, 16, 24)]
-    + [("lsh", 0, 1), ("lsh", 16, 1)],
+    + [("lsh", 0, 1), ("lsh", 16, 1), ("local_2_before", 8, 0), ("local_2_before", 16, 0)],
 )
 def test_position_chunks_equal_the_whole_sequence(kind, span, heads, x_BxLxD, mask_BxL):
     """`position_chunk` (projections and output projection in rematerialized chunks; causal
@@ -217,6 +217,10 @@ def test_position_chunks_equal_the_whole_sequence(kind, span, heads, x_BxLxD, ma
             LSHSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK, n_hashes=2, heads_per_step=heads
         ),
         "full": functools.partial(FullSelfAttention, N_HEADS, D_HEAD),
+        # A look-back of two chunks: longer than a span of 8 (whole-sequence path), not 16.
+        "local_2_before": functools.partial(
+            LocalSelfAttention, N_HEADS, D_HEAD, chunk_len=CHUNK, n_chunks_before=2
+        ),
     }[kind]
     whole = make(causal=True, **({"heads_per_step": 0} if kind == "lsh" else {}))
     chunked = make(causal=True, position_chunk=span)
