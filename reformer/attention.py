@@ -4,12 +4,17 @@ Every module here has the same call signature, so a model can cycle attention ty
 its layers:
 
     y_BxLxD, aux = module(x_BxLxD, mask_BxL=None, deterministic=True, n_hashes=None,
-                          buckets=None)
+                          buckets=None, normalize=None, finish=None)
 
 `mask_BxL` is True for real tokens, False for padding. `aux` is whatever the backward pass of
 a reversible stack must reuse: the LSH buckets `[B, n_heads, n_hashes, L]`, or None. The
 keyword arguments `n_hashes` (apply-time override) and `buckets` (reuse instead of hashing)
-only matter to `LSHSelfAttention`; the other modules accept and ignore them.
+only matter to `LSHSelfAttention`; the other modules accept and ignore them. `normalize`
+(a position-wise function of the input, the half's LayerNorm) runs before the projections
+and `finish(chunk_index, y)` (position-wise and linear, the half's dropout) after the output
+projection; with `position_chunk > 0` both run with the projections on that many positions
+at a time, rematerialized in the backward pass (`layers.sequence_map`), and causal local
+attention runs whole span by span.
 
 The modules own the projections (no bias, as trax) and the random numbers; the math lives in
 the pure one-head functions of `reformer/lsh.py`, which the modules `vmap` over batch and
