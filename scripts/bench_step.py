@@ -113,7 +113,7 @@ def make_config(
     c.data.seq_len = seq_len
     c.train.batch_size = max(1, args.tokens // seq_len)
     c.optimizer.name = "adam"
-    for item in args.set:  # "model.ff_chunk_size=2048", "model.attention_types=('local', 'lsh')"
+    for item in getattr(args, "set", ()):  # "model.ff_chunk_size=2048", "model.dropout=0.1"
         field, value = item.split("=", 1)
         group, name = field.split(".")
         c[group][name] = ast.literal_eval(value)
