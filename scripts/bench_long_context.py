@@ -117,6 +117,7 @@ def plot(records: list[dict], path: Path) -> None:
         ax.plot([r["seq_len"] for r in rs], [r["total_bytes"] / 2**30 for r in rs], "o-",
                 label=f"{dtype}, total")  # fmt: skip
     ax.axhline(75, color="gray", ls="--", lw=1, label="75 GiB (target at 1M, bfloat16)")
+    ax.plot([65_536], [6], "k_", ms=14, mew=1.5, label="6 GiB (target at 64K, float32)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("tokens per sequence (batch 1)")
