@@ -268,9 +268,12 @@ class LocalSelfAttention(nn.Module):
             # Spans of whole chunks, each with a look-back no longer than itself.
             if span % self.chunk_len == 0 and back <= span:
                 return self._in_spans(x_BxLxD, mask_BxL, rate, rngs_BxH, normalize, finish), None
-        q_BxHxLxK, k_BxHxLxK, v_BxHxLxK = _project(
-            self, x_BxLxD, ("query", "key", "value"), normalize
-        )
+        qkv_BxHxLxK = _project(self, x_BxLxD, ("query", "key", "value"), normalize)
+        out_BxHxLxK = self._attend(qkv_BxHxLxK, mask_BxL, rate, rngs_BxH)
+        return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
+
+    def _attend(self, qkv_BxHxLxK, mask_BxL, rate, rngs_BxH):
+        """The local attention kernel on every example and head: `[B, H, L, K]` out."""
 
         def one_head(q_LxK, k_LxK, v_LxK, mask_L, rng):
             return lsh.local_attention(
@@ -286,8 +289,7 @@ class LocalSelfAttention(nn.Module):
                 dropout_rng=rng,
             )
 
-        out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
-        return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
+        return _per_head(one_head, tuple(qkv_BxHxLxK), mask_BxL, rngs_BxH)
 
     def _in_spans(self, x_BxLxD, mask_BxL, rate, rngs_BxH, normalize, finish):
         """The whole half, projections to output, on `position_chunk` positions at a time.
@@ -304,26 +306,12 @@ class LocalSelfAttention(nn.Module):
         out_kernel = _out_kernel(self, d_model)
 
         def span(index, x_BxSxD, *mask):
-            q_BxHxSxK, k_BxHxSxK, v_BxHxSxK = _project_chunk(self, kernels, normalize, x_BxSxD)
+            qkv_BxHxSxK = _project_chunk(self, kernels, normalize, x_BxSxD)
             seen_S = (jnp.arange(x_BxSxD.shape[1]) >= back) | (index > 0)
             mask_BxS = seen_S[None, :] & (mask[0] if mask else True)
             mask_BxS = jnp.broadcast_to(mask_BxS, x_BxSxD.shape[:2])
             rngs = None if rngs_BxH is None else _fold_in_each(rngs_BxH, index)
-
-            def one_head(q_SxK, k_SxK, v_SxK, mask_S, rng):
-                return lsh.local_attention(
-                    q_SxK,
-                    k_SxK,
-                    v_SxK,
-                    chunk_len=self.chunk_len,
-                    n_chunks_before=self.n_chunks_before,
-                    causal=True,
-                    mask=mask_S,
-                    dropout_rate=rate,
-                    dropout_rng=rng,
-                )
-
-            out_BxHxSxK = _per_head(one_head, (q_BxHxSxK, k_BxHxSxK, v_BxHxSxK), mask_BxS, rngs)
+            out_BxHxSxK = self._attend(qkv_BxHxSxK, mask_BxS, rate, rngs)
             return _unproject_chunk(self, out_kernel, finish, index, out_BxHxSxK[:, :, back:])
 
         arrays = (x_BxLxD,) if mask_BxL is None else (x_BxLxD, mask_BxL)

@@ -104,6 +104,13 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
     raise ValueError(f"unknown attention type {kind!r}")
 
 
+def _dropout_key(module: nn.Module, rate: float, deterministic: bool):
+    """(rate, key) of a residual dropout (`layers.dropout`); (0, None) when it is off."""
+    if deterministic or rate == 0.0:
+        return 0.0, None
+    return rate, module.make_rng("dropout")
+
+
 class AttentionHalf(nn.Module):
     """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None).
 
@@ -122,8 +129,7 @@ class AttentionHalf(nn.Module):
     ):
         cfg = self.cfg
         norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
-        rate = 0.0 if deterministic else cfg.dropout
-        key = self.make_rng("dropout") if rate > 0.0 else None
+        rate, key = _dropout_key(self, cfg.dropout, deterministic)
 
         def finish(index, y):  # The branch's result joins the float32 residual stream.
             return dropout(y, rate, key, index).astype(x_BxLxD.dtype)
@@ -150,8 +156,7 @@ class FeedForwardHalf(nn.Module):
         cfg = self.cfg
         norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
         ff = FeedForwardWeights(cfg.d_ff, name="ff")(x_BxLxD.shape[-1])
-        rate = 0.0 if deterministic else cfg.dropout
-        key = self.make_rng("dropout") if rate > 0.0 else None
+        rate, key = _dropout_key(self, cfg.dropout, deterministic)
 
         def chunk(index, x):
             h = layer_norm(norm, x, cfg.layer_norm_eps, cfg.jnp_dtype)
@@ -211,10 +216,10 @@ class ReformerLM(nn.Module):
                 tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
             )(length)
             x_BxLxD = x_BxLxD + pos_LxD
-        if not deterministic and cfg.dropout > 0.0:  # Chunked: the mask is drawn again
-            key = self.make_rng("dropout")  # in the backward pass, never stored.
+        rate, key = _dropout_key(self, cfg.dropout, deterministic)
+        if key is not None:  # Chunked: the mask is drawn again in the backward pass.
             x_BxLxD = sequence_map(
-                lambda i, x: dropout(x, cfg.dropout, key, i), (x_BxLxD,), cfg.ff_chunk_size
+                lambda i, x: dropout(x, rate, key, i), (x_BxLxD,), cfg.ff_chunk_size
             )
         x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
 
@@ -224,7 +229,7 @@ class ReformerLM(nn.Module):
         output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
         return output(
             (y1_BxLxD, y2_BxLxD),
-            tokens_BxL if weights_BxL is not None else None,
+            tokens_BxL,
             weights_BxL,
             cfg.loss_chunk_size,
             normalize=lambda y: layer_norm(final_norm, y, cfg.layer_norm_eps, cfg.jnp_dtype),
