@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -179,8 +180,51 @@ class LayerNormWeights(nn.Module):
 
 
 def layer_norm(params: dict, x: jax.Array, epsilon: float, dtype=jnp.float32) -> jax.Array:
-    """`nn.LayerNorm` with explicit parameters (float32 statistics, result in `dtype`)."""
-    return nn.LayerNorm(epsilon, dtype=dtype).apply({"params": params}, x)
+    """`nn.LayerNorm` over the last axis with explicit parameters: the same function (float32
+    statistics, `E[x^2] - E[x]^2` variance clipped at 0, result in `dtype`) with a
+    hand-written backward pass.
+
+    Autodiff of `nn.LayerNorm` builds its reductions as `reduce(a * b)` fusions, which
+    XLA:CPU runs ~50x slower than the equivalent contraction (its LayerNorm gradient took 47
+    ms for a `[4096, 512]` input whose forward takes 1.3 ms); here the same sums are written
+    as `einsum`s."""
+    return _layer_norm(x, params["scale"], params["bias"], float(epsilon), jnp.dtype(dtype))
+
+
+def _layer_norm_stats(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Array]:
+    """Float32 mean and `rsqrt(var + epsilon)` over the last axis, as `nn.LayerNorm`."""
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
+    return mean, jax.lax.rsqrt(var + epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _layer_norm(x, scale, bias, epsilon, dtype):
+    mean, inv = _layer_norm_stats(x, epsilon)
+    return ((x.astype(jnp.float32) - mean) * (inv * scale) + bias).astype(dtype)
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon, dtype):
+    mean, inv = _layer_norm_stats(x, epsilon)
+    y = ((x.astype(jnp.float32) - mean) * (inv * scale) + bias).astype(dtype)
+    return y, (x, scale, mean, inv)
+
+
+def _layer_norm_bwd(epsilon, dtype, residuals, dy):
+    x, scale, mean, inv = residuals
+    dy = dy.astype(jnp.float32)
+    x_hat = (x.astype(jnp.float32) - mean) * inv
+    d_scale = jnp.einsum("...d,...d->d", dy, x_hat)
+    d_bias = jnp.sum(dy.reshape(-1, dy.shape[-1]), axis=0)
+    g = dy * scale
+    g_mean = jnp.mean(g, axis=-1, keepdims=True)
+    g_x_hat_mean = jnp.einsum("...d,...d->...", g, x_hat)[..., None] / x.shape[-1]
+    dx = inv * (g - g_mean - x_hat * g_x_hat_mean)
+    return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class ChunkedFeedForward(nn.Module):

@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
-from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward
+from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward, layer_norm
 
 
 @pytest.mark.parametrize("chunk_size, length", [(4, 16), (5, 16), (16, 16), (64, 16)])
@@ -92,3 +93,34 @@ def test_sequence_map_joins_sums_and_looks_back(chunk_size):
         np.testing.assert_allclose(
             g, jax.grad(lambda x: jnp.sum(jnp.sin(diff_whole(x))))(x), rtol=1e-5, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_equals_flax_in_value_and_gradient(dtype):
+    """The hand-written backward pass of `layer_norm` is the gradient of `nn.LayerNorm`."""
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+    x = 3.0 * jax.random.normal(k1, (2, 37, 48)) + 1.5
+    cot = jax.random.normal(k2, (2, 37, 48))
+    params = {
+        "scale": 1.0 + 0.3 * jax.random.normal(k3, (48,)),
+        "bias": 0.1 * jax.random.normal(k4, (48,)),
+    }
+
+    def flax_ln(p, x):
+        return nn.LayerNorm(1e-6, dtype=dtype).apply({"params": p}, x)
+
+    def ours(p, x):
+        return layer_norm(p, x, 1e-6, dtype)
+
+    y_ref, y = flax_ln(params, x), ours(params, x)
+    assert y.dtype == y_ref.dtype == dtype
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), atol=1e-5)
+
+    def loss(f):
+        return lambda p, x: jnp.sum(f(p, x).astype(jnp.float32) * cot)
+
+    g_ref = jax.grad(loss(flax_ln), argnums=(0, 1))(params, x)
+    g = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))

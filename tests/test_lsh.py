@@ -437,3 +437,18 @@ def test_64k_tokens_forward_and_backward():
     (value, buckets), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(qk, v)
     assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads)
     assert int(buckets.max()) < 1024 and len(np.unique(np.asarray(buckets[0]))) > 900
+
+
+def test_bucket_sort_with_one_key_equals_the_stable_sort():
+    """The combined `bucket * L + position` key orders exactly as the stable two-key sort,
+    padding last; the fallback (bucket count unknown) is that stable sort."""
+    n_buckets, length = 16, 200
+    buckets = jax.random.randint(jax.random.key(3), (3, length), 0, n_buckets)
+    ticker = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), buckets.shape)
+    for valid in (None, jnp.arange(length) < 150):
+        fast = lsh._sort_by_bucket(buckets, valid, ticker, n_buckets)
+        stable = lsh._sort_by_bucket(buckets, valid, ticker, None)
+        key = np.asarray(buckets if valid is None else jnp.where(valid, buckets, n_buckets))
+        expected = np.argsort(key, axis=1, kind="stable")
+        np.testing.assert_array_equal(fast, expected)
+        np.testing.assert_array_equal(stable, expected)
