@@ -376,8 +376,8 @@ class LSHSelfAttention(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         batch, length, d_model = x_BxLxD.shape
         rotations_HxKxNxR = None
+        n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
         if buckets is None:
-            n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
             if n_buckets % 2:
                 raise ValueError(f"n_buckets must be even, got {n_buckets}")
             if self.bucket_factors and math.prod(self.bucket_factors) != n_buckets:
@@ -405,6 +405,7 @@ class LSHSelfAttention(nn.Module):
                 dropout_rng=rng,
                 buckets=buckets_NxL,
                 bucket_factors=self.bucket_factors,
+                n_buckets=n_buckets,
             )
 
         per_head = (buckets, rngs_BxH, rotations_HxKxNxR)

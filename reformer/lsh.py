@@ -615,6 +615,7 @@ def lsh_attention(
     dropout_rng: jax.Array | None = None,
     buckets: jax.Array | None = None,
     bucket_factors: tuple[int, ...] | None = None,
+    n_buckets: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Reformer LSH self-attention on one head; returns `(out [L, V], buckets [N, L])`.
 
@@ -625,7 +626,9 @@ def lsh_attention(
     padding is hashed into an extra bucket after the real ones. A length that is not a
     multiple of `chunk_len` is padded and masked inside. `attend_across_buckets=False` and
     `allow_duplicate_attention=False` are the paper's Appendix A options. `bucket_factors`
-    hashes into factorized buckets (`buckets_from_rotated`).
+    hashes into factorized buckets (`buckets_from_rotated`). `n_buckets` (optional; known from
+    the rotations when they are given) bounds the bucket values, which lets the sort use one
+    key (`_sort_by_bucket`) when `buckets` are given without rotations.
     """
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
@@ -645,9 +648,8 @@ def lsh_attention(
     # Stable sort per round: ties keep position order, padding goes last.
     sort_key_NxL = buckets_NxL if valid_L is None else jnp.where(valid_L, buckets_NxL, _PAD_BUCKET)
     ticker_NxL = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), sort_key_NxL.shape)
-    perm_NxL = _sort_by_bucket(
-        buckets_NxL, valid_L, ticker_NxL, _n_buckets_bound(rotations_DxNxR, bucket_factors)
-    )
+    bound = n_buckets or _n_buckets_bound(rotations_DxNxR, bucket_factors)
+    perm_NxL = _sort_by_bucket(buckets_NxL, valid_L, ticker_NxL, bound)
 
     chunk_NxL = None
     if not allow_duplicate_attention:
