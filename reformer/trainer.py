@@ -24,6 +24,7 @@ from reformer.preemption import StopRequests
 from reformer.steps import (  # noqa: F401
     TrainState,
     abstract_state,
+    compile_train_step,
     eval_settings,
     eval_step,
     evaluate,
@@ -159,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Steps run asynchronously: an interval ends when its last step's metrics arrive on the
     # host, not when that step is dispatched. Evaluations and saves are not training time.
     clock = {"last_done": time.time(), "paused": 0.0}
-    interval_first_step, compiled = step, False
+    interval_first_step, compiled_step = step, None
 
     def write_train_record(end_step: int, metrics: list, n_steps: int) -> None:
         host_metrics = jax.device_get(metrics)  # One transfer for the whole interval.
@@ -193,13 +194,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         try:
             while step < t.num_steps:
                 batch = sharding.global_batch(mesh, next(stream))
-                dispatched = time.time()
-                state, metrics = p_train_step(state, batch, step_rng)
-                if not compiled:  # The first call returns once the step is compiled.
-                    compiled, compile_s = True, time.time() - dispatched
+                if compiled_step is None:
+                    compiled_step, compile_s = compile_train_step(
+                        p_train_step, state, batch, step_rng
+                    )
                     clock["paused"] += compile_s
                     if is_main:
                         log(f"Compiled the train step in {compile_s:.1f} s.")
+                state, metrics = compiled_step(state, batch, step_rng)
                 step += 1
                 pending.append((step, metrics))
                 if ready is not None:  # Step N is dispatched; now read the interval before it.

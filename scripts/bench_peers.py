@@ -4,8 +4,9 @@ The same model (causal byte-level LM, every layer LSH attention, fp32, vocabular
 axial positions, no dropout) is built in each implementation and one whole optimizer step
 (forward, loss, backward, Adam update) is timed:
 
-- `ours`: this project's train step as `reformer/trainer.py` runs it (`steps.jit_train_step`:
-  state donated, batch sharded over the mesh); reversible layers. `ours_plain` is the
+- `ours`: this project's train step as `reformer/trainer.py` runs it (`steps.jit_train_step`,
+  compiled ahead of time by `steps.compile_train_step`: state donated, batch sharded over
+  the mesh, the compiler's freed heap returned to the OS); reversible layers. `ours_plain` is the
   same with `model.reversible = False` (only when asked for).
 - `hf`: `transformers.ReformerModelWithLMHead` (reversible in training), `torch.optim.Adam`.
 - `lucidrains`: `reformer_pytorch.ReformerLM` (reversible at every length with
@@ -125,7 +126,13 @@ def build_ours(args, seq_len: int, reversible: bool):
     from reformer import sharding
     from reformer.config import default_config, validate
     from reformer.optim import make_optimizer
-    from reformer.steps import abstract_state, jit_train_step, make_init_state, make_model
+    from reformer.steps import (
+        abstract_state,
+        compile_train_step,
+        jit_train_step,
+        make_init_state,
+        make_model,
+    )
 
     c = default_config()
     m = c.model
@@ -157,6 +164,7 @@ def build_ours(args, seq_len: int, reversible: bool):
 
     x = tokens(args, seq_len)
     batch = sharding.global_batch(mesh, {"tokens": x, "weights": np.ones(x.shape, np.float32)})
+    p_train_step, _ = compile_train_step(p_train_step, state, batch, step_rng)
     n_params = sum(int(p.size) for p in jax.tree.leaves(state.params))
     holder = {"state": state}
 
@@ -172,7 +180,8 @@ def build_ours(args, seq_len: int, reversible: bool):
         "device": jax.devices()[0].platform,
         "threads": os.cpu_count(),  # XLA's CPU thread pool spans every core.
         "notes": (
-            f"reformer.steps.jit_train_step, as the trainer runs it (donated state); "
+            f"reformer.steps.jit_train_step + compile_train_step, as the trainer runs it "
+            f"(donated state); "
             f"axial positions {m.axial_shape} dims {m.axial_dims} (concatenated); "
             f"ff_chunk_size {m.ff_chunk_size}; tanh GELU; Adam (b2 0.98, eps 1e-9) "
             f"after global-norm clipping {c.optimizer.clip_norm}"
