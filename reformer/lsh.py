@@ -240,7 +240,7 @@ class _Block(NamedTuple):
     "slab" of `R = n_b + n_chunks_before + n_chunks_after` chunks (chunk `g * n_b -
     n_chunks_before` on, wrapping around); query chunk `b` is slab chunk `b +
     n_chunks_before` and its window is slab chunks `b .. b + W - 1`. A gathered array is
-    `[R, C, ...]`; `queries` and `windows` cut it without gathering again, and `fold` sums
+    `[R, C, ...]`; `_queries` and `_windows` cut it without gathering again, and `_fold` sums
     window-shaped gradients back onto slab rows, so each row is scattered once per block.
     """
 
@@ -287,10 +287,6 @@ def _fold(cfg: _ChunkConfig, windows_BxKx: jax.Array) -> jax.Array:
     return slab
 
 
-def _rows(a_LxD: jax.Array, pos: jax.Array) -> jax.Array:
-    return a_LxD[pos]
-
-
 def _block_logits(
     cfg: _ChunkConfig,
     blk: _Block,
@@ -328,11 +324,11 @@ def _block_qk(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(queries `[B, C, D]`, keys `[B, K, D]`, the slab rows of `q` `[R, C, D]`) of a block.
     `k_LxD` None means shared QK: the keys are the unit-length slab rows of `q`."""
-    q_slab_RxCxD = _rows(q_LxD, blk.slab_pos_RxC)
+    q_slab_RxCxD = q_LxD[blk.slab_pos_RxC]
     if k_LxD is None:
         k_slab_RxCxD = unit_keys(q_slab_RxCxD)
     else:
-        k_slab_RxCxD = _rows(k_LxD, blk.slab_pos_RxC)
+        k_slab_RxCxD = k_LxD[blk.slab_pos_RxC]
     return _queries(cfg, q_slab_RxCxD), _windows(cfg, k_slab_RxCxD), q_slab_RxCxD
 
 
@@ -378,7 +374,7 @@ def _chunked_forward(
         block_out_QxV = jnp.einsum(
             "bqk,bkv->bqv",
             (exp_BxCxK / block_sum_BxC[:, :, None]).astype(v_LxV.dtype),
-            _windows(cfg, _rows(v_LxV, blk.slab_pos_RxC)),
+            _windows(cfg, v_LxV[blk.slab_pos_RxC]),
             preferred_element_type=jnp.float32,
         ).reshape(-1, d_v)
         block_max_Q, block_sum_Q = block_max_BxC.reshape(-1), block_sum_BxC.reshape(-1)
@@ -454,7 +450,7 @@ def _chunked_attention_bwd(cfg, residuals, dout_LxV):
         scale = _dropout_scale(cfg, rng, g, probs_BxCxK.shape)
         dropped_BxCxK = probs_BxCxK if scale is None else probs_BxCxK * scale
         dout_BxCxV = dout_LxV[q_pos_BxC]
-        v_BxKxV = _windows(cfg, _rows(v_LxV, blk.slab_pos_RxC)).astype(jnp.float32)
+        v_BxKxV = _windows(cfg, v_LxV[blk.slab_pos_RxC]).astype(jnp.float32)
         dv_BxKxV = jnp.einsum("bqk,bqv->bkv", dropped_BxCxK, dout_BxCxV)
         dprobs_BxCxK = jnp.einsum("bqv,bkv->bqk", dout_BxCxV, v_BxKxV)
         if scale is not None:
