@@ -45,7 +45,12 @@ def buckets_from_rotated(rotated_XxR: jax.Array, factors: tuple[int, ...] | None
     b_1 + f_1 * (b_2 + f_2 * (b_3 + ...)), in `[0, prod(factors))`."""
 
     def angular(r):
-        return jnp.argmax(jnp.concatenate([r, -r], axis=-1), axis=-1).astype(jnp.int32)
+        # argmax(concat([r, -r])) without the concatenation, first occurrence as argmax:
+        # the first half wins when max(r) >= -min(r). Twice as fast on XLA:CPU.
+        width, top, bottom = r.shape[-1], jnp.max(r, axis=-1), jnp.min(r, axis=-1)
+        return jnp.where(
+            top >= -bottom, jnp.argmax(r, axis=-1), width + jnp.argmin(r, axis=-1)
+        ).astype(jnp.int32)
 
     if not factors or len(factors) == 1:
         return angular(rotated_XxR)

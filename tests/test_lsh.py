@@ -65,6 +65,14 @@ def test_hash_vectors_is_argmax_of_rotations_and_their_negatives():
     assert 0 <= int(buckets.min()) and int(buckets.max()) < 128
 
 
+def test_angular_hash_breaks_ties_as_argmax_of_the_concatenation():
+    rotated = np.array(
+        [[1, -1, 0.5], [-1, 1, 0], [-2, 1, 0], [0, 0, 0], [0.5, -2, 2], [-3, 3, -3]], np.float32
+    )
+    expected = np.argmax(np.concatenate([rotated, -rotated], -1), -1)
+    np.testing.assert_array_equal(lsh.buckets_from_rotated(jnp.asarray(rotated)), expected)
+
+
 def test_factorized_hash_combines_one_angular_hash_per_factor():
     """bucket_factors (4, 8, 2): columns [0, 2), [2, 6), [6, 7) hashed into 4, 8 and 2 buckets,
     combined as b1 + 4 * b2 + 32 * b3 (trax's and HF's order); every bucket of 64 is used."""
