@@ -84,7 +84,9 @@ def axial_shape(seq_len: int) -> tuple[int, int]:
     return seq_len // rows, rows
 
 
-def model_config(data_path: str, tfds_dir: str, scale: dict, spec: tuple, steps: int = 0):
+def model_config(
+    data_path: str, tfds_dir: str, scale: dict, spec: tuple, steps: int = 0, seed: int = 0
+):
     from reformer.config import default_config
 
     _, attention, reversible, n_hashes, seq_len = spec
@@ -107,6 +109,7 @@ def model_config(data_path: str, tfds_dir: str, scale: dict, spec: tuple, steps:
     c.data.name, c.data.path, c.data.tfds_dir = "enwik8", data_path, tfds_dir
     c.train.batch_size = max(1, scale["tokens"] // seq_len)
     c.train.num_steps = steps or scale["steps"]
+    c.train.seed = seed  # Parameters, data order and hashing.
     c.train.log_every = max(1, scale["eval_every"] // 4)
     c.train.eval_every = scale["eval_every"]
     c.train.checkpoint_every = scale["eval_every"]
@@ -142,6 +145,7 @@ def record(name, figure, spec, config, result: dict, n_eval, minutes: float) -> 
         "seq_len": config.data.seq_len,
         "batch_size": config.train.batch_size,
         "steps": result["step"],
+        "seed": config.train.seed,
         "train_minutes": round(minutes, 2),
         "params": {
             k: config.model[k] for k in ("n_layers", "d_model", "d_ff", "n_heads", "d_head")
@@ -235,6 +239,9 @@ def main(argv=None) -> None:
     p.add_argument("--scale", default="cpu", choices=tuple(SCALES))
     p.add_argument("--num_steps", type=int, default=0, help="Override the scale's steps.")
     p.add_argument("--models", default="", help="Comma-separated subset (default: all).")
+    p.add_argument(
+        "--seed", type=int, default=0, help="train.seed of every model (parameters, data order)."
+    )
     p.add_argument("--out", default="", help="JSON (default WORKDIR/enwik8_ablations.json)")
     p.add_argument("--markdown", default="", help="Markdown (default beside --out)")
     args = p.parse_args(argv)
@@ -258,7 +265,7 @@ def main(argv=None) -> None:
     total_start = time.time()
     for name in names:
         spec = models[name]
-        config = model_config(args.data, args.tfds_dir, scale, spec, args.num_steps)
+        config = model_config(args.data, args.tfds_dir, scale, spec, args.num_steps, args.seed)
         workdir = workdirs[name] = os.path.join(args.workdir, name)
         print(f"== {name}: {config.data.seq_len} bytes x {config.train.batch_size}, "
               f"{config.train.num_steps} steps, in {workdir}", flush=True)  # fmt: skip

@@ -65,6 +65,12 @@ def test_eval_hashes_are_the_trained_ones_and_eight():
     assert script.eval_hashes(models["full_shared_qk"]) == (None,)
 
 
+def test_seed_reaches_every_model():
+    spec = script.MODELS["lsh2"]
+    assert script.model_config("d", "", script.SCALES["toy"], spec).train.seed == 0
+    assert script.model_config("d", "", script.SCALES["toy"], spec, seed=3).train.seed == 3
+
+
 @pytest.mark.parametrize("seq_len", [64, 256, 512, 4096, 8192])
 def test_axial_shape_covers_the_length(seq_len):
     a, b = script.axial_shape(seq_len)
@@ -94,7 +100,7 @@ def test_toy_run_end_to_end(tmp_path):
     models = [r for r in records if r["model"] != "xz"]
     for r in models:
         assert REQUIRED <= set(r), REQUIRED - set(r)
-        assert r["steps"] == script.SCALES["toy"]["steps"]
+        assert r["steps"] == script.SCALES["toy"]["steps"] and r["seed"] == 0
         assert 0 < r["bits_per_byte"] < 12
     seen = {(r["figure"], r["model"], r["n_hashes_eval"], r["split"]) for r in models}
     for split in ("validation", "test"):
