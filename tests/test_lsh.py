@@ -454,9 +454,9 @@ def test_bucket_sort_with_one_key_equals_the_stable_sort():
     buckets = jax.random.randint(jax.random.key(3), (3, length), 0, n_buckets)
     ticker = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), buckets.shape)
     for valid in (None, jnp.arange(length) < 150):
-        fast = lsh._sort_by_bucket(buckets, valid, ticker, n_buckets)
-        stable = lsh._sort_by_bucket(buckets, valid, ticker, None)
-        key = np.asarray(buckets if valid is None else jnp.where(valid, buckets, n_buckets))
-        expected = np.argsort(key, axis=1, kind="stable")
+        key = buckets if valid is None else jnp.where(valid, buckets, lsh._PAD_BUCKET)
+        fast = lsh._sort_by_bucket(key, ticker, n_buckets)
+        stable = lsh._sort_by_bucket(key, ticker, None)
+        expected = np.argsort(np.asarray(key), axis=1, kind="stable")
         np.testing.assert_array_equal(fast, expected)
         np.testing.assert_array_equal(stable, expected)

@@ -1,0 +1,385 @@
+"""The chunked attention kernel shared by LSH and local attention (`reformer/lsh.py`).
+
+It works on one head over a sorted sequence described by a `Layout` (the position of each
+slot, padding, buckets) and never builds an `[L, L]` array: it walks the sorted sequence in
+blocks of chunks (round after round), reads each block's rows once as a slab, combines
+rounds online like a streaming softmax, and its custom VJP recomputes each block's logits in
+the backward pass instead of storing them, so temporary memory grows as `L * chunk_len`.
+Logits and softmax are computed in float32 whatever the input dtype, so the mask constants
+are always representable (bf16 inputs work).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+MASK_VALUE = -1e9  # causal, padding and (Appendix A) other-bucket masks
+SELF_MASK_VALUE = -1e5  # finite: a token attends to itself only when nothing else is allowed
+_MAX_BLOCK_ROWS = 1024  # sorted query rows processed per step of the chunked kernel
+
+
+def unit_keys(qk_LxD: jax.Array, epsilon: float = 1e-6) -> jax.Array:
+    """Shared-QK keys of unit length, exactly as trax (`length_normalized(k) / sqrt(d)`)."""
+    qk = qk_LxD.astype(jnp.float32)
+    d = qk.shape[-1]
+    k = qk * lax.rsqrt(jnp.mean(qk * qk, axis=-1, keepdims=True) + epsilon) / math.sqrt(d)
+    return k.astype(qk_LxD.dtype)
+
+
+def mask_bias(
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    k_valid: jax.Array | None,
+    *,
+    causal: bool,
+    exclude_self: bool,
+) -> jax.Array:
+    """Additive float32 logit bias from (broadcastable) query/key positions, as trax does."""
+    bias = jnp.zeros(jnp.broadcast_shapes(q_pos.shape, k_pos.shape), jnp.float32)
+    if causal:
+        bias = bias + jnp.where(k_pos > q_pos, MASK_VALUE, 0.0)
+    if exclude_self:
+        bias = bias + jnp.where(k_pos == q_pos, SELF_MASK_VALUE, 0.0)
+    if k_valid is not None:
+        bias = bias + jnp.where(k_valid, 0.0, MASK_VALUE)
+    return bias
+
+
+# # A "slot" is one entry of the sorted sequence: rounds laid end to end, S = n_rounds * L
+# slots, cut into n_chunks = S / chunk_len chunks. Query chunk a sees key chunks
+# (a + o) mod n_chunks for o in [-n_chunks_before, n_chunks_after].
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkConfig:
+    """Static settings of the chunked kernel (hashable: a `custom_vjp` nondiff argument)."""
+
+    length: int  # L, a multiple of chunk_len
+    n_rounds: int
+    chunk_len: int
+    n_chunks_before: int
+    n_chunks_after: int
+    causal: bool
+    exclude_self: bool
+    attend_across_buckets: bool
+    allow_duplicate_attention: bool
+    dropout_rate: float
+    block_chunks: int  # query chunks per step; divides length // chunk_len
+
+    @property
+    def n_chunks(self) -> int:
+        return self.n_rounds * self.length // self.chunk_len
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_chunks // self.block_chunks
+
+
+class Layout(NamedTuple):
+    """Integer bookkeeping of the sorted sequence (no gradients flow through it)."""
+
+    pos_S: jax.Array  # position of each slot
+    valid_L: jax.Array | None  # True = real token; None = no padding
+    bucket_NxL: jax.Array | None  # bucket of each position per round (padding sorts last)
+    chunk_NxL: jax.Array | None  # global chunk index of each position per round
+
+
+def block_chunks(chunks_per_round: int, chunk_len: int) -> int:
+    """Largest divisor of `chunks_per_round` keeping a step at most _MAX_BLOCK_ROWS rows."""
+    limit = max(1, _MAX_BLOCK_ROWS // chunk_len)
+    return max(b for b in range(1, min(limit, chunks_per_round) + 1) if chunks_per_round % b == 0)
+
+
+def _duplicate_counts(
+    cfg: ChunkConfig, q_pos_BxC: jax.Array, k_pos_BxK: jax.Array, lay: Layout
+) -> jax.Array:
+    """N_ij: how many times key j appears among query i's keys over all rounds.
+
+    Counted with multiplicity (a window that wraps onto itself holds a key twice) and, when
+    attention across buckets is masked, only where i and j share the bucket. Subtracting
+    log N_ij from the logits makes the combined output a softmax over the union of keys.
+    """
+    q_chunk_NxBxC = lay.chunk_NxL[:, q_pos_BxC]
+    k_chunk_NxBxK = lay.chunk_NxL[:, k_pos_BxK]
+    counts_BxCxK = jnp.zeros(q_pos_BxC.shape + k_pos_BxK.shape[-1:], jnp.int32)
+    offsets = range(-cfg.n_chunks_before, cfg.n_chunks_after + 1)
+    for q_round in range(cfg.n_rounds):
+        k_rounds = range(cfg.n_rounds) if cfg.attend_across_buckets else [q_round]
+        for k_round in k_rounds:
+            gap = k_chunk_NxBxK[k_round][:, None, :] - q_chunk_NxBxC[q_round][:, :, None]
+            hits = sum(((gap - o) % cfg.n_chunks == 0).astype(jnp.int32) for o in offsets)
+            if not cfg.attend_across_buckets:
+                q_bucket = lay.bucket_NxL[q_round, q_pos_BxC][:, :, None]
+                k_bucket = lay.bucket_NxL[q_round, k_pos_BxK][:, None, :]
+                hits = jnp.where(q_bucket == k_bucket, hits, 0)
+            counts_BxCxK = counts_BxCxK + hits
+    return counts_BxCxK
+
+
+class _Block(NamedTuple):
+    """Block `g` of the sorted sequence: its `n_b` query chunks and their key windows.
+
+    The windows of consecutive query chunks overlap, so rows are read once per block, as a
+    "slab" of `R = n_b + n_chunks_before + n_chunks_after` chunks (chunk `g * n_b -
+    n_chunks_before` on, wrapping around); query chunk `b` is slab chunk `b +
+    n_chunks_before` and its window is slab chunks `b .. b + W - 1`. A gathered array is
+    `[R, C, ...]`; `_queries` and `_windows` cut it without gathering again, and `_fold` sums
+    window-shaped gradients back onto slab rows, so each row is scattered once per block.
+    """
+
+    slab_pos_RxC: jax.Array  # position of each slab entry
+    q_slot_BxC: jax.Array
+    k_slot_BxK: jax.Array
+    q_pos_BxC: jax.Array
+    k_pos_BxK: jax.Array
+
+
+def _block(cfg: ChunkConfig, g: jax.Array, lay: Layout) -> _Block:
+    c, n_b, before = cfg.chunk_len, cfg.block_chunks, cfg.n_chunks_before
+    n_slab = n_b + before + cfg.n_chunks_after
+    slab_chunk_R = (g * n_b - before + jnp.arange(n_slab)) % cfg.n_chunks
+    slab_slot_RxC = slab_chunk_R[:, None] * c + jnp.arange(c)
+    slab_pos_RxC = lay.pos_S[slab_slot_RxC]
+    return _Block(
+        slab_pos_RxC=slab_pos_RxC,
+        q_slot_BxC=_queries(cfg, slab_slot_RxC),
+        k_slot_BxK=_windows(cfg, slab_slot_RxC),
+        q_pos_BxC=_queries(cfg, slab_pos_RxC),
+        k_pos_BxK=_windows(cfg, slab_pos_RxC),
+    )
+
+
+def _queries(cfg: ChunkConfig, slab_RxC: jax.Array) -> jax.Array:
+    """The query chunks of a slab array: `[n_b, C, ...]`."""
+    return lax.slice_in_dim(slab_RxC, cfg.n_chunks_before, cfg.n_chunks_before + cfg.block_chunks)
+
+
+def _windows(cfg: ChunkConfig, slab_RxC: jax.Array) -> jax.Array:
+    """The key windows of a slab array: `[n_b, W * C, ...]`, offsets in increasing order."""
+    n_b, width = cfg.block_chunks, cfg.n_chunks_before + 1 + cfg.n_chunks_after
+    return jnp.concatenate([lax.slice_in_dim(slab_RxC, w, w + n_b) for w in range(width)], axis=1)
+
+
+def _fold(cfg: ChunkConfig, windows_BxKx: jax.Array) -> jax.Array:
+    """Transpose of `_windows`: window-shaped values summed onto their slab rows."""
+    n_b, width = cfg.block_chunks, cfg.n_chunks_before + 1 + cfg.n_chunks_after
+    per_w = windows_BxKx.reshape((n_b, width, cfg.chunk_len) + windows_BxKx.shape[2:])
+    slab = jnp.zeros((n_b + width - 1,) + per_w.shape[2:], windows_BxKx.dtype)
+    for w in range(width):
+        slab = slab.at[w : w + n_b].add(per_w[:, w])
+    return slab
+
+
+def _block_logits(
+    cfg: ChunkConfig,
+    blk: _Block,
+    q_BxCxD: jax.Array,
+    k_BxKxD: jax.Array,
+    lay: Layout,
+) -> jax.Array:
+    """Masked float32 logits `[B, C, K]` of a block: B chunks of C queries, K = W * C keys."""
+    q_pos_BxC, k_pos_BxK = blk.q_pos_BxC, blk.k_pos_BxK
+    logits_BxCxK = jnp.einsum("bqd,bkd->bqk", q_BxCxD, k_BxKxD, preferred_element_type=jnp.float32)
+    logits_BxCxK = logits_BxCxK + mask_bias(
+        q_pos_BxC[:, :, None],
+        k_pos_BxK[:, None, :],
+        None if lay.valid_L is None else lay.valid_L[k_pos_BxK][:, None, :],
+        causal=cfg.causal,
+        exclude_self=cfg.exclude_self,
+    )
+    if not cfg.attend_across_buckets:
+        # Buckets of different rounds never match, as in trax v1 (its buckets carry offsets).
+        q_round_BxC, k_round_BxK = blk.q_slot_BxC // cfg.length, blk.k_slot_BxK // cfg.length
+        q_bucket_BxC = lay.bucket_NxL[q_round_BxC, q_pos_BxC]
+        k_bucket_BxK = lay.bucket_NxL[k_round_BxK, k_pos_BxK]
+        same_BxCxK = (q_round_BxC[:, :, None] == k_round_BxK[:, None, :]) & (
+            q_bucket_BxC[:, :, None] == k_bucket_BxK[:, None, :]
+        )
+        logits_BxCxK = logits_BxCxK + jnp.where(same_BxCxK, 0.0, MASK_VALUE)
+    if not cfg.allow_duplicate_attention:
+        counts_BxCxK = _duplicate_counts(cfg, q_pos_BxC, k_pos_BxK, lay)
+        logits_BxCxK = logits_BxCxK - jnp.log(jnp.maximum(counts_BxCxK, 1).astype(jnp.float32))
+    return logits_BxCxK
+
+
+def _block_qk(
+    cfg: ChunkConfig, blk: _Block, q_LxD: jax.Array, k_LxD: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(queries `[B, C, D]`, keys `[B, K, D]`, the slab rows of `q` `[R, C, D]`) of a block.
+    `k_LxD` None means shared QK: the keys are the unit-length slab rows of `q`."""
+    q_slab_RxCxD = q_LxD[blk.slab_pos_RxC]
+    if k_LxD is None:
+        k_slab_RxCxD = unit_keys(q_slab_RxCxD)
+    else:
+        k_slab_RxCxD = k_LxD[blk.slab_pos_RxC]
+    return _queries(cfg, q_slab_RxCxD), _windows(cfg, k_slab_RxCxD), q_slab_RxCxD
+
+
+def _dropout_scale(
+    cfg: ChunkConfig, rng: jax.Array | None, g: jax.Array, shape: tuple[int, ...]
+) -> jax.Array | None:
+    """Inverted-dropout multiplier of block `g`; regenerated identically in the backward."""
+    if cfg.dropout_rate == 0.0:
+        return None
+    keep = jax.random.bernoulli(jax.random.fold_in(rng, g), 1.0 - cfg.dropout_rate, shape)
+    return keep.astype(jnp.float32) / (1.0 - cfg.dropout_rate)
+
+
+def _chunked_forward(
+    cfg: ChunkConfig,
+    q_LxD: jax.Array,
+    k_LxD: jax.Array,
+    v_LxV: jax.Array,
+    lay: Layout,
+    rng: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Float32 output `[L, V]` over all rounds, block after block, and its softmax statistics:
+    the largest logit `[L]` and the sum of `exp(logit - max)` `[L]`.
+
+    The max and the sum are kept apart (not as one log-sum-exp) because a query that sees only
+    itself has logits near -1e5, where float32 resolves only 0.008: a log-sum-exp there would
+    put ~1% errors into the round weights and into the backward pass.
+    """
+    length, d_v = v_LxV.shape
+
+    def step(carry, g):
+        out_LxV, max_L, sum_L = carry
+        blk = _block(cfg, g, lay)
+        q_BxCxD, k_BxKxD, _ = _block_qk(cfg, blk, q_LxD, k_LxD)
+        logits_BxCxK = _block_logits(cfg, blk, q_BxCxD, k_BxKxD, lay)
+        q_pos_Q = blk.q_pos_BxC.reshape(-1)
+        block_max_BxC = jnp.max(logits_BxCxK, axis=-1)
+        exp_BxCxK = jnp.exp(logits_BxCxK - block_max_BxC[:, :, None])
+        block_sum_BxC = jnp.sum(exp_BxCxK, axis=-1)
+        scale = _dropout_scale(cfg, rng, g, exp_BxCxK.shape)
+        if scale is not None:
+            exp_BxCxK = exp_BxCxK * scale
+        block_out_QxV = jnp.einsum(
+            "bqk,bkv->bqv",
+            (exp_BxCxK / block_sum_BxC[:, :, None]).astype(v_LxV.dtype),
+            _windows(cfg, v_LxV[blk.slab_pos_RxC]),
+            preferred_element_type=jnp.float32,
+        ).reshape(-1, d_v)
+        block_max_Q, block_sum_Q = block_max_BxC.reshape(-1), block_sum_BxC.reshape(-1)
+        # Streaming softmax: merge with what earlier rounds gave these positions (a block
+        # lies in one round, so its query positions are distinct).
+        old_max_Q, old_sum_Q = max_L[q_pos_Q], sum_L[q_pos_Q]
+        new_max_Q = jnp.maximum(old_max_Q, block_max_Q)
+        old_weight_Q = old_sum_Q * jnp.exp(old_max_Q - new_max_Q)
+        block_weight_Q = block_sum_Q * jnp.exp(block_max_Q - new_max_Q)
+        new_sum_Q = old_weight_Q + block_weight_Q
+        new_out_QxV = (
+            out_LxV[q_pos_Q] * old_weight_Q[:, None] + block_out_QxV * block_weight_Q[:, None]
+        ) / new_sum_Q[:, None]
+        return (
+            out_LxV.at[q_pos_Q].set(new_out_QxV),
+            max_L.at[q_pos_Q].set(new_max_Q),
+            sum_L.at[q_pos_Q].set(new_sum_Q),
+        ), None
+
+    init = (
+        jnp.zeros((length, d_v), jnp.float32),
+        jnp.full((length,), -jnp.inf, jnp.float32),
+        jnp.zeros((length,), jnp.float32),
+    )
+    (out_LxV, max_L, sum_L), _ = lax.scan(step, init, jnp.arange(cfg.n_blocks))
+    return out_LxV, max_L, sum_L
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def chunked_attention(
+    cfg: ChunkConfig,
+    q_LxD: jax.Array,
+    k_LxD: jax.Array,
+    v_LxV: jax.Array,
+    lay: Layout,
+    rng: jax.Array | None,
+) -> jax.Array:
+    """Chunked attention over the sorted sequence described by `lay`; output `[L, V]`.
+    `k_LxD` None: shared QK, keys are the unit-length rows of `q_LxD`."""
+    out_LxV, _, _ = _chunked_forward(cfg, q_LxD, k_LxD, v_LxV, lay, rng)
+    return out_LxV.astype(v_LxV.dtype)
+
+
+def chunked_attention_fwd(cfg, q_LxD, k_LxD, v_LxV, lay, rng):
+    out_LxV, max_L, sum_L = _chunked_forward(cfg, q_LxD, k_LxD, v_LxV, lay, rng)
+    # The backward pass reads the output as returned (bfloat16 in mixed precision, as
+    # FlashAttention does), so no second, float32 copy of it is kept.
+    out_LxV = out_LxV.astype(v_LxV.dtype)
+    return out_LxV, (q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L)
+
+
+def chunked_attention_bwd(cfg, residuals, dout_LxV):
+    """Flash-attention style backward: recompute each block's logits, never store them.
+
+    All (round, slot) entries of a query share one softmax normalizer, so with
+    P = exp(logits - max) / sum and D_i = dout_i . out_i:
+    dlogits = P * (dropout_scale * dout_i . v_j - D_i).
+    """
+    q_LxD, k_LxD, v_LxV, lay, rng, out_LxV, max_L, sum_L = residuals
+    dout_LxV = dout_LxV.astype(jnp.float32)
+    delta_L = jnp.sum(dout_LxV * out_LxV.astype(jnp.float32), axis=-1)
+    shared_qk = k_LxD is None
+
+    def step(carry, g):
+        dq_LxD, dk_LxD, dv_LxV = carry
+        blk = _block(cfg, g, lay)
+        q_BxCxD, k_BxKxD, q_slab_RxCxD = _block_qk(cfg, blk, q_LxD, k_LxD)
+        logits_BxCxK = _block_logits(cfg, blk, q_BxCxD, k_BxKxD, lay)
+        q_pos_BxC = blk.q_pos_BxC
+        probs_BxCxK = (
+            jnp.exp(logits_BxCxK - max_L[q_pos_BxC][:, :, None]) / sum_L[q_pos_BxC][:, :, None]
+        )
+        scale = _dropout_scale(cfg, rng, g, probs_BxCxK.shape)
+        dropped_BxCxK = probs_BxCxK if scale is None else probs_BxCxK * scale
+        dout_BxCxV = dout_LxV[q_pos_BxC]
+        v_BxKxV = _windows(cfg, v_LxV[blk.slab_pos_RxC]).astype(jnp.float32)
+        dv_BxKxV = jnp.einsum("bqk,bqv->bkv", dropped_BxCxK, dout_BxCxV)
+        dprobs_BxCxK = jnp.einsum("bqv,bkv->bqk", dout_BxCxV, v_BxKxV)
+        if scale is not None:
+            dprobs_BxCxK = dprobs_BxCxK * scale
+        dlogits_BxCxK = probs_BxCxK * (dprobs_BxCxK - delta_L[q_pos_BxC][:, :, None])
+        dq_BxCxD = jnp.einsum("bqk,bkd->bqd", dlogits_BxCxK, k_BxKxD.astype(jnp.float32))
+        dk_BxKxD = jnp.einsum("bqk,bqd->bkd", dlogits_BxCxK, q_BxCxD.astype(jnp.float32))
+        # Window-shaped key and value gradients summed onto the slab: each row once.
+        slab_pos_P = blk.slab_pos_RxC.reshape(-1)
+        dk_slab_RxCxD = _fold(cfg, dk_BxKxD)
+        if shared_qk:  # Through the keys' normalization into the same rows' gradient.
+            _, norm_vjp = jax.vjp(unit_keys, q_slab_RxCxD.astype(jnp.float32))
+            (drow_RxCxD,) = norm_vjp(dk_slab_RxCxD)
+            before = cfg.n_chunks_before
+            drow_RxCxD = drow_RxCxD.at[before : before + cfg.block_chunks].add(dq_BxCxD)
+            dq_LxD = dq_LxD.at[slab_pos_P].add(drow_RxCxD.reshape(-1, drow_RxCxD.shape[-1]))
+        else:
+            dq_LxD = dq_LxD.at[q_pos_BxC.reshape(-1)].add(dq_BxCxD.reshape(-1, dq_BxCxD.shape[-1]))
+            dk_LxD = dk_LxD.at[slab_pos_P].add(dk_slab_RxCxD.reshape(-1, dk_BxKxD.shape[-1]))
+        dv_slab_RxCxV = _fold(cfg, dv_BxKxV)
+        return (
+            dq_LxD,
+            dk_LxD,
+            dv_LxV.at[slab_pos_P].add(dv_slab_RxCxV.reshape(-1, dv_BxKxV.shape[-1])),
+        ), None
+
+    init = (
+        jnp.zeros(q_LxD.shape, jnp.float32),
+        None if shared_qk else jnp.zeros(k_LxD.shape, jnp.float32),
+        jnp.zeros(v_LxV.shape, jnp.float32),
+    )
+    (dq_LxD, dk_LxD, dv_LxV), _ = lax.scan(step, init, jnp.arange(cfg.n_blocks))
+    return (
+        dq_LxD.astype(q_LxD.dtype),
+        None if shared_qk else dk_LxD.astype(k_LxD.dtype),
+        dv_LxV.astype(v_LxV.dtype),
+        None,
+        None,
+    )
+
+
+chunked_attention.defvjp(chunked_attention_fwd, chunked_attention_bwd)
