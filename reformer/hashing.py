@@ -46,7 +46,7 @@ def buckets_from_rotated(rotated_XxR: jax.Array, factors: tuple[int, ...] | None
 
     def angular(r):
         # argmax(concat([r, -r])) without the concatenation, first occurrence as argmax:
-        # the first half wins when max(r) >= -min(r). Twice as fast on XLA:CPU.
+        # the first half wins when max(r) >= -min(r). Faster on XLA:CPU.
         width, top, bottom = r.shape[-1], jnp.max(r, axis=-1), jnp.min(r, axis=-1)
         return jnp.where(
             top >= -bottom, jnp.argmax(r, axis=-1), width + jnp.argmin(r, axis=-1)

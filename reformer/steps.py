@@ -101,8 +101,7 @@ def compile_train_step(p_train_step, state, batch, rng):
 def release_host_memory() -> None:
     """Returns free heap pages to the operating system (glibc's `malloc_trim`; a no-op where
     the C library has none). XLA's compiler frees hundreds of MiB when it is done, which
-    glibc would otherwise keep: on 2 CPU cores the peak resident memory of a 6-layer,
-    4K-token train step fell from 1.12 to 0.94 GiB."""
+    glibc would otherwise keep under the step's own buffers."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError, TypeError):  # Not glibc (macOS, Windows, musl).

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -94,3 +95,13 @@ def test_toy_run_of_every_installed_implementation(tmp_path):
     assert (tmp_path / "peers.png").exists()
     for impl in impls[1:]:  # The table has our ratio against every peer.
         assert any(line.startswith(f"| 128 | {impl} |") for line in proc.stdout.splitlines())
+
+
+def test_profile_step_groups_the_operations_of_one_step():
+    """scripts/profile_step.py on the same model at 256 tokens: the shares add up and the
+    step's products are found."""
+    proc = run_script("profile_step.py", ["--seq_len=256", "--top=3"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shares = [float(m) for m in re.findall(r"(\d+\.\d)%", proc.stdout)]
+    assert abs(sum(shares) - 100.0) < 0.5, proc.stdout
+    assert "products with weights" in proc.stdout and "LSH block products" in proc.stdout
