@@ -23,7 +23,6 @@ heads. Random streams: "dropout" for attention dropout, "hash" for the LSH rotat
 
 from __future__ import annotations
 
-import functools
 import math
 import zlib
 from collections.abc import Callable
@@ -35,36 +34,18 @@ from flax import linen as nn
 from jax import lax
 
 from reformer import lsh
-from reformer.layers import sequence_map
-
-# Projections multiply in `dtype` (bfloat16 in mixed precision) and accumulate and return
-# float32; rounding to `dtype` happens only where a matrix product takes its operands, so
-# the result does not depend on how XLA fuses the elementwise work around it.
-_F32_DOT = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
+from reformer.layers import matmul, sequence_map
 
 
-class _HeadsProjection(nn.DenseGeneral):
-    """d_model -> [n_heads, d_head], without bias; the result in `dtype` (it feeds the
-    attention kernel's products)."""
-
-    def __call__(self, x):
-        return super().__call__(x).astype(self.dtype or jnp.float32)
+def project_heads(x_BxLxD: jax.Array, kernel_DxHxK: jax.Array, dtype: Any) -> jax.Array:
+    """d_model -> [n_heads, d_head], without bias (`layers.matmul`: operands in `dtype`,
+    float32 accumulation); the result in `dtype`, as the attention kernels' products read it."""
+    return matmul(x_BxLxD, kernel_DxHxK, dtype).astype(dtype)
 
 
-def _heads_projection(n_heads: int, d_head: int, dtype: Any) -> nn.DenseGeneral:
-    """d_model -> [n_heads, d_head], without bias, as a free module: apply it to a kernel
-    `{"kernel": [d_model, n_heads, d_head]}`."""
-    return _HeadsProjection(
-        (n_heads, d_head), use_bias=False, dtype=dtype, dot_general=_F32_DOT, parent=None
-    )
-
-
-def _output_projection(d_model: int, dtype: Any) -> nn.DenseGeneral:
-    """[n_heads, d_head] -> d_model, without bias, the result in float32; a free module, to
-    apply to a kernel `{"kernel": [n_heads, d_head, d_model]}`."""
-    return nn.DenseGeneral(
-        d_model, axis=(-2, -1), use_bias=False, dtype=dtype, dot_general=_F32_DOT, parent=None
-    )
+def project_out(x_BxLxHxK: jax.Array, kernel_HxKxD: jax.Array, dtype: Any) -> jax.Array:
+    """[n_heads, d_head] -> d_model, without bias; the result in float32."""
+    return matmul(x_BxLxHxK, kernel_HxKxD, dtype, n_contract=2)
 
 
 def _dropout_rngs(
@@ -135,17 +116,12 @@ def _project_chunk(module, kernels: dict, normalize: Callable | None, x_BxCxD: j
     the kernels' head count: all of the module's heads or a group of them)."""
     h = x_BxCxD if normalize is None else normalize(x_BxCxD)
     n_heads, d_head = next(iter(kernels.values())).shape[1:]
-    proj = _heads_projection(n_heads, d_head, module.dtype)
-    return tuple(
-        _to_heads_first(proj.apply({"params": {"kernel": k}}, h)) for k in kernels.values()
-    )
+    return tuple(_to_heads_first(project_heads(h, k, module.dtype)) for k in kernels.values())
 
 
 def _unproject_chunk(module, kernel, finish: Callable | None, index, out_BxHxCxK: jax.Array):
     """The heads' output projection, `[B, C, d_model]` float32, then `finish(index, y)`."""
-    y = _output_projection(kernel.shape[-1], module.dtype).apply(
-        {"params": {"kernel": kernel}}, _to_heads_first(out_BxHxCxK)
-    )
+    y = project_out(_to_heads_first(out_BxHxCxK), kernel, module.dtype)
     return y if finish is None else finish(index, y)
 
 

@@ -293,6 +293,14 @@ def _chunked_forward(
     return out_LxV, max_L, sum_L
 
 
+def _product(subscripts: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """A backward-pass product with operands in `dtype` (bfloat16 in mixed precision, as the
+    forward pass's), float32 result."""
+    return jnp.einsum(
+        subscripts, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def chunked_attention(
     cfg: ChunkConfig,
@@ -327,6 +335,7 @@ def chunked_attention_bwd(cfg, residuals, dout_LxV):
     dout_LxV = dout_LxV.astype(jnp.float32)
     delta_L = jnp.sum(dout_LxV * out_LxV.astype(jnp.float32), axis=-1)
     shared_qk = k_LxD is None
+    dtype = v_LxV.dtype  # of the products' operands, as in the forward pass
 
     def step(carry, g):
         dq_LxD, dk_LxD, dv_LxV = carry
@@ -340,14 +349,14 @@ def chunked_attention_bwd(cfg, residuals, dout_LxV):
         scale = _dropout_scale(cfg, rng, g, probs_BxCxK.shape)
         dropped_BxCxK = probs_BxCxK if scale is None else probs_BxCxK * scale
         dout_BxCxV = dout_LxV[q_pos_BxC]
-        v_BxKxV = _windows(cfg, v_LxV[blk.slab_pos_RxC]).astype(jnp.float32)
-        dv_BxKxV = jnp.einsum("bqk,bqv->bkv", dropped_BxCxK, dout_BxCxV)
-        dprobs_BxCxK = jnp.einsum("bqv,bkv->bqk", dout_BxCxV, v_BxKxV)
+        v_BxKxV = _windows(cfg, v_LxV[blk.slab_pos_RxC])
+        dv_BxKxV = _product("bqk,bqv->bkv", dropped_BxCxK, dout_BxCxV, dtype)
+        dprobs_BxCxK = _product("bqv,bkv->bqk", dout_BxCxV, v_BxKxV, dtype)
         if scale is not None:
             dprobs_BxCxK = dprobs_BxCxK * scale
         dlogits_BxCxK = probs_BxCxK * (dprobs_BxCxK - delta_L[q_pos_BxC][:, :, None])
-        dq_BxCxD = jnp.einsum("bqk,bkd->bqd", dlogits_BxCxK, k_BxKxD.astype(jnp.float32))
-        dk_BxKxD = jnp.einsum("bqk,bqd->bkd", dlogits_BxCxK, q_BxCxD.astype(jnp.float32))
+        dq_BxCxD = _product("bqk,bkd->bqd", dlogits_BxCxK, k_BxKxD, dtype)
+        dk_BxKxD = _product("bqk,bqd->bkd", dlogits_BxCxK, q_BxCxD, dtype)
         # Window-shaped key and value gradients summed onto the slab: each row once.
         slab_pos_P = blk.slab_pos_RxC.reshape(-1)
         dk_slab_RxCxD = _fold(cfg, dk_BxKxD)

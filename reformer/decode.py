@@ -32,10 +32,11 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from reformer import attention, lsh
+from reformer.layers import layer_norm
 from reformer.model import FeedForwardHalf, ModelConfig, OutputLayer, ReformerLM, shift_right
+from reformer.reversible import on_grid
 
 _QUERY_BLOCK = 256  # prompt positions attended at once in the prefill of full and LSH layers
 END_TOKEN = 1  # byte vocabulary: 0 = padding, 1 = end
@@ -244,12 +245,11 @@ def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
     """F of a layer on positions `start + [0, M)`: LayerNorm, attention over the cache, the
     output projection; returns (out, cache with these positions written)."""
     dtype = cfg.jnp_dtype
-    h = nn.LayerNorm(cfg.layer_norm_eps, dtype=dtype).apply({"params": p["norm"]}, x_BxMxD)
+    h = layer_norm(p["norm"], x_BxMxD, cfg.layer_norm_eps)
     p = p["attention"]
 
     def project(name):
-        proj = attention._heads_projection(cfg.n_heads, cfg.d_head, dtype)
-        return jnp.swapaxes(proj.apply({"params": p[name]}, h), 1, 2)  # [B, H, M, K]
+        return jnp.swapaxes(attention.project_heads(h, p[name]["kernel"], dtype), 1, 2)
 
     m = x_BxMxD.shape[1]
     v = project("value")
@@ -278,8 +278,7 @@ def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
         out = _attend_cache(qk, start, cache, exclude_self=True, q_buckets_BxHxNxM=q_buckets)
     else:
         raise ValueError(f"decoding does not support attention type {kind!r}")
-    out_proj = attention._output_projection(cfg.d_model, dtype)
-    y = out_proj.apply({"params": p["out"]}, jnp.swapaxes(out, 1, 2))
+    y = attention.project_out(jnp.swapaxes(out, 1, 2), p["out"]["kernel"], dtype)
     return y, cache
 
 
@@ -305,7 +304,8 @@ def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
 
     `M > 1` is a prefill and must start at 0; `M == 1` is one step at any `start`."""
     start = jnp.asarray(start, jnp.int32)
-    x1 = x2 = _embed(cfg, params, inputs_BxM, start)
+    grid = functools.partial(on_grid, spacing=cfg.stream_spacing)  # as in the model's stack
+    x1 = x2 = grid(_embed(cfg, params, inputs_BxM, start))
     pattern = len(cfg.attention_types)
     ff = FeedForwardHalf(cfg)
     new_caches = []
@@ -316,13 +316,11 @@ def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
         f_out, cache = _attention_half(
             cfg, kind, layer["attention"], x2, start, caches[i], rotations[i]
         )
-        x1 = x1 + f_out.astype(x1.dtype)
-        x2 = x2 + ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True)
+        x1 = x1 + grid(f_out.astype(x1.dtype))
+        x2 = x2 + grid(ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True))
         new_caches.append(cache)
     y = jnp.concatenate([x1, x2], axis=-1)
-    y = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.jnp_dtype).apply(
-        {"params": params["final_norm"]}, y
-    )
+    y = layer_norm(params["final_norm"], y, cfg.layer_norm_eps)
     logits = OutputLayer(cfg.vocab_size, cfg.jnp_dtype).apply({"params": params["logits"]}, y)
     return logits, new_caches
 

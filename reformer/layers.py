@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,15 +24,56 @@ def feed_forward(
     """Dense -> activation -> Dense on every position (no dropout: it sits outside the
     block), float32 out. `activation` is a key of `ACTIVATIONS` (`model.ff_activation`);
     `dtype` is that of the products' operands."""
-    h_BxLxF = _matmul(x_BxLxD, params["wi"]["kernel"], dtype) + params["wi"]["bias"]
+    h_BxLxF = matmul(x_BxLxD, params["wi"]["kernel"], dtype) + params["wi"]["bias"]
     h_BxLxF = ACTIVATIONS[activation](h_BxLxF)
-    return _matmul(h_BxLxF, params["wo"]["kernel"], dtype) + params["wo"]["bias"]
+    return matmul(h_BxLxF, params["wo"]["kernel"], dtype) + params["wo"]["bias"]
 
 
-def _matmul(x: jax.Array, w: jax.Array, dtype) -> jax.Array:
-    """`x @ w` with operands in `dtype` (bfloat16 in mixed precision), float32 result: the
-    elementwise work around it stays float32, rounded only where a product reads it."""
-    return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+def matmul(x: jax.Array, w: jax.Array, dtype=jnp.float32, n_contract: int = 1) -> jax.Array:
+    """`x[..., K1..Kc] @ w[K1..Kc, N...]` (the last `n_contract` axes of `x` against the first
+    of `w`), float32 result, the operands multiplied in `dtype`.
+
+    In bfloat16 the backward pass is mixed precision as well: its products take bfloat16
+    operands (the rounded cotangent and the saved rounded operands) and return float32, so
+    neither the weight gradient nor the input gradient is rounded to bfloat16 (autodiff of
+    a cast-then-multiply rounds both, and sums the input gradients of several products in
+    bfloat16). The elementwise work around a product stays float32: values are rounded only
+    where a product reads them."""
+    k_shape, n_shape = w.shape[:n_contract], w.shape[n_contract:]
+    if x.shape[x.ndim - n_contract :] != k_shape:
+        raise ValueError(f"matmul: x {x.shape} and w {w.shape} differ in the contracted axes")
+    k, n = math.prod(k_shape), math.prod(n_shape)
+    y = _matmul_2d(x.reshape(-1, k), w.reshape(k, n), jnp.dtype(dtype))
+    return y.reshape(x.shape[: x.ndim - n_contract] + n_shape)
+
+
+def _dot(a, b):
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def _matmul_2d(x_MxK, w_KxN, dtype):
+    if dtype == jnp.float32:  # plain autodiff: no casts to undo
+        return _dot(x_MxK.astype(dtype), w_KxN.astype(dtype))
+    return _mixed_matmul_2d(x_MxK, w_KxN, dtype, x_MxK.dtype, w_KxN.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _mixed_matmul_2d(x_MxK, w_KxN, dtype, x_dtype, w_dtype):
+    return _dot(x_MxK.astype(dtype), w_KxN.astype(dtype))
+
+
+def _mixed_matmul_2d_fwd(x_MxK, w_KxN, dtype, x_dtype, w_dtype):
+    x, w = x_MxK.astype(dtype), w_KxN.astype(dtype)
+    return _dot(x, w), (x, w)
+
+
+def _mixed_matmul_2d_bwd(dtype, x_dtype, w_dtype, residuals, g_MxN):
+    x, w = residuals
+    g = g_MxN.astype(dtype)
+    return _dot(g, w.T).astype(x_dtype), _dot(x.T, g).astype(w_dtype)
+
+
+_mixed_matmul_2d.defvjp(_mixed_matmul_2d_fwd, _mixed_matmul_2d_bwd)
 
 
 def sequence_map(
@@ -194,7 +236,7 @@ def _layer_norm_stats(x: jax.Array, epsilon: float) -> tuple[jax.Array, jax.Arra
     """Float32 mean and `rsqrt(var + epsilon)` over the last axis, as `nn.LayerNorm`."""
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.maximum(jnp.mean(x * x, axis=-1, keepdims=True) - mean * mean, 0.0)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return mean, jax.lax.rsqrt(var + epsilon)
 
 

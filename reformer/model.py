@@ -20,8 +20,12 @@ from reformer.layers import (
     dropout,
     feed_forward,
     layer_norm,
+    matmul,
     sequence_map,
 )
+
+# In mixed precision the residual streams hold multiples of this (see `stream_spacing`).
+STREAM_SPACING = 2.0**-16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,14 @@ class ModelConfig:
     @property
     def jnp_dtype(self):
         return jnp.dtype(self.dtype)
+
+    @property
+    def stream_spacing(self) -> float | None:
+        """The fixed-point grid of the residual streams (`reversible.on_grid`): 2^-16 in
+        mixed precision, so the reversible backward pass reconstructs the inputs that the
+        bfloat16 roundings saw, exactly; none in float32, whose reconstruction is exact to
+        its last bits already."""
+        return None if self.jnp_dtype == jnp.float32 else STREAM_SPACING
 
 
 def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
@@ -140,7 +152,7 @@ class AttentionHalf(nn.Module):
             deterministic=deterministic,
             n_hashes=n_hashes,
             buckets=buckets,
-            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps, cfg.jnp_dtype),
+            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
             finish=finish,
         )
 
@@ -159,7 +171,7 @@ class FeedForwardHalf(nn.Module):
         rate, key = _dropout_key(self, cfg.dropout, deterministic)
 
         def chunk(index, x):
-            h = layer_norm(norm, x, cfg.layer_norm_eps, cfg.jnp_dtype)
+            h = layer_norm(norm, x, cfg.layer_norm_eps)
             h = feed_forward(ff, h, cfg.jnp_dtype, cfg.ff_activation)
             return dropout(h, rate, key, index).astype(x.dtype)
 
@@ -232,7 +244,7 @@ class ReformerLM(nn.Module):
             tokens_BxL,
             weights_BxL,
             cfg.loss_chunk_size,
-            normalize=lambda y: layer_norm(final_norm, y, cfg.layer_norm_eps, cfg.jnp_dtype),
+            normalize=lambda y: layer_norm(final_norm, y, cfg.layer_norm_eps),
         )
 
     def blocks(self, x_BxLxD, mask_BxL, deterministic: bool, n_hashes: int | None):
@@ -299,6 +311,7 @@ class ReformerLM(nn.Module):
             x_BxLxD,
             rngs,
             mask_BxL,
+            spacing=cfg.stream_spacing,
         )
 
 
@@ -317,8 +330,7 @@ class OutputLayer(nn.Module):
         return kernel, bias
 
     def _logits(self, y_BxLxD, kernel, bias):
-        y, w = y_BxLxD.astype(self.dtype), kernel.astype(self.dtype)
-        return jnp.matmul(y, w, preferred_element_type=jnp.float32) + bias
+        return matmul(y_BxLxD, kernel, self.dtype) + bias
 
     @nn.compact
     def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size=0, normalize=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward, layer_norm
+from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward, layer_norm, matmul
 
 
 @pytest.mark.parametrize("chunk_size, length", [(4, 16), (5, 16), (16, 16), (64, 16)])
@@ -124,3 +124,45 @@ def test_layer_norm_equals_flax_in_value_and_gradient(dtype):
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref), strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_layer_norm_variance_is_exact_for_rows_far_from_zero():
+    """The variance is the mean of squared deviations, not E[x^2] - mean^2, which cancels
+    catastrophically for rows whose mean is large against their spread."""
+    x = 300.0 + 0.05 * jax.random.normal(jax.random.key(0), (4, 64))
+    params = {"scale": jnp.ones(64), "bias": jnp.zeros(64)}
+    y = layer_norm(params, x, 1e-6)
+    x64 = np.asarray(x, np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.asarray(y), ref, atol=5e-3)
+    # The one-pass formula in float32 has lost the variance here.
+    one_pass = jnp.mean(x * x, -1) - jnp.mean(x, -1) ** 2
+    assert float(jnp.max(jnp.abs(one_pass / x64.var(-1) - 1))) > 0.1
+
+
+def _bf16(a):
+    return np.asarray(jnp.asarray(a, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_mixed_precision_matmul_rounds_operands_not_gradients():
+    """In bfloat16, `matmul` multiplies bfloat16 operands with float32 accumulation, and its
+    backward pass multiplies the rounded cotangent by the rounded operands, returning float32
+    gradients that are not rounded again (autodiff of cast-then-multiply rounds them)."""
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k1, (2, 5, 3, 4))
+    w = jax.random.normal(k2, (3, 4, 6))
+    g = jax.random.normal(k3, (2, 5, 6))
+    y, vjp = jax.vjp(lambda x, w: matmul(x, w, jnp.bfloat16, n_contract=2), x, w)
+    dx, dw = vjp(g)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    xr, wr, gr = _bf16(x).reshape(10, 12), _bf16(w).reshape(12, 6), _bf16(g).reshape(10, 6)
+    np.testing.assert_allclose(np.asarray(y).reshape(10, 6), xr @ wr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx).reshape(10, 12), gr @ wr.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dw).reshape(12, 6), xr.T @ gr, rtol=1e-5, atol=1e-5)
+    # Not on the bfloat16 grid: the gradients kept their float32 bits.
+    assert np.mean(_bf16(dw) != np.asarray(dw, np.float64)) > 0.5
+    # float32: the plain product and its autodiff gradient.
+    y32, vjp32 = jax.vjp(lambda x, w: matmul(x, w, jnp.float32, n_contract=2), x, w)
+    np.testing.assert_allclose(y32, jnp.einsum("bthk,hkn->btn", x, w), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="contracted axes"):
+        matmul(x, w.reshape(4, 3, 6), jnp.float32, n_contract=2)
