@@ -1,4 +1,4 @@
-"""One Reformer train step in this project against other Reformer implementations, on CPU.
+"""One Reformer train step in this project against other Reformer implementations.
 
 The same model (causal byte-level LM, every layer LSH attention, fp32, vocabulary 258,
 axial positions, no dropout) is built in each implementation and one whole optimizer step
@@ -29,6 +29,15 @@ writes one JSON record per implementation and length ({"impl", "reversible", "se
 "step_seconds" (median), "step_seconds_all", "peak_rss_bytes", "device", the settings, the
 library versions, "cpu", "threads", ...}), a PNG beside it, and prints a Markdown table of
 our ratios against each peer.
+
+On a GPU (`--device gpu`: JAX's CUDA backend and PyTorch's) the step runs there, and every
+record also holds `peak_device_bytes`, the process's peak of allocated GPU memory (PyTorch's
+`torch.cuda.max_memory_allocated`, JAX's `peak_bytes_in_use`), which the table and plot then
+compare instead of the host's RSS. Float32 products run at one precision in every library,
+`--matmul_precision`: `tf32` (the GPU default of JAX; PyTorch is set to match) or `highest`.
+The workers of one length share the GPU, so JAX's preallocation is turned off.
+
+    python scripts/bench_peers.py --device gpu --out docs/benchmarks/peers_h200.json
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 IMPLS = ("ours", "ours_plain", "hf", "lucidrains", "trax")
+JAX_PLATFORMS = {"cpu": "cpu", "gpu": "cuda"}
 TORCH_IMPLS = ("hf", "lucidrains")
 VOCAB = 258
 PACKAGES = {
@@ -113,6 +123,48 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux.
 
 
+def peak_device_bytes(impl: str) -> int | None:
+    """Peak GPU memory this process allocated (None on a CPU)."""
+    if impl in TORCH_IMPLS:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    if "jax" not in sys.modules:
+        return None
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return None
+    return int((device.memory_stats() or {}).get("peak_bytes_in_use", 0)) or None
+
+
+def jax_device_name() -> str:
+    import jax
+
+    device = jax.devices()[0]
+    return "cpu" if device.platform == "cpu" else device.device_kind
+
+
+def jax_setup(args) -> None:
+    """On a GPU: check that JAX has one, and set the precision of float32 products."""
+    import jax
+
+    if args.device == "gpu":
+        try:
+            jax.devices("cuda")
+        except (RuntimeError, AssertionError) as e:
+            why = f": {e}" if str(e) else ""
+            raise RuntimeError(
+                "--device gpu: JAX finds no CUDA device (install jax[cuda12] or jax[cuda13] "
+                f"on a machine with an NVIDIA GPU){why}"
+            ) from None
+        jax.config.update(
+            "jax_default_matmul_precision",
+            "tensorfloat32" if args.matmul_precision == "tf32" else "highest",
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # Workers: each returns (step, info); step() runs one train step, waits until it is done
 # and returns its loss (nats per token).
@@ -134,6 +186,7 @@ def build_ours(args, seq_len: int, reversible: bool):
         make_model,
     )
 
+    jax_setup(args)
     c = default_config()
     m = c.model
     m.vocab_size, m.d_model, m.d_ff = VOCAB, args.d_model, args.d_ff
@@ -177,7 +230,7 @@ def build_ours(args, seq_len: int, reversible: bool):
     info = {
         "reversible": reversible,
         "n_params": n_params,
-        "device": jax.devices()[0].platform,
+        "device": jax_device_name(),
         "threads": os.cpu_count(),  # XLA's CPU thread pool spans every core.
         "notes": (
             f"reformer.steps.jit_train_step + compile_train_step, as the trainer runs it "
@@ -190,19 +243,41 @@ def build_ours(args, seq_len: int, reversible: bool):
     return step, info
 
 
-def _torch_threads() -> int:
+def _torch_setup(args) -> tuple[int, str, str]:
+    """Threads, the torch device ("cpu" or "cuda") and its name for the records."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    return torch.get_num_threads()
+    if args.device == "cpu":
+        return torch.get_num_threads(), "cpu", "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device gpu: this PyTorch sees no CUDA device")
+    torch.set_float32_matmul_precision("high" if args.matmul_precision == "tf32" else "highest")
+    return torch.get_num_threads(), "cuda", torch.cuda.get_device_name()
+
+
+def _torch_step(model, opt, loss_of, device: str):
+    """One forward, backward and Adam step, waited for on the GPU."""
+    import torch
+
+    def step() -> float:
+        loss = loss_of(model)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss.item()
+
+    return step
 
 
 def build_hf(args, seq_len: int):
     import torch
     from transformers import ReformerConfig, ReformerModelWithLMHead
 
-    threads = _torch_threads()
+    threads, device, device_name = _torch_setup(args)
     config = ReformerConfig(
         vocab_size=VOCAB,
         attn_layers=["lsh"] * args.n_layers,
@@ -226,22 +301,16 @@ def build_hf(args, seq_len: int):
         hidden_act="gelu_new",
         use_cache=False,
     )
-    model = ReformerModelWithLMHead(config)
+    model = ReformerModelWithLMHead(config).to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.from_numpy(tokens(args, seq_len).astype("int64"))
-
-    def step() -> float:
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+    x = torch.from_numpy(tokens(args, seq_len).astype("int64")).to(device)
+    step = _torch_step(model, opt, lambda m: m(input_ids=x, labels=x).loss, device)
 
     info = {
         "reversible": True,  # HF's ReformerModel always runs its layers reversibly in training.
         "n_params": sum(p.numel() for p in model.parameters()),
-        "device": "cpu",
+        "device": device_name,
         "threads": threads,
         "notes": (
             f"ReformerModelWithLMHead, lsh_attn_chunk_length {args.chunk}, "
@@ -262,7 +331,7 @@ def build_lucidrains(args, seq_len: int):
 
     if args.d_ff % args.d_model:
         raise ValueError("lucidrains' ReformerLM needs d_ff to be a multiple of d_model (ff_mult)")
-    threads = _torch_threads()
+    threads, device, device_name = _torch_setup(args)
     model = ReformerLM(
         num_tokens=VOCAB,
         dim=args.d_model,
@@ -285,22 +354,21 @@ def build_lucidrains(args, seq_len: int):
         reverse_thres=0,  # Reversible whenever seq_len > reverse_thres: always.
         full_attn_thres=0,  # LSH at every length.
     )
+    model = model.to(device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.from_numpy(tokens(args, seq_len).astype("int64"))
+    x = torch.from_numpy(tokens(args, seq_len).astype("int64")).to(device)
 
-    def step() -> float:
-        logits = model(x)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+    def loss_of(m):
+        logits = m(x)
+        return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1))
+
+    step = _torch_step(model, opt, loss_of, device)
 
     info = {
         "reversible": seq_len > model.reformer.layers.reverse_thres,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "device": "cpu",
+        "device": device_name,
         "threads": threads,
         "notes": (
             f"reformer_pytorch.ReformerLM, bucket_size {args.chunk} (= chunk length; "
@@ -321,6 +389,7 @@ def build_trax(args, seq_len: int):
     import trax.layers as tl
     from trax.models.reformer.reformer import ReformerLM
 
+    jax_setup(args)
     attention = functools.partial(
         tl.LSHSelfAttention,
         chunk_len=args.chunk,
@@ -387,7 +456,7 @@ def build_trax(args, seq_len: int):
     info = {
         "reversible": False,  # jax.grad through trax's ReversibleSerial stores activations.
         "n_params": n_params,
-        "device": jax.devices()[0].platform,
+        "device": jax_device_name(),
         "threads": os.cpu_count(),
         "notes": (
             f"trax.models.ReformerLM + LSHSelfAttention (chunk_len {args.chunk}, n_buckets "
@@ -452,9 +521,8 @@ def worker_main(args) -> None:
                 send({"error": f"{type(e).__name__}: {e}"})
                 sys.exit(1)
         elif command == "quit":
-            send({"peak_rss_bytes": peak_rss_bytes()})
-            return
-    send({"peak_rss_bytes": peak_rss_bytes()})
+            break
+    send({"peak_rss_bytes": peak_rss_bytes(), "peak_device_bytes": peak_device_bytes(args.worker)})
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,9 +536,15 @@ class Worker:
     def __init__(self, impl: str, python: str, args, seq_len: int):
         self.impl, self.seq_len = impl, seq_len
         cmd = [python, os.path.abspath(__file__), "--worker", impl, "--seq_len", str(seq_len)]
-        for name in SETTINGS + ("warmup", "ours_ff_chunk"):
+        for name in SETTINGS + ("warmup", "ours_ff_chunk", "device", "matmul_precision"):
             cmd += [f"--{name}", str(getattr(args, name))]
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": JAX_PLATFORMS[args.device],
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        if args.device == "gpu":  # The workers of one length share the GPU.
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
             cmd,
@@ -526,7 +600,7 @@ class Worker:
         self.proc.wait()
 
 
-def trax_available(python: str | None) -> tuple[bool, str]:
+def trax_available(python: str | None, device: str = "cpu") -> tuple[bool, str]:
     if not python:
         return False, "no --trax_python given (trax lives in its own virtual environment)"
     if not os.path.exists(python):
@@ -537,7 +611,7 @@ def trax_available(python: str | None) -> tuple[bool, str]:
             capture_output=True,
             text=True,
             timeout=600,
-            env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env={**os.environ, "JAX_PLATFORMS": JAX_PLATFORMS[device], "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     except subprocess.TimeoutExpired:
         return False, f"importing trax with {python} took over 600 s"
@@ -595,13 +669,13 @@ def run_length(args, impls: list[str], seq_len: int, common: dict) -> list[dict]
     records = []
     for impl in impls:
         w = workers[impl]
-        rss = None
+        rss = device_bytes = None
         if impl not in errors:
             msg = w.reply(0) if not w.send("quit") else w.reply(120)
             if "error" in msg:
                 errors[impl] = f"quit: {msg['error']}"
             else:
-                rss = int(msg["peak_rss_bytes"])
+                rss, device_bytes = int(msg["peak_rss_bytes"]), msg.get("peak_device_bytes")
         w.kill()
         meta = info.get(impl, {})
         all_times = times.get(impl, [])
@@ -612,10 +686,11 @@ def run_length(args, impls: list[str], seq_len: int, common: dict) -> list[dict]
             "step_seconds": statistics.median(all_times) if all_times else None,
             "step_seconds_all": all_times,
             "peak_rss_bytes": rss,
+            "peak_device_bytes": device_bytes,
             "warmup_seconds": meta.get("warmup_seconds", []),
             "n_params": meta.get("n_params"),
             "losses": losses.get(impl, []),
-            "device": meta.get("device", "cpu"),
+            "device": meta.get("device", "cpu" if args.device == "cpu" else "gpu"),
             **common,
             "n_buckets": n_buckets(args, seq_len),
             "axial_shape": list(axial_shape(seq_len)),
@@ -633,14 +708,22 @@ def run_length(args, impls: list[str], seq_len: int, common: dict) -> list[dict]
     return records
 
 
+def memory_key(records: list[dict]) -> tuple[str, str]:
+    """The memory the records compare, and its name: GPU memory where there is any."""
+    if any(r.get("peak_device_bytes") for r in records):
+        return "peak_device_bytes", "peak GPU memory"
+    return "peak_rss_bytes", "peak RSS"
+
+
 def ratio_table(records: list[dict]) -> str:
-    """Markdown: each implementation's median step and peak RSS per length, and ours
-    against it (peer step / our step: >1 means we are faster; our RSS / peer RSS: <1 means
-    we use less)."""
+    """Markdown: each implementation's median step and peak memory per length, and ours
+    against it (peer step / our step: >1 means we are faster; our memory / peer memory: <1
+    means we use less). Memory is the host's peak RSS on a CPU, peak GPU memory on a GPU."""
     gib = 2.0**30
+    key, name = memory_key(records)
     rows = [
-        "| length | impl | reversible | step (s) | peak RSS (GiB) | "
-        "peer step / our step | our RSS / peer RSS |",
+        f"| length | impl | reversible | step (s) | {name} (GiB) | "
+        "peer step / our step | our memory / peer memory |",
         "|---|---|---|---|---|---|---|",
     ]
     for seq_len in sorted({r["seq_len"] for r in records}):
@@ -653,9 +736,9 @@ def ratio_table(records: list[dict]) -> str:
             step_ratio = rss_ratio = "-"
             if ours is not None and r is not ours:
                 step_ratio = f"{r['step_seconds'] / ours['step_seconds']:.2f}x"
-                if ours["peak_rss_bytes"] and r["peak_rss_bytes"]:
-                    rss_ratio = f"{ours['peak_rss_bytes'] / r['peak_rss_bytes']:.2f}"
-            rss = f"{r['peak_rss_bytes'] / gib:.2f}" if r["peak_rss_bytes"] else "-"
+                if ours.get(key) and r.get(key):
+                    rss_ratio = f"{ours[key] / r[key]:.2f}"
+            rss = f"{r[key] / gib:.2f}" if r.get(key) else "-"
             rows.append(
                 f"| {seq_len} | {r['impl']} | {r['reversible']} | {r['step_seconds']:.3g} | "
                 f"{rss} | {step_ratio} | {rss_ratio} |"
@@ -681,15 +764,16 @@ def plot(records: list[dict], path: Path) -> None:
         "lucidrains": "tab:green",
         "trax": "tab:red",
     }
+    mem_key, mem_name = memory_key(ok)
     for ax, key, scale, ylabel in (
         (axes[0], "step_seconds", 1.0, "train step (s, median)"),
-        (axes[1], "peak_rss_bytes", 2.0**30, "peak RSS of the process (GiB)"),
+        (axes[1], mem_key, 2.0**30, f"{mem_name} of the process (GiB)"),
     ):
         for k, impl in enumerate(impls):
             xs, ys = [], []
             for i, seq_len in enumerate(lengths):
                 r = next((r for r in ok if r["impl"] == impl and r["seq_len"] == seq_len), None)
-                if r is not None and r[key]:
+                if r is not None and r.get(key):
                     xs.append(i + (k - (len(impls) - 1) / 2) * width)
                     ys.append(r[key] / scale)
             rev = next((r["reversible"] for r in ok if r["impl"] == impl), None)
@@ -701,14 +785,18 @@ def plot(records: list[dict], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.12)
     axes[0].set_title("Time of one train step (forward, backward, Adam)")
-    axes[1].set_title("Peak resident memory")
+    axes[1].set_title(f"{mem_name[0].upper()}{mem_name[1:]}")
     axes[0].legend(fontsize=8, loc="upper left")
     r0 = records[0]
     fig.suptitle(
         f"Reformer LM train step, {r0['n_layers']} LSH layers, d_model {r0['d_model']}, "
         f"d_ff {r0['d_ff']}, {r0['n_heads']}x{r0['d_head']} heads, chunk {r0['chunk']}, "
         f"{r0['n_hashes']} hashes, batch {r0['batch']}, fp32\n"
-        f"{r0['cpu']}, {r0['cpu_count']} cores",
+        + (
+            f"{r0['cpu']}, {r0['cpu_count']} cores"
+            if r0["device"] == "cpu"
+            else f"{r0['device']} ({r0.get('matmul_precision')} products)"
+        ),
         fontsize=10,
     )
     fig.tight_layout()
@@ -722,7 +810,7 @@ def parent_main(args) -> int:
     if unknown:
         sys.exit(f"unknown --impls {unknown}; choose from {IMPLS}")
     if "trax" in impls:
-        ok, why = trax_available(args.trax_python)
+        ok, why = trax_available(args.trax_python, args.device)
         if not ok:
             print(f"skipping trax: {why}", flush=True)
             impls.remove("trax")
@@ -734,6 +822,7 @@ def parent_main(args) -> int:
         **{name: getattr(args, name) for name in SETTINGS},
         "vocab_size": VOCAB,
         "dtype": "float32",
+        "matmul_precision": args.matmul_precision if args.device == "gpu" else "highest",
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "versions": versions(),
@@ -769,6 +858,18 @@ def main() -> None:
     parser.add_argument("--trax_python", default=None, help="a Python that can import trax")
     parser.add_argument(
         "--ours_ff_chunk", type=int, default=0, help="model.ff_chunk_size of ours (0 = whole)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=tuple(JAX_PLATFORMS),
+        default="cpu",
+        help="where every implementation runs (gpu: JAX's CUDA backend and PyTorch's)",
+    )
+    parser.add_argument(
+        "--matmul_precision",
+        choices=("tf32", "highest"),
+        default="tf32",
+        help="float32 products on the GPU, in every library (on a CPU: full float32)",
     )
     parser.add_argument("--out", default=None, help="JSON file (PNG beside it)")
     parser.add_argument(

@@ -47,7 +47,7 @@ def main() -> None:
     a = p.parse_args()
     args = types.SimpleNamespace(
         d_model=512, d_ff=2048, n_heads=8, d_head=64, n_layers=6, chunk=64, n_hashes=4,
-        batch=1, ours_ff_chunk=0,
+        batch=1, ours_ff_chunk=0, device="cpu", matmul_precision="highest",
     )  # fmt: skip
     import jax
 

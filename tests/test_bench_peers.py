@@ -105,3 +105,34 @@ def test_profile_step_groups_the_operations_of_one_step():
     shares = [float(m) for m in re.findall(r"(\d+\.\d)%", proc.stdout)]
     assert abs(sum(shares) - 100.0) < 0.5, proc.stdout
     assert "products with weights" in proc.stdout and "LSH block products" in proc.stdout
+
+
+def test_memory_compared_is_the_gpus_where_there_is_any():
+    cpu = [{"peak_rss_bytes": 3, "peak_device_bytes": None}]
+    gpu = [{"peak_rss_bytes": 3, "peak_device_bytes": 5}]
+    assert script.memory_key(cpu) == ("peak_rss_bytes", "peak RSS")
+    assert script.memory_key(gpu) == ("peak_device_bytes", "peak GPU memory")
+
+
+def test_gpu_run_without_a_gpu_fails_with_a_clear_error(tmp_path):
+    """`--device gpu` where neither JAX nor PyTorch sees a GPU: every worker's record names
+    the missing device and the run exits non-zero (no CPU timing passed off as a GPU's)."""
+    if "hf" not in installed_impls():
+        pytest.skip("needs torch and transformers for the PyTorch side")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    out = tmp_path / "peers.json"
+    proc = run_script(
+        "bench_peers.py",
+        ["--n_layers=1", "--d_model=32", "--d_ff=64", "--n_heads=2", "--d_head=16",
+         "--chunk=16", "--n_hashes=1", "--seq_lens=64", "--repeats=1", "--pause=0",
+         "--impls=ours,hf", "--device=gpu", f"--out={out}"],
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    records = json.loads(out.read_text())
+    assert sorted(r["impl"] for r in records) == ["hf", "ours"]
+    for r in records:
+        assert "--device gpu" in r["error"] and r["step_seconds"] is None, r
