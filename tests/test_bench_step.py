@@ -103,3 +103,15 @@ def test_unknown_variant_is_refused_with_the_allowed_ones():
     proc = run_script("bench_step.py", ["--variants=lsh_fast"], timeout=120)
     assert proc.returncode != 0
     assert "lsh_fast" in proc.stderr and "lsh_reversible" in proc.stderr
+
+
+@pytest.mark.parametrize("seq_len,n_buckets", [(65536, 512), (1048576, 8192)])
+def test_enwik8_scale_keeps_two_buckets_per_chunk(seq_len, n_buckets):
+    """At the enwik8 scale the 64K point is configs/enwik8.py's model and the 1M point has
+    the buckets of its :1m variant (not the 64K config's 512, which would make each bucket
+    16 chunks long)."""
+    c = script.make_config(
+        _args(scale="enwik8", tokens=seq_len), seq_len, ("lsh",), True, "bfloat16"
+    )
+    assert c.model.n_buckets == n_buckets and c.model.lsh_chunk_len == 256
+    assert np.prod(c.model.axial_shape) == seq_len and c.train.batch_size == 1
