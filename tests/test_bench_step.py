@@ -115,3 +115,25 @@ def test_enwik8_scale_keeps_two_buckets_per_chunk(seq_len, n_buckets):
     )
     assert c.model.n_buckets == n_buckets and c.model.lsh_chunk_len == 256
     assert np.prod(c.model.axial_shape) == seq_len and c.train.batch_size == 1
+
+
+def _gpu_benchmarks(*args):
+    import subprocess
+
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    return subprocess.run(
+        ["bash", os.path.join(REPO, "scripts", "gpu_benchmarks.sh"), *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+
+
+def test_gpu_benchmarks_refuse_a_bad_name_and_a_machine_without_a_gpu():
+    """scripts/gpu_benchmarks.sh checks its output name and that JAX sees a GPU before it runs
+    anything (so no CPU number lands in a file named for a GPU)."""
+    proc = _gpu_benchmarks("H100/x")
+    assert proc.returncode == 2 and "NAME must be" in proc.stderr, proc.stderr
+    if jax.devices()[0].platform == "gpu":
+        pytest.skip("this machine has a GPU")
+    proc = _gpu_benchmarks("h100")
+    assert proc.returncode == 2 and "JAX sees no GPU" in proc.stderr, proc.stderr
+    assert "== step_64k" not in proc.stdout
