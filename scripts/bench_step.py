@@ -94,8 +94,6 @@ def make_config(
         m = c.model
         m.attention_types = attention if attention != ("lsh",) else m.attention_types
         m.axial_shape = (seq_len // 512, 512) if seq_len >= 1024 else (seq_len // 32, 32)
-        # Two buckets per chunk, as configs/enwik8.py has at 64K and its :1m variant at 1M.
-        m.n_buckets = max(2, 2 * seq_len // m.lsh_chunk_len)
     else:
         c = default_config()
         m = c.model
@@ -107,8 +105,9 @@ def make_config(
         m.ff_chunk_size = 0
         c.data.name = "enwik8"
     m.reversible, m.dtype, m.max_len, m.causal = reversible, dtype, seq_len, True
-    if args.scale != "enwik8":
-        m.n_buckets = default_n_buckets(seq_len, m.lsh_chunk_len)
+    # Two buckets per chunk at every length: at the enwik8 scale what configs/enwik8.py has at
+    # 64K (512) and its :1m variant at 1M (8,192).
+    m.n_buckets = default_n_buckets(seq_len, m.lsh_chunk_len)
     if factorized:
         m.bucket_factors = two_factors(m.n_buckets)
     m.dropout = m.attention_dropout = 0.0
