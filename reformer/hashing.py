@@ -45,12 +45,15 @@ def buckets_from_rotated(rotated_XxR: jax.Array, factors: tuple[int, ...] | None
     b_1 + f_1 * (b_2 + f_2 * (b_3 + ...)), in `[0, prod(factors))`."""
 
     def angular(r):
-        # argmax(concat([r, -r])) without the concatenation, first occurrence as argmax:
-        # the first half wins when max(r) >= -min(r). Faster on XLA:CPU.
-        width, top, bottom = r.shape[-1], jnp.max(r, axis=-1), jnp.min(r, axis=-1)
-        return jnp.where(
-            top >= -bottom, jnp.argmax(r, axis=-1), width + jnp.argmin(r, axis=-1)
-        ).astype(jnp.int32)
+        # argmax(concat([r, -r])) without the concatenation, first occurrence as argmax: the
+        # largest |r| is m; entry i of the first half scores i where r_i = m, of the second
+        # half width + i where r_i = -m, and the bucket is the lowest score. Two plain
+        # reductions: several times faster on XLA:CPU than argmax's (value, index) reduction.
+        width = r.shape[-1]
+        top = jnp.max(jnp.abs(r), axis=-1, keepdims=True)
+        index = jnp.arange(width, dtype=jnp.int32)
+        score = jnp.where(r == top, index, jnp.where(r == -top, width + index, 2 * width))
+        return jnp.min(score, axis=-1)
 
     if not factors or len(factors) == 1:
         return angular(rotated_XxR)

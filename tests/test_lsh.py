@@ -67,7 +67,16 @@ def test_hash_vectors_is_argmax_of_rotations_and_their_negatives():
 
 def test_angular_hash_breaks_ties_as_argmax_of_the_concatenation():
     rotated = np.array(
-        [[1, -1, 0.5], [-1, 1, 0], [-2, 1, 0], [0, 0, 0], [0.5, -2, 2], [-3, 3, -3]], np.float32
+        [
+            [1, -1, 0.5],
+            [-1, 1, 0],
+            [-2, 1, 0],
+            [0, 0, 0],
+            [0.5, -2, 2],
+            [-3, 3, -3],
+            [-0.0, 0, -0.0],
+        ],
+        np.float32,
     )
     expected = np.argmax(np.concatenate([rotated, -rotated], -1), -1)
     np.testing.assert_array_equal(lsh.buckets_from_rotated(jnp.asarray(rotated)), expected)
