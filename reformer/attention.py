@@ -73,11 +73,27 @@ def _per_head(
 
     `arrays_BxHx` have leading [B, H] axes, `mask_BxL` is per example, `rngs_BxH` per example
     and head, `shared_Hx` per head and shared by the examples. None entries pass through.
+    Batch and heads are flattened into one mapped axis: XLA:CPU runs the kernel's row
+    gathers (one index per row instead of three) and so the whole LSH kernel markedly faster
+    than under two nested `vmap`s.
     """
-    n_arrays, n_shared = len(arrays_BxHx), len(shared_Hx)
-    over_heads = jax.vmap(fn, in_axes=(0,) * n_arrays + (None, 0) + (0,) * n_shared)
-    over_batch = jax.vmap(over_heads, in_axes=(0,) * n_arrays + (0, 0) + (None,) * n_shared)
-    return over_batch(*arrays_BxHx, mask_BxL, rngs_BxH, *shared_Hx)
+    batch, n_heads = next(a for a in arrays_BxHx if a is not None).shape[:2]
+
+    def flat(a, per_head_only=False):
+        if a is None:
+            return None
+        if per_head_only:
+            a = jnp.broadcast_to(a[None], (batch,) + a.shape)
+        return a.reshape((batch * n_heads,) + a.shape[2:])
+
+    mask_MxL = None if mask_BxL is None else jnp.repeat(mask_BxL, n_heads, axis=0)
+    out = jax.vmap(fn)(
+        *(flat(a) for a in arrays_BxHx),
+        mask_MxL,
+        flat(rngs_BxH),
+        *(flat(a, per_head_only=True) for a in shared_Hx),
+    )
+    return jax.tree.map(lambda a: a.reshape((batch, n_heads) + a.shape[1:]), out)
 
 
 def _to_heads_first(x_BxLxHxK: jax.Array) -> jax.Array:
