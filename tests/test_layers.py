@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from reformer.layers import AxialPositionalEmbedding, ChunkedFeedForward, layer_norm, matmul
+from reformer.layers import (
+    AxialPositionalEmbedding,
+    ChunkedFeedForward,
+    gelu_tanh,
+    layer_norm,
+    matmul,
+)
 
 
 @pytest.mark.parametrize("chunk_size, length", [(4, 16), (5, 16), (16, 16), (64, 16)])
@@ -166,3 +172,23 @@ def test_mixed_precision_matmul_rounds_operands_not_gradients():
     np.testing.assert_allclose(y32, jnp.einsum("bthk,hkn->btn", x, w), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="contracted axes"):
         matmul(x, w.reshape(4, 3, 6), jnp.float32, n_contract=2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gelu_equals_flax_in_value_and_gradient(dtype):
+    """The hand-written backward pass of the tanh GELU against autodiff of `nn.gelu`, over
+    the range where the slope changes (and its tails, where it is 0 or 1)."""
+    x = jnp.linspace(-12.0, 12.0, 4001).astype(dtype)
+    g = jax.random.normal(jax.random.key(0), x.shape).astype(dtype)
+    y, vjp = jax.vjp(gelu_tanh, x)
+    y_ref, vjp_ref = jax.vjp(nn.gelu, x)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+    (dx,), (dx_ref,) = vjp(g), vjp_ref(g)
+    assert dx.dtype == dtype
+    if dtype == jnp.float32:
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    else:  # autodiff rounds its intermediates to bfloat16; ours computes in float32
+        exact = jax.vjp(nn.gelu, x.astype(jnp.float32))[1](g.astype(jnp.float32))[0]
+        np.testing.assert_allclose(np.asarray(dx, np.float32), exact, rtol=1e-2, atol=1e-2)
+    slope = jax.vmap(jax.grad(lambda v: gelu_tanh(v)))(x.astype(jnp.float32))
+    assert abs(float(slope[0])) < 1e-6 and abs(float(slope[-1]) - 1.0) < 1e-6
