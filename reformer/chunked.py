@@ -130,8 +130,9 @@ class _Block(NamedTuple):
     "slab" of `R = n_b + n_chunks_before + n_chunks_after` chunks (chunk `g * n_b -
     n_chunks_before` on, wrapping around); query chunk `b` is slab chunk `b +
     n_chunks_before` and its window is slab chunks `b .. b + W - 1`. A gathered array is
-    `[R, C, ...]`; `_queries` and `_windows` cut it without gathering again, and `_fold` sums
-    window-shaped gradients back onto slab rows, so each row is scattered once per block.
+    `[R, C, ...]`; `_queries` and `_parts` (the windows by offset) cut it without gathering
+    or copying again, and `_fold` sums per-offset gradients back onto slab rows, so each row
+    is scattered once per block. `_windows` lays out index arrays in window shape.
     """
 
     slab_pos_RxC: jax.Array  # position of each slab entry
@@ -162,19 +163,43 @@ def _queries(cfg: ChunkConfig, slab_RxC: jax.Array) -> jax.Array:
 
 
 def _windows(cfg: ChunkConfig, slab_RxC: jax.Array) -> jax.Array:
-    """The key windows of a slab array: `[n_b, W * C, ...]`, offsets in increasing order."""
+    """A slab array in window shape, `[n_b, W * C, ...]`, offsets in increasing order (the
+    kernel uses it for its small index arrays; rows are cut by `_parts`)."""
     n_b, width = cfg.block_chunks, cfg.n_chunks_before + 1 + cfg.n_chunks_after
     return jnp.concatenate([lax.slice_in_dim(slab_RxC, w, w + n_b) for w in range(width)], axis=1)
 
 
-def _fold(cfg: ChunkConfig, windows_BxKx: jax.Array) -> jax.Array:
-    """Transpose of `_windows`: window-shaped values summed onto their slab rows."""
-    n_b, width = cfg.block_chunks, cfg.n_chunks_before + 1 + cfg.n_chunks_after
-    per_w = windows_BxKx.reshape((n_b, width, cfg.chunk_len) + windows_BxKx.shape[2:])
-    slab = jnp.zeros((n_b + width - 1,) + per_w.shape[2:], windows_BxKx.dtype)
-    for w in range(width):
-        slab = slab.at[w : w + n_b].add(per_w[:, w])
-    return slab
+def _width(cfg: ChunkConfig) -> int:
+    return cfg.n_chunks_before + 1 + cfg.n_chunks_after
+
+
+def _parts(cfg: ChunkConfig, slab_RxC: jax.Array) -> list[jax.Array]:
+    """The key windows of a slab array by offset: W arrays `[n_b, C, ...]`, part `w` holding
+    each query chunk's `w`-th window chunk. Products and masks are taken part by part, so
+    the overlapping windows are never copied out of the slab."""
+    return [lax.slice_in_dim(slab_RxC, w, w + cfg.block_chunks) for w in range(_width(cfg))]
+
+
+def _fold(cfg: ChunkConfig, parts_BxCx: list[jax.Array]) -> jax.Array:
+    """Transpose of `_parts`: per-offset values summed onto their slab rows (one fused sum of
+    shifted copies)."""
+    width = len(parts_BxCx)
+    pads = [(0, 0)] * (parts_BxCx[0].ndim - 1)
+    return sum(jnp.pad(part, [(w, width - 1 - w)] + pads) for w, part in enumerate(parts_BxCx))
+
+
+def _window_shape(cfg: ChunkConfig) -> tuple[int, int, int]:
+    """`[B, C, W * C]`: a block's logits with every window offset side by side."""
+    return (cfg.block_chunks, cfg.chunk_len, _width(cfg) * cfg.chunk_len)
+
+
+def _window_part(cfg: ChunkConfig, blk: _Block, w: int) -> _Block:
+    """`blk` with its key bookkeeping cut to window offset `w` (`[n_b, C]`)."""
+    c = cfg.chunk_len
+    return blk._replace(
+        k_slot_BxK=blk.k_slot_BxK[:, w * c : (w + 1) * c],
+        k_pos_BxK=blk.k_pos_BxK[:, w * c : (w + 1) * c],
+    )
 
 
 def _block_logits(
@@ -211,15 +236,33 @@ def _block_logits(
 
 def _block_qk(
     cfg: ChunkConfig, blk: _Block, q_LxD: jax.Array, k_LxD: jax.Array | None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(queries `[B, C, D]`, keys `[B, K, D]`, the slab rows of `q` `[R, C, D]`) of a block.
-    `k_LxD` None means shared QK: the keys are the unit-length slab rows of `q`."""
+) -> tuple[jax.Array, list[jax.Array], jax.Array]:
+    """(queries `[B, C, D]`, key parts `_parts`, the slab rows of `q` `[R, C, D]`) of a
+    block. `k_LxD` None means shared QK: the keys are the unit-length slab rows of `q`."""
     q_slab_RxCxD = q_LxD[blk.slab_pos_RxC]
     if k_LxD is None:
         k_slab_RxCxD = unit_keys(q_slab_RxCxD)
     else:
         k_slab_RxCxD = k_LxD[blk.slab_pos_RxC]
-    return _queries(cfg, q_slab_RxCxD), _windows(cfg, k_slab_RxCxD), q_slab_RxCxD
+    return _queries(cfg, q_slab_RxCxD), _parts(cfg, k_slab_RxCxD), q_slab_RxCxD
+
+
+def _logit_parts(
+    cfg: ChunkConfig, blk: _Block, q_BxCxD: jax.Array, k_parts: list[jax.Array], lay: Layout
+) -> list[jax.Array]:
+    """Masked float32 logits `[B, C, C]` of each window offset."""
+    return [
+        _block_logits(cfg, _window_part(cfg, blk, w), q_BxCxD, k_BxCxD, lay)
+        for w, k_BxCxD in enumerate(k_parts)
+    ]
+
+
+def _cut(cfg: ChunkConfig, x_BxCxK: jax.Array | None) -> list:
+    """A window-shaped `[B, C, W * C]` array by offset (None stays None)."""
+    c = cfg.chunk_len
+    return [
+        None if x_BxCxK is None else x_BxCxK[..., w * c : (w + 1) * c] for w in range(_width(cfg))
+    ]
 
 
 def _dropout_scale(
@@ -252,20 +295,22 @@ def _chunked_forward(
     def step(carry, g):
         out_LxV, max_L, sum_L = carry
         blk = _block(cfg, g, lay)
-        q_BxCxD, k_BxKxD, _ = _block_qk(cfg, blk, q_LxD, k_LxD)
-        logits_BxCxK = _block_logits(cfg, blk, q_BxCxD, k_BxKxD, lay)
+        q_BxCxD, k_parts, _ = _block_qk(cfg, blk, q_LxD, k_LxD)
+        logit_parts = _logit_parts(cfg, blk, q_BxCxD, k_parts, lay)
         q_pos_Q = blk.q_pos_BxC.reshape(-1)
-        block_max_BxC = jnp.max(logits_BxCxK, axis=-1)
-        exp_BxCxK = jnp.exp(logits_BxCxK - block_max_BxC[:, :, None])
-        block_sum_BxC = jnp.sum(exp_BxCxK, axis=-1)
-        scale = _dropout_scale(cfg, rng, g, exp_BxCxK.shape)
-        if scale is not None:
-            exp_BxCxK = exp_BxCxK * scale
-        block_out_QxV = jnp.einsum(
-            "bqk,bkv->bqv",
-            (exp_BxCxK / block_sum_BxC[:, :, None]).astype(v_LxV.dtype),
-            _windows(cfg, v_LxV[blk.slab_pos_RxC]),
-            preferred_element_type=jnp.float32,
+        block_max_BxC = functools.reduce(jnp.maximum, [jnp.max(x, axis=-1) for x in logit_parts])
+        exp_parts = [jnp.exp(x - block_max_BxC[:, :, None]) for x in logit_parts]
+        block_sum_BxC = sum(jnp.sum(x, axis=-1) for x in exp_parts)
+        scale_parts = _cut(cfg, _dropout_scale(cfg, rng, g, _window_shape(cfg)))
+        v_parts = _parts(cfg, v_LxV[blk.slab_pos_RxC])
+        block_out_QxV = sum(
+            jnp.einsum(
+                "bqk,bkv->bqv",
+                ((e if sc is None else e * sc) / block_sum_BxC[:, :, None]).astype(v_LxV.dtype),
+                v_BxCxV,
+                preferred_element_type=jnp.float32,
+            )
+            for e, sc, v_BxCxV in zip(exp_parts, scale_parts, v_parts, strict=True)
         ).reshape(-1, d_v)
         block_max_Q, block_sum_Q = block_max_BxC.reshape(-1), block_sum_BxC.reshape(-1)
         # Streaming softmax: merge with what earlier rounds gave these positions (a block
@@ -340,26 +385,30 @@ def chunked_attention_bwd(cfg, residuals, dout_LxV):
     def step(carry, g):
         dq_LxD, dk_LxD, dv_LxV = carry
         blk = _block(cfg, g, lay)
-        q_BxCxD, k_BxKxD, q_slab_RxCxD = _block_qk(cfg, blk, q_LxD, k_LxD)
-        logits_BxCxK = _block_logits(cfg, blk, q_BxCxD, k_BxKxD, lay)
+        q_BxCxD, k_parts, q_slab_RxCxD = _block_qk(cfg, blk, q_LxD, k_LxD)
+        logit_parts = _logit_parts(cfg, blk, q_BxCxD, k_parts, lay)
         q_pos_BxC = blk.q_pos_BxC
-        probs_BxCxK = (
-            jnp.exp(logits_BxCxK - max_L[q_pos_BxC][:, :, None]) / sum_L[q_pos_BxC][:, :, None]
-        )
-        scale = _dropout_scale(cfg, rng, g, probs_BxCxK.shape)
-        dropped_BxCxK = probs_BxCxK if scale is None else probs_BxCxK * scale
+        max_BxC, sum_BxC = max_L[q_pos_BxC][:, :, None], sum_L[q_pos_BxC][:, :, None]
+        delta_BxC = delta_L[q_pos_BxC][:, :, None]
+        scale_parts = _cut(cfg, _dropout_scale(cfg, rng, g, _window_shape(cfg)))
         dout_BxCxV = dout_LxV[q_pos_BxC]
-        v_BxKxV = _windows(cfg, v_LxV[blk.slab_pos_RxC])
-        dv_BxKxV = _product("bqk,bqv->bkv", dropped_BxCxK, dout_BxCxV, dtype)
-        dprobs_BxCxK = _product("bqv,bkv->bqk", dout_BxCxV, v_BxKxV, dtype)
-        if scale is not None:
-            dprobs_BxCxK = dprobs_BxCxK * scale
-        dlogits_BxCxK = probs_BxCxK * (dprobs_BxCxK - delta_L[q_pos_BxC][:, :, None])
-        dq_BxCxD = _product("bqk,bkd->bqd", dlogits_BxCxK, k_BxKxD, dtype)
-        dk_BxKxD = _product("bqk,bqd->bkd", dlogits_BxCxK, q_BxCxD, dtype)
-        # Window-shaped key and value gradients summed onto the slab: each row once.
+        v_parts = _parts(cfg, v_LxV[blk.slab_pos_RxC])
+        dq_BxCxD, dk_parts, dv_parts = 0.0, [], []
+        for logits_BxCxC, scale, k_BxCxD, v_BxCxV in zip(
+            logit_parts, scale_parts, k_parts, v_parts, strict=True
+        ):
+            probs_BxCxC = jnp.exp(logits_BxCxC - max_BxC) / sum_BxC
+            dropped_BxCxC = probs_BxCxC if scale is None else probs_BxCxC * scale
+            dv_parts.append(_product("bqk,bqv->bkv", dropped_BxCxC, dout_BxCxV, dtype))
+            dprobs_BxCxC = _product("bqv,bkv->bqk", dout_BxCxV, v_BxCxV, dtype)
+            if scale is not None:
+                dprobs_BxCxC = dprobs_BxCxC * scale
+            dlogits_BxCxC = probs_BxCxC * (dprobs_BxCxC - delta_BxC)
+            dq_BxCxD = dq_BxCxD + _product("bqk,bkd->bqd", dlogits_BxCxC, k_BxCxD, dtype)
+            dk_parts.append(_product("bqk,bqd->bkd", dlogits_BxCxC, q_BxCxD, dtype))
+        # Per-offset key and value gradients summed onto the slab: each row once.
         slab_pos_P = blk.slab_pos_RxC.reshape(-1)
-        dk_slab_RxCxD = _fold(cfg, dk_BxKxD)
+        dk_slab_RxCxD = _fold(cfg, dk_parts)
         if shared_qk:  # Through the keys' normalization into the same rows' gradient.
             _, norm_vjp = jax.vjp(unit_keys, q_slab_RxCxD.astype(jnp.float32))
             (drow_RxCxD,) = norm_vjp(dk_slab_RxCxD)
@@ -368,12 +417,12 @@ def chunked_attention_bwd(cfg, residuals, dout_LxV):
             dq_LxD = dq_LxD.at[slab_pos_P].add(drow_RxCxD.reshape(-1, drow_RxCxD.shape[-1]))
         else:
             dq_LxD = dq_LxD.at[q_pos_BxC.reshape(-1)].add(dq_BxCxD.reshape(-1, dq_BxCxD.shape[-1]))
-            dk_LxD = dk_LxD.at[slab_pos_P].add(dk_slab_RxCxD.reshape(-1, dk_BxKxD.shape[-1]))
-        dv_slab_RxCxV = _fold(cfg, dv_BxKxV)
+            dk_LxD = dk_LxD.at[slab_pos_P].add(dk_slab_RxCxD.reshape(-1, dk_slab_RxCxD.shape[-1]))
+        dv_slab_RxCxV = _fold(cfg, dv_parts)
         return (
             dq_LxD,
             dk_LxD,
-            dv_LxV.at[slab_pos_P].add(dv_slab_RxCxV.reshape(-1, dv_BxKxV.shape[-1])),
+            dv_LxV.at[slab_pos_P].add(dv_slab_RxCxV.reshape(-1, dv_slab_RxCxV.shape[-1])),
         ), None
 
     init = (
