@@ -81,6 +81,11 @@ class ChunkConfig:
     def n_blocks(self) -> int:
         return self.n_chunks // self.block_chunks
 
+    @property
+    def window_chunks(self) -> int:
+        """W: the chunks a query chunk attends to (itself and its neighbours)."""
+        return self.n_chunks_before + 1 + self.n_chunks_after
+
 
 class Layout(NamedTuple):
     """Integer bookkeeping of the sorted sequence (no gradients flow through it)."""
@@ -132,14 +137,13 @@ class _Block(NamedTuple):
     n_chunks_before` and its window is slab chunks `b .. b + W - 1`. A gathered array is
     `[R, C, ...]`; `_queries` and `_parts` (the windows by offset) cut it without gathering
     or copying again, and `_fold` sums per-offset gradients back onto slab rows, so each row
-    is scattered once per block. `_windows` lays out index arrays in window shape.
+    is scattered once per block.
     """
 
+    slab_slot_RxC: jax.Array  # slot of each slab entry
     slab_pos_RxC: jax.Array  # position of each slab entry
     q_slot_BxC: jax.Array
-    k_slot_BxK: jax.Array
     q_pos_BxC: jax.Array
-    k_pos_BxK: jax.Array
 
 
 def _block(cfg: ChunkConfig, g: jax.Array, lay: Layout) -> _Block:
@@ -149,11 +153,10 @@ def _block(cfg: ChunkConfig, g: jax.Array, lay: Layout) -> _Block:
     slab_slot_RxC = slab_chunk_R[:, None] * c + jnp.arange(c)
     slab_pos_RxC = lay.pos_S[slab_slot_RxC]
     return _Block(
+        slab_slot_RxC=slab_slot_RxC,
         slab_pos_RxC=slab_pos_RxC,
         q_slot_BxC=_queries(cfg, slab_slot_RxC),
-        k_slot_BxK=_windows(cfg, slab_slot_RxC),
         q_pos_BxC=_queries(cfg, slab_pos_RxC),
-        k_pos_BxK=_windows(cfg, slab_pos_RxC),
     )
 
 
@@ -162,22 +165,15 @@ def _queries(cfg: ChunkConfig, slab_RxC: jax.Array) -> jax.Array:
     return lax.slice_in_dim(slab_RxC, cfg.n_chunks_before, cfg.n_chunks_before + cfg.block_chunks)
 
 
-def _windows(cfg: ChunkConfig, slab_RxC: jax.Array) -> jax.Array:
-    """A slab array in window shape, `[n_b, W * C, ...]`, offsets in increasing order (the
-    kernel uses it for its small index arrays; rows are cut by `_parts`)."""
-    n_b, width = cfg.block_chunks, cfg.n_chunks_before + 1 + cfg.n_chunks_after
-    return jnp.concatenate([lax.slice_in_dim(slab_RxC, w, w + n_b) for w in range(width)], axis=1)
-
-
-def _width(cfg: ChunkConfig) -> int:
-    return cfg.n_chunks_before + 1 + cfg.n_chunks_after
+def _part(cfg: ChunkConfig, slab_RxC: jax.Array, w: int) -> jax.Array:
+    """Each query chunk's `w`-th window chunk of a slab array: `[n_b, C, ...]`."""
+    return lax.slice_in_dim(slab_RxC, w, w + cfg.block_chunks)
 
 
 def _parts(cfg: ChunkConfig, slab_RxC: jax.Array) -> list[jax.Array]:
-    """The key windows of a slab array by offset: W arrays `[n_b, C, ...]`, part `w` holding
-    each query chunk's `w`-th window chunk. Products and masks are taken part by part, so
-    the overlapping windows are never copied out of the slab."""
-    return [lax.slice_in_dim(slab_RxC, w, w + cfg.block_chunks) for w in range(_width(cfg))]
+    """The windows of a slab array by offset: `_part` for every offset. Products and masks
+    are taken part by part, so the overlapping windows are never copied out of the slab."""
+    return [_part(cfg, slab_RxC, w) for w in range(cfg.window_chunks)]
 
 
 def _fold(cfg: ChunkConfig, parts_BxCx: list[jax.Array]) -> jax.Array:
@@ -190,27 +186,20 @@ def _fold(cfg: ChunkConfig, parts_BxCx: list[jax.Array]) -> jax.Array:
 
 def _window_shape(cfg: ChunkConfig) -> tuple[int, int, int]:
     """`[B, C, W * C]`: a block's logits with every window offset side by side."""
-    return (cfg.block_chunks, cfg.chunk_len, _width(cfg) * cfg.chunk_len)
-
-
-def _window_part(cfg: ChunkConfig, blk: _Block, w: int) -> _Block:
-    """`blk` with its key bookkeeping cut to window offset `w` (`[n_b, C]`)."""
-    c = cfg.chunk_len
-    return blk._replace(
-        k_slot_BxK=blk.k_slot_BxK[:, w * c : (w + 1) * c],
-        k_pos_BxK=blk.k_pos_BxK[:, w * c : (w + 1) * c],
-    )
+    return (cfg.block_chunks, cfg.chunk_len, cfg.window_chunks * cfg.chunk_len)
 
 
 def _block_logits(
     cfg: ChunkConfig,
     blk: _Block,
+    w: int,
     q_BxCxD: jax.Array,
     k_BxKxD: jax.Array,
     lay: Layout,
 ) -> jax.Array:
-    """Masked float32 logits `[B, C, K]` of a block: B chunks of C queries, K = W * C keys."""
-    q_pos_BxC, k_pos_BxK = blk.q_pos_BxC, blk.k_pos_BxK
+    """Masked float32 logits `[B, C, K]` of a block's window offset `w`: B chunks of C
+    queries against their `w`-th window chunk, K = C keys."""
+    q_pos_BxC, k_pos_BxK = blk.q_pos_BxC, _part(cfg, blk.slab_pos_RxC, w)
     logits_BxCxK = jnp.einsum("bqd,bkd->bqk", q_BxCxD, k_BxKxD, preferred_element_type=jnp.float32)
     logits_BxCxK = logits_BxCxK + mask_bias(
         q_pos_BxC[:, :, None],
@@ -221,7 +210,8 @@ def _block_logits(
     )
     if not cfg.attend_across_buckets:
         # Buckets of different rounds never match, as in trax v1 (its buckets carry offsets).
-        q_round_BxC, k_round_BxK = blk.q_slot_BxC // cfg.length, blk.k_slot_BxK // cfg.length
+        q_round_BxC = blk.q_slot_BxC // cfg.length
+        k_round_BxK = _part(cfg, blk.slab_slot_RxC, w) // cfg.length
         q_bucket_BxC = lay.bucket_NxL[q_round_BxC, q_pos_BxC]
         k_bucket_BxK = lay.bucket_NxL[k_round_BxK, k_pos_BxK]
         same_BxCxK = (q_round_BxC[:, :, None] == k_round_BxK[:, None, :]) & (
@@ -251,17 +241,15 @@ def _logit_parts(
     cfg: ChunkConfig, blk: _Block, q_BxCxD: jax.Array, k_parts: list[jax.Array], lay: Layout
 ) -> list[jax.Array]:
     """Masked float32 logits `[B, C, C]` of each window offset."""
-    return [
-        _block_logits(cfg, _window_part(cfg, blk, w), q_BxCxD, k_BxCxD, lay)
-        for w, k_BxCxD in enumerate(k_parts)
-    ]
+    return [_block_logits(cfg, blk, w, q_BxCxD, k_BxCxD, lay) for w, k_BxCxD in enumerate(k_parts)]
 
 
 def _cut(cfg: ChunkConfig, x_BxCxK: jax.Array | None) -> list:
     """A window-shaped `[B, C, W * C]` array by offset (None stays None)."""
     c = cfg.chunk_len
     return [
-        None if x_BxCxK is None else x_BxCxK[..., w * c : (w + 1) * c] for w in range(_width(cfg))
+        None if x_BxCxK is None else x_BxCxK[..., w * c : (w + 1) * c]
+        for w in range(cfg.window_chunks)
     ]
 
 
