@@ -8,6 +8,11 @@ blocked products (run once per block), gathers and scatters of rows, sorts, and 
 Operations overlap on several cores, so the shares are of the summed operation time, not of
 the wall time.
 
+Then it times the LSH attention kernel of one layer on its own, at the step's shapes (all
+heads, without the projections): the forward pass's part (hashing, sorting, attention) and
+the backward pass's (attention recomputed with the saved buckets, as the reversible stack
+does, then its gradients), and compares `n_layers` times their sum with the step's wall time.
+
     python scripts/profile_step.py --seq_len 4096
 """
 
@@ -20,6 +25,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -40,10 +46,58 @@ def category(name: str, calls: int, n_layers: int) -> str:
     return "other"
 
 
+def median_seconds(fn, *args, repeats: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn(*args))  # Compile and warm up.
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def kernel_seconds(args, seq_len: int, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of one layer's LSH attention kernel (shared QK, all heads, no
+    projections) in the forward pass and in the backward pass of the benchmark's step."""
+    import jax
+    import jax.numpy as jnp
+
+    from reformer import lsh
+
+    heads, d = args.batch * args.n_heads, args.d_head
+    n_buckets = bench_peers.n_buckets(args, seq_len)
+    k_qk, k_v, k_rot, k_out = jax.random.split(jax.random.key(0), 4)
+    qk = jax.random.normal(k_qk, (heads, seq_len, d), jnp.float32)
+    v = jax.random.normal(k_v, (heads, seq_len, d), jnp.float32)
+    rotations = jax.random.normal(k_rot, (heads, d, args.n_hashes, n_buckets // 2), jnp.float32)
+    dout = jax.random.normal(k_out, (heads, seq_len, d), jnp.float32)
+    settings = dict(chunk_len=args.chunk, causal=True)
+
+    forward = jax.jit(jax.vmap(lambda q, v, r: lsh.lsh_attention(q, v, r, **settings)))
+
+    def recompute_and_grad(q, v, buckets, g):  # The reversible stack's backward pass.
+        def attend(q, v):
+            out, _ = lsh.lsh_attention(q, v, None, buckets=buckets, n_buckets=n_buckets, **settings)
+            return out
+
+        out, vjp = jax.vjp(attend, q, v)
+        return out, vjp(g)
+
+    backward = jax.jit(jax.vmap(recompute_and_grad))
+    _, buckets = forward(qk, v, rotations)
+    return (
+        median_seconds(forward, qk, v, rotations, repeats=repeats),
+        median_seconds(backward, qk, v, buckets, dout, repeats=repeats),
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seq_len", type=int, default=4096)
     p.add_argument("--top", type=int, default=15, help="operations listed by time")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of the step and kernel")
     a = p.parse_args()
     args = types.SimpleNamespace(
         d_model=512, d_ff=2048, n_heads=8, d_head=64, n_layers=6, chunk=64, n_hashes=4,
@@ -52,10 +106,8 @@ def main() -> None:
     import jax
 
     step, _ = bench_peers.build_ours(args, a.seq_len, reversible=True)
-    step()  # Warm-up.
-    start = time.perf_counter()
-    step()
-    print(f"step: {time.perf_counter() - start:.2f} s at {a.seq_len} tokens")
+    step_s = median_seconds(step, repeats=a.repeats)
+    print(f"step: {step_s:.2f} s at {a.seq_len} tokens (median of {a.repeats})")
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             step()
@@ -80,6 +132,13 @@ def main() -> None:
     print(f"top {a.top} operations (calls):")
     for name, us in total.most_common(a.top):
         print(f"  {name:40s} {us / 1e3:9.1f} ms  ({calls[name]})")
+    fwd, bwd = kernel_seconds(args, a.seq_len, a.repeats)
+    kernel = args.n_layers * (fwd + bwd)
+    print(
+        f"LSH kernel of one layer, alone: forward {1e3 * fwd:.1f} ms, backward {1e3 * bwd:.1f} ms"
+        f" (recomputation and gradients); x {args.n_layers} layers = {kernel:.2f} s,"
+        f" {kernel / step_s:.2f} of the step; the rest of the step: {step_s - kernel:.2f} s"
+    )
 
 
 if __name__ == "__main__":
