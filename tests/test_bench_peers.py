@@ -100,11 +100,23 @@ def test_toy_run_of_every_installed_implementation(tmp_path):
 def test_profile_step_groups_the_operations_of_one_step():
     """scripts/profile_step.py on the same model at 256 tokens: the shares add up and the
     step's products are found."""
-    proc = run_script("profile_step.py", ["--seq_len=256", "--top=3"], timeout=600)
+    proc = run_script("profile_step.py", ["--seq_len=256", "--top=3", "--repeats=2"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shares = [float(m) for m in re.findall(r"(\d+\.\d)%", proc.stdout)]
     assert abs(sum(shares) - 100.0) < 0.5, proc.stdout
     assert "products with weights" in proc.stdout and "LSH block products" in proc.stdout
+    # The kernel timed alone: 6 layers of (forward + backward), set against the step.
+    step_s = float(re.search(r"step: (\d+\.\d+) s", proc.stdout).group(1))
+    kernel = re.search(
+        r"forward (\d+\.\d) ms, backward (\d+\.\d) ms .* = (\d+\.\d+) s, .* the rest of the"
+        r" step: (-?\d+\.\d+) s",
+        proc.stdout,
+    )
+    assert kernel, proc.stdout
+    fwd_ms, bwd_ms, total_s, rest_s = map(float, kernel.groups())
+    assert fwd_ms > 0 and bwd_ms > 0
+    assert abs(total_s - 6 * (fwd_ms + bwd_ms) / 1e3) < 0.011
+    assert abs(rest_s - (step_s - total_s)) < 0.011
 
 
 def test_memory_compared_is_the_gpus_where_there_is_any():
