@@ -148,3 +148,30 @@ def test_gpu_run_without_a_gpu_fails_with_a_clear_error(tmp_path):
     assert sorted(r["impl"] for r in records) == ["hf", "ours"]
     for r in records:
         assert "--device gpu" in r["error"] and r["step_seconds"] is None, r
+
+
+def test_cpu_parallelism_runs_every_case_pinned_and_on_all_cores(tmp_path):
+    """scripts/cpu_parallelism.py at its small size: each case once pinned to one core and
+    once on all of them, the split product on two devices, the records and the plot."""
+    out = tmp_path / "par.json"
+    args = ["--size=small", "--repeats=2", "--rounds=1", f"--out={out}"]
+    proc = run_script("cpu_parallelism.py", args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(out.read_text())
+    n_cores = len(os.sched_getaffinity(0))
+    cases = {"large_product", "block_products", "independent_loops"}
+    cases |= {"kernel_forward", "kernel_backward"}
+    for case in cases:
+        got = {r["cores"] for r in records if r["case"] == case and r["devices"] == 1}
+        assert got == {1, n_cores}, (case, got)
+    assert all(r["value"] > 0 and r["n_cores"] == n_cores for r in records)
+    split = [r for r in records if r["devices"] == 2]
+    assert len(split) == (n_cores > 1) and all(r["case"] == "block_products" for r in split)
+    assert (tmp_path / "par.png").exists()
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == len(records) + 1  # The header, then one row a record.
+
+
+def test_cpu_parallelism_refuses_zero_repeats():
+    proc = run_script("cpu_parallelism.py", ["--repeats=0"], timeout=120)
+    assert proc.returncode == 2 and "--repeats must be at least 1, got 0" in proc.stderr
