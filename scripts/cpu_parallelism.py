@@ -30,25 +30,16 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from profile_step import median_seconds  # noqa: E402
 
 SIZES = {  # case settings: large product n, block count G, kernel length L
     "full": {"n": 2048, "blocks": 128, "seq_len": 4096},
     "small": {"n": 256, "blocks": 8, "seq_len": 256},
 }
 CASES = ("large_product", "block_products", "independent_loops", "kernel_forward")
-
-
-def median_seconds(fn, *args, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))  # Compile and warm up.
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def block_operands(blocks: int):
@@ -100,7 +91,6 @@ def worker(case: str, size: dict, repeats: int, devices: int) -> list[dict]:
     if case == "kernel_forward":  # Both parts of the kernel from one build.
         import types
 
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import profile_step
 
         args = types.SimpleNamespace(batch=1, n_heads=8, d_head=64, chunk=64, n_hashes=4)
