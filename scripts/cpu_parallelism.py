@@ -1,6 +1,6 @@
 """How XLA:CPU spreads the train step's kinds of work over this machine's cores.
 
-Each case runs in its own process, pinned to one core and then to all of them
+The script runs the cases in a process pinned to one core and in one on all of them
 (`os.sched_setaffinity` before JAX starts), `--rounds` times in alternating order, and
 reports the median over the rounds of each worker's median of `--repeats` timed runs:
 
@@ -55,8 +55,13 @@ def block_product(x, y):
     return jnp.einsum("bqd,bkd->bqk", x, y)
 
 
-def worker(case: str, size: dict, repeats: int, devices: int) -> list[dict]:
-    """Runs one case in this process (already pinned); returns its records."""
+def worker(cases: list[str], size: dict, repeats: int, devices: int) -> list[dict]:
+    """Runs `cases` one after the other in this process (already pinned); their records."""
+    return [{"case": case, **r} for case in cases for r in run_case(case, size, repeats, devices)]
+
+
+def run_case(case: str, size: dict, repeats: int, devices: int) -> list[dict]:
+    """One case's records: `{"value", "unit"}` (and `"case"` where it gives two)."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -102,18 +107,20 @@ def worker(case: str, size: dict, repeats: int, devices: int) -> list[dict]:
     raise ValueError(f"unknown case {case!r}; allowed: {', '.join(CASES)}")
 
 
-def run_worker(case: str, cores: int, devices: int, a) -> list[dict]:
+def run_worker(cases: tuple[str, ...], cores: int, devices: int, a) -> list[dict]:
     env = dict(os.environ)
     if devices > 1:
         flag = f"--xla_force_host_platform_device_count={devices}"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}"
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, "--cores", str(cores)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", ",".join(cases)]
+    cmd += ["--cores", str(cores)]
     cmd += ["--size", a.size, "--repeats", str(a.repeats), "--devices", str(devices)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=a.timeout)
     if proc.returncode:
-        raise RuntimeError(f"worker {case} (cores {cores}) failed:\n{proc.stderr[-3000:]}")
+        why = proc.stderr[-3000:]
+        raise RuntimeError(f"worker {','.join(cases)} (cores {cores}) failed:\n{why}")
     records = json.loads(proc.stdout.strip().splitlines()[-1])
-    return [{"case": case, "cores": cores, "devices": devices, **r} for r in records]
+    return [{**r, "cores": cores, "devices": devices} for r in records]
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -149,7 +156,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="timed runs per worker")
     p.add_argument("--rounds", type=int, default=3, help="workers per case and core count")
     p.add_argument("--timeout", type=int, default=900, help="seconds per worker")
-    p.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # Cases, comma-separated.
     p.add_argument("--cores", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -158,7 +165,7 @@ def main() -> None:
             p.error(f"--{name} must be at least 1, got {getattr(a, name)}")
     if a.worker:
         os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: a.cores]))
-        print(json.dumps(worker(a.worker, SIZES[a.size], a.repeats, a.devices)))
+        print(json.dumps(worker(a.worker.split(","), SIZES[a.size], a.repeats, a.devices)))
         return
     n_cores = len(os.sched_getaffinity(0))
     import jax
@@ -167,11 +174,10 @@ def main() -> None:
     common["jax"] = jax.__version__
     runs = []  # Rounds in alternating order, so drifting load from other processes evens out.
     for round_ in range(a.rounds):
-        for case in CASES:
-            for cores in sorted({1, n_cores}, reverse=bool(round_ % 2)):
-                runs += run_worker(case, cores, 1, a)
+        for cores in sorted({1, n_cores}, reverse=bool(round_ % 2)):
+            runs += run_worker(CASES, cores, 1, a)
         if n_cores > 1:
-            runs += run_worker("block_products", n_cores, 2, a)
+            runs += run_worker(("block_products",), n_cores, 2, a)
     records = []
     for r in runs:  # One record per (case, cores, devices): the median over the rounds.
         key = (r["case"], r["cores"], r["devices"])

@@ -76,9 +76,9 @@ def test_sequence_map_joins_sums_and_looks_back(chunk_size):
         return jnp.swapaxes(jnp.tanh(x @ w), 1, 2)
 
     whole = heads_first(x)
-    np.testing.assert_allclose(
-        sequence_map(lambda _, c: heads_first(c), (x,), chunk_size, out_axis=2), whole, rtol=1e-6
-    )
+    # Products over different numbers of rows may round differently (a few float32 ulps).
+    chunked = sequence_map(lambda _, c: heads_first(c), (x,), chunk_size, out_axis=2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
     total = sequence_map(lambda _, c: jnp.sum(c**2), (x,), chunk_size, out_axis=None)
     np.testing.assert_allclose(total, jnp.sum(x**2), rtol=1e-5)
 
