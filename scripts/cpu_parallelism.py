@@ -154,7 +154,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/benchmarks/cpu_parallelism_cpu.json")
     p.add_argument("--size", choices=sorted(SIZES), default="full")
     p.add_argument("--repeats", type=int, default=7, help="timed runs per worker")
-    p.add_argument("--rounds", type=int, default=3, help="workers per case and core count")
+    p.add_argument("--rounds", type=int, default=3, help="one worker per core count a round")
     p.add_argument("--timeout", type=int, default=900, help="seconds per worker")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # Cases, comma-separated.
     p.add_argument("--cores", type=int, default=0, help=argparse.SUPPRESS)
