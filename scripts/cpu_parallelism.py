@@ -33,7 +33,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from profile_step import median_seconds  # noqa: E402
+from profile_step import kernel_seconds, median_seconds  # noqa: E402
 
 SIZES = {  # case settings: large product n, block count G, kernel length L
     "full": {"n": 2048, "blocks": 128, "seq_len": 4096},
@@ -96,10 +96,8 @@ def run_case(case: str, size: dict, repeats: int, devices: int) -> list[dict]:
     if case == "kernel_forward":  # Both parts of the kernel from one build.
         import types
 
-        import profile_step
-
         args = types.SimpleNamespace(batch=1, n_heads=8, d_head=64, chunk=64, n_hashes=4)
-        fwd, bwd = profile_step.kernel_seconds(args, size["seq_len"], repeats)
+        fwd, bwd = kernel_seconds(args, size["seq_len"], repeats)
         return [
             {"value": 1e3 * fwd, "unit": "ms", "case": "kernel_forward"},
             {"value": 1e3 * bwd, "unit": "ms", "case": "kernel_backward"},
@@ -178,12 +176,13 @@ def main() -> None:
             runs += run_worker(CASES, cores, 1, a)
         if n_cores > 1:
             runs += run_worker(("block_products",), n_cores, 2, a)
+    by_key = {}  # One record per (case, cores, devices): the median over the rounds.
+    for r in runs:
+        by_key.setdefault((r["case"], r["cores"], r["devices"]), []).append(r)
     records = []
-    for r in runs:  # One record per (case, cores, devices): the median over the rounds.
-        key = (r["case"], r["cores"], r["devices"])
-        if key not in [(q["case"], q["cores"], q["devices"]) for q in records]:
-            values = [q["value"] for q in runs if (q["case"], q["cores"], q["devices"]) == key]
-            records.append({**r, "value": statistics.median(values), "values": values, **common})
+    for same in by_key.values():
+        values = [r["value"] for r in same]
+        records.append({**same[0], "value": statistics.median(values), "values": values, **common})
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(records, f, indent=1)

@@ -165,6 +165,10 @@ def test_cpu_parallelism_runs_every_case_pinned_and_on_all_cores(tmp_path):
         got = {r["cores"] for r in records if r["case"] == case and r["devices"] == 1}
         assert got == {1, n_cores}, (case, got)
     assert all(r["value"] > 0 and r["n_cores"] == n_cores for r in records)
+    assert all(len(r["values"]) == 1 and r["values"][0] == r["value"] for r in records)
+    units = {r["case"]: r["unit"] for r in records}
+    assert units["large_product"] == units["block_products"] == "GFLOP/s"
+    assert units["kernel_forward"] == units["kernel_backward"] == "ms"
     split = [r for r in records if r["devices"] == 2]
     assert len(split) == (n_cores > 1) and all(r["case"] == "block_products" for r in split)
     assert (tmp_path / "par.png").exists()
