@@ -41,7 +41,7 @@ def get_config(variant: str = "cpu"):
         c.eval.batch_size = 64
         if variant == "cpu":  # The Reformer: reversible, LSH (shared-QK), 2 hashes.
             c.model.attention_types = ("lsh",)
-            c.model.reversible = True
+            c.model.residual = "reversible"
             c.model.n_hashes = 2
             c.eval.n_hashes = 4  # As the paper evaluates: more hashes than in training.
     elif variant == "paper":

@@ -13,7 +13,7 @@ python -m reformer.train --config configs/enwik8.py:cpu \
         --config.data.path=../shared/data/enwik8_prefix_4154399 --workdir W
     A 4-layer model (local and LSH layers alternating, reversible, d_model 128, 512-byte
     sequences) that trains in under 30 minutes on 2 CPU cores. With
-    --config.model.attention_types="('full',)" --config.model.reversible=False it is the
+    --config.model.attention_types="('full',)" --config.model.residual=standard it is the
     same-size Transformer baseline (scripts/reproduce_enwik8_prefix.py runs both).
 """
 
@@ -27,7 +27,7 @@ def get_config(variant: str = "paper"):
     m = c.model
     m.vocab_size = 258  # Bytes + 2: 0 = padding, 1 = end (google/reformer-enwik8).
     m.causal = True
-    m.reversible = True
+    m.residual = "reversible"
     m.positional = "axial"
     if variant in ("paper", "1m"):
         m.d_model, m.d_ff, m.n_heads, m.d_head = 1024, 4096, 8, 128
@@ -38,7 +38,7 @@ def get_config(variant: str = "paper"):
         m.axial_shape, m.axial_dims = (128, 512), (256, 768)
         # Position-wise work (feed-forward, LayerNorms, projections, dropout, the loss) in
         # chunks of 2048 positions (docs/benchmarks.md has the step's memory).
-        m.ff_chunk_size = 2048
+        m.position_chunk_size = 2048
         m.loss_chunk_size = 2048
         # LSH layers two heads at a time (recomputed in the backward pass).
         m.lsh_heads_per_step = 2
@@ -78,7 +78,7 @@ def get_config(variant: str = "paper"):
         m.lsh_chunk_len, m.n_buckets, m.n_hashes = 64, 0, 2  # 16 buckets at 512 bytes.
         m.local_chunk_len = 128
         m.axial_shape, m.axial_dims = (16, 32), (64, 64)
-        m.ff_chunk_size = 0
+        m.position_chunk_size = 0
         m.dropout = 0.0
         m.attention_dropout = 0.0
         m.max_len = 512

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reformer.config import ConfigError
+from reformer.config import ConfigError, migrate
 from reformer.metrics import log
 
 CONFIG_FILE = "config.json"
@@ -273,7 +273,11 @@ def _state_structure(config: dict) -> dict:
 
 # How the same function is computed, not what it is: a run may resume with other values
 # (e.g. smaller chunks to fit another device). Only the dropout draws of later steps differ.
-EXECUTION_FIELDS = ("model.ff_chunk_size", "model.loss_chunk_size", "model.lsh_heads_per_step")
+EXECUTION_FIELDS = (
+    "model.position_chunk_size",
+    "model.loss_chunk_size",
+    "model.lsh_heads_per_step",
+)
 
 
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -284,6 +288,7 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
         return
     with open(path) as f:
         saved = json.load(f)
+    migrate(saved)  # Workdirs written before a field was renamed resume under the new name.
     old = {**_flatten(saved.get("model", {}), "model."), **_state_structure(saved)}
     new = {
         **_flatten(json.loads(config.model.to_json()), "model."),

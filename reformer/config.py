@@ -7,17 +7,25 @@ work starts and turns a bad value into one clear error that names the field.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
 
 import ml_collections
+from absl import logging
 
 ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
+# "lm": causal language model; "masked_lm": bidirectional encoder predicting masked tokens;
+# "classifier": bidirectional encoder, one label per sequence from its pooled output.
+MODEL_KINDS = ("lm", "masked_lm", "classifier")
+# How the blocks join: "reversible" (two streams, recomputed backward pass), "two_stream" (the
+# same function, activations stored), "standard" (one stream, pre-LayerNorm: the Transformer).
+RESIDUALS = ("reversible", "two_stream", "standard")
 SPLITS = ("train", "validation", "test")
 OPTIMIZERS = ("adam", "adafactor")
 SCHEDULES = ("rsqrt", "constant")
-DATASETS = ("duplication", "enwik8", "text")
+DATASETS = ("duplication", "enwik8", "text", "masked_duplication", "match")
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
 # "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
@@ -33,6 +41,8 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.model = m = ml_collections.ConfigDict()
+    m.kind = "lm"  # What the model is and predicts: one of MODEL_KINDS.
+    m.n_classes = 2  # Labels of model.kind = "classifier".
     m.vocab_size = 128  # Token ids are 0..vocab_size-1 (bytes: 258 = 256 bytes + pad + end).
     m.d_model = 128  # Width of the residual stream.
     m.d_ff = 512  # Hidden width of the feed-forward block.
@@ -51,11 +61,11 @@ def default_config() -> ml_collections.ConfigDict:
     # time, recomputed in the backward pass: less memory, one more forward pass.
     m.lsh_heads_per_step = 0  # Heads per step of an LSH layer; 0 = all at once.
     m.n_hashes = 1  # LSH hash rounds in training.
-    m.causal = True  # Decoder (language model) masking.
-    m.reversible = False  # Reversible residual layers.
+    m.causal = True  # Causal masking of model.kind = "lm" (encoders are bidirectional).
+    m.residual = "two_stream"  # How the blocks join: one of RESIDUALS.
     # Feed-forward, LayerNorms, projections, dropout (and causal local attention whole)
     # run this many positions at a time, rematerialized in the backward pass.
-    m.ff_chunk_size = 0  # Positions per chunk of position-wise work; 0 = all at once.
+    m.position_chunk_size = 0  # Positions per chunk of position-wise work; 0 = all at once.
     m.ff_activation = "gelu"  # Feed-forward nonlinearity: one of FF_ACTIVATIONS.
     m.layer_norm_eps = 1e-6  # Epsilon of every LayerNorm (HF Reformer checkpoints: 1e-12).
     m.positional = "learned"  # Positional encoding: one of POSITIONAL.
@@ -70,6 +80,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
     # "text": any local byte file (data.path). Both split 90/5/5 in order; ids = byte + 2.
+    # "masked_duplication" (masked_lm) and "match" (classifier): synthetic encoder tasks of
+    # reformer/data/duplication.py whose answers need a token far away.
     d.name = "duplication"  # One of DATASETS.
     d.seq_len = 128  # Tokens per training sequence.
     d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
@@ -121,13 +133,66 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Fields that were renamed or replaced. Config files and saved workdirs (`config.json`) that
+# still name them load: `migrate` rewrites them into today's fields.
+LEGACY_FIELDS = {
+    "model.reversible": "model.residual ('reversible' for True, 'two_stream' for False)",
+    "model.ff_chunk_size": "model.position_chunk_size (it chunks all position-wise work)",
+}
+
+
+def _migrate_model(model, unlocked) -> list[str]:
+    """Rewrites the legacy fields of one `model` group (a dict or a ConfigDict) in place."""
+    notes = []
+    if "reversible" in model:
+        old = bool(model["reversible"])
+        residual = model.get("residual", "two_stream")
+        if old and residual not in ("two_stream", "reversible"):
+            raise ConfigError(
+                f"config.model.reversible=True (legacy) contradicts "
+                f"config.model.residual={residual!r}; set only model.residual"
+            )
+        with unlocked():
+            del model["reversible"]
+            model["residual"] = "reversible" if old else residual
+        notes.append(f"model.reversible={old} is now model.residual={model['residual']!r}")
+    if "ff_chunk_size" in model:
+        old, new = model["ff_chunk_size"], model.get("position_chunk_size", 0)
+        if new and old and new != old:
+            raise ConfigError(
+                f"config.model.ff_chunk_size={old} (legacy) contradicts "
+                f"config.model.position_chunk_size={new}; set only model.position_chunk_size"
+            )
+        with unlocked():
+            del model["ff_chunk_size"]
+            model["position_chunk_size"] = new or old
+        notes.append(f"model.ff_chunk_size={old} is now model.position_chunk_size")
+    return notes
+
+
+def migrate(config) -> list[str]:
+    """Rewrites `LEGACY_FIELDS` of `config` (a ConfigDict, locked or not, or the dict of a
+    saved `config.json`) into today's fields, in place; returns one note per rewritten field
+    (empty when there was nothing to do). A legacy value that contradicts the new field is a
+    ConfigError."""
+    model = config.get("model") if isinstance(config, dict) else config.get("model", None)
+    if model is None:
+        return []
+    if isinstance(model, ml_collections.ConfigDict):
+        return _migrate_model(model, model.unlocked)
+    return _migrate_model(model, contextlib.nullcontext)
+
+
 def load_config_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config([variant])` of a config file, as `--config path[:variant]` loads it."""
+    """`get_config([variant])` of a config file, as `--config path[:variant]` loads it, with
+    legacy fields migrated (`migrate`)."""
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"reformer_configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config() if variant is None else module.get_config(variant)
+    config = module.get_config() if variant is None else module.get_config(variant)
+    migrate(config)
+    return config
 
 
 def _keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
@@ -202,7 +267,7 @@ POSITIVE_INTS = (
 )
 NON_NEGATIVE_INTS = (
     "model.n_buckets",
-    "model.ff_chunk_size",
+    "model.position_chunk_size",
     "model.loss_chunk_size",
     "model.lsh_heads_per_step",
     "train.eval_every",
@@ -243,6 +308,8 @@ def _check_numbers(r: Report) -> None:
 
 def _check_choices(r: Report) -> None:
     for field, allowed in (
+        ("model.kind", MODEL_KINDS),
+        ("model.residual", RESIDUALS),
         ("model.positional", POSITIONAL),
         ("model.dtype", DTYPES),
         ("model.ff_activation", FF_ACTIVATIONS),
@@ -253,8 +320,12 @@ def _check_choices(r: Report) -> None:
     ):
         v = r.value(field)
         r.check(v in allowed, field, f"must be one of {allowed}, got {v!r}")
-    if r.config.eval.cached and r.fine("model.causal"):
-        r.check(r.config.model.causal, "eval.cached", "decoding needs model.causal = True")
+    if r.config.eval.cached and r.fine("model.causal", "model.kind"):
+        r.check(
+            r.config.model.kind == "lm" and r.config.model.causal,
+            "eval.cached",
+            "decoding needs a causal language model (model.kind = 'lm', model.causal = True)",
+        )
 
 
 def _check_layers(r: Report) -> None:
@@ -486,6 +557,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     Raises one ConfigError listing every problem, each with its field and the allowed
     values. `num_devices` is the number of devices of the whole run (all processes).
     """
+    for note in migrate(config):
+        logging.warning("config: %s (the old name still loads; use the new one)", note)
     known, given = _keys(default_config()), _keys(config)
     unknown = sorted(set(given) - set(known))
     if unknown:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from reformer.blocks import layer_name
 from reformer.config import ConfigError, default_config, load_config_file
 
 # HF `hidden_act` -> `model.ff_activation`. HF's "gelu" is the erf form, "gelu_new" the tanh
@@ -130,7 +131,7 @@ def config_from_hf(hf: Mapping, seq_len: int | None = None) -> ml_collections.Co
     m.local_chunk_len = int(hf.get("local_attn_chunk_length") or 64)
     m.n_hashes = int(hf.get("num_hashes", 1))
     m.causal = True
-    m.reversible = True  # HF's layers are reversible; both ways give the same function.
+    m.residual = "reversible"  # HF's layers are; `two_stream` is the same function.
     m.ff_activation = ACTIVATIONS[act]
     m.layer_norm_eps = float(hf.get("layer_norm_eps", 1e-12))
     m.dropout = float(hf.get("hidden_dropout_prob", 0.0))
@@ -244,7 +245,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: ml_collections.Confi
     layers = {}
     for j, kind in enumerate(pattern):
         repeats = [layer_params(i, kind) for i in range(j, m.n_layers, len(pattern))]
-        layers[f"{j}_{kind}"] = _stack(repeats)
+        layers[layer_name(j, kind)] = _stack(repeats)
 
     params = {
         "embed": {"embedding": take("embeddings.word_embeddings.weight", (m.vocab_size, d))},
@@ -286,7 +287,7 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: ml_collections.Confi
 MODEL_FIELDS = (
     "vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers", "attention_types",
     "lsh_chunk_len", "local_chunk_len", "n_buckets", "bucket_factors", "n_hashes", "causal",
-    "reversible",
+    "residual",
     "ff_activation", "layer_norm_eps", "positional", "max_len", "axial_shape", "axial_dims",
     "dropout", "attention_dropout",
 )  # fmt: skip

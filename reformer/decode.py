@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer import attention, lsh
+from reformer.blocks import layer_params
 from reformer.layers import layer_norm
 from reformer.model import FeedForwardHalf, ModelConfig, OutputLayer, ReformerLM, shift_right
 from reformer.reversible import on_grid
@@ -305,21 +306,20 @@ def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
     `M > 1` is a prefill and must start at 0; `M == 1` is one step at any `start`."""
     start = jnp.asarray(start, jnp.int32)
     grid = functools.partial(on_grid, spacing=cfg.stream_spacing)  # as in the model's stack
-    x1 = x2 = grid(_embed(cfg, params, inputs_BxM, start))
-    pattern = len(cfg.attention_types)
+    x1 = grid(_embed(cfg, params, inputs_BxM, start))
+    x2 = None if cfg.n_streams == 1 else x1  # `standard`: one stream, x + F(x), x + G(x)
     ff = FeedForwardHalf(cfg)
     new_caches = []
     for i, kind in enumerate(_layer_kinds(cfg)):
-        layer = jax.tree.map(
-            lambda a, r=i // pattern: a[r], params["layers"][f"{i % pattern}_{kind}"]
-        )
+        layer = layer_params(params["layers"], cfg, i)
         f_out, cache = _attention_half(
-            cfg, kind, layer["attention"], x2, start, caches[i], rotations[i]
+            cfg, kind, layer["attention"], x1 if x2 is None else x2, start, caches[i], rotations[i]
         )
         x1 = x1 + grid(f_out.astype(x1.dtype))
-        x2 = x2 + grid(ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True))
+        g_out = grid(ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True))
+        x1, x2 = (x1 + g_out, None) if x2 is None else (x1, x2 + g_out)
         new_caches.append(cache)
-    y = jnp.concatenate([x1, x2], axis=-1)
+    y = x1 if x2 is None else jnp.concatenate([x1, x2], axis=-1)
     y = layer_norm(params["final_norm"], y, cfg.layer_norm_eps)
     logits = OutputLayer(cfg.vocab_size, cfg.jnp_dtype).apply({"params": params["logits"]}, y)
     return logits, new_caches
@@ -381,8 +381,11 @@ def check_lengths(cfg: ModelConfig, prompt_len: int, length: int) -> None:
 def check_prompt(cfg: ModelConfig, prompt_BxN) -> jax.Array:
     """The prompt as int32 `[B, N]`; ValueError for a non-causal model, another shape or
     token ids outside the vocabulary."""
-    if not cfg.causal:
-        raise ValueError("decoding needs a causal model (model.causal=True)")
+    if not cfg.causal_attention:
+        raise ValueError(
+            "decoding needs a causal model (model.kind='lm', model.causal=True); "
+            f"this one is model.kind={cfg.kind!r}, model.causal={cfg.causal}"
+        )
     ids = np.asarray(prompt_BxN)
     if ids.ndim != 2:
         raise ValueError(f"prompt must be token ids [batch, length], got shape {ids.shape}")

@@ -1,181 +1,38 @@
-"""ReformerLM: a decoder-only language model of two-stream (reversible) blocks whose
-attention type is set per layer; with full attention and `reversible=False` it is the
-paper's Transformer baseline."""
+"""The models, built from the blocks of `reformer/blocks.py`.
+
+- `ReformerLM` (`model.kind = "lm"`): a causal language model; the inputs are shifted
+  right inside, so the logits at t predict token t from the tokens before it.
+- `ReformerEncoder` (`"masked_lm"`, `"classifier"`): a bidirectional encoder of the same
+  blocks, with padding (id 0) masked in every attention type; its head predicts the original
+  token at masked positions, or one label per sequence from the mean of its outputs over the
+  real positions.
+
+`model.residual` joins the blocks: `reversible` and `two_stream` (two streams, with and
+without recomputation: the same function) or `standard` (one stream, pre-LayerNorm: the
+Transformer the paper compares against). `batch_sums` gives the trainer one call for every
+kind: a batch in, the loss and metric sums out.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import linen as nn
 
-from reformer import attention, reversible
-from reformer.layers import (
-    AxialPositionalEmbedding,
-    FeedForwardWeights,
-    LayerNormWeights,
-    dropout,
-    feed_forward,
-    layer_norm,
-    matmul,
-    sequence_map,
+from reformer.blocks import (  # noqa: F401  (re-exported: the models' public names)
+    AttentionHalf,
+    FeedForwardHalf,
+    ModelConfig,
+    OutputLayer,
+    embed,
+    final_norm,
+    layer_name,
+    layer_stack,
+    loss_and_metrics,
+    retype_layers,
 )
 
-# In mixed precision the residual streams hold multiples of this (see `stream_spacing`).
-STREAM_SPACING = 2.0**-16
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The model's fields of `config.model`, frozen so modules can hold them."""
-
-    vocab_size: int
-    d_model: int
-    d_ff: int
-    n_heads: int
-    d_head: int
-    n_layers: int
-    attention_types: tuple[str, ...]
-    lsh_chunk_len: int
-    local_chunk_len: int
-    n_buckets: int
-    n_hashes: int
-    causal: bool
-    reversible: bool
-    ff_chunk_size: int
-    positional: str
-    max_len: int
-    axial_shape: tuple[int, ...]
-    axial_dims: tuple[int, ...]
-    dropout: float
-    attention_dropout: float
-    dtype: str
-    loss_chunk_size: int = 0
-    ff_activation: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    bucket_factors: tuple[int, ...] = ()
-    lsh_heads_per_step: int = 0
-
-    @classmethod
-    def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
-        fields = {f.name: model[f.name] for f in dataclasses.fields(cls)}
-        for name in ("attention_types", "axial_shape", "axial_dims", "bucket_factors"):
-            fields[name] = tuple(fields[name])
-        return cls(**fields)
-
-    def attention_type(self, layer: int) -> str:
-        return self.attention_types[layer % len(self.attention_types)]
-
-    @property
-    def lsh_n_buckets(self) -> int:
-        """`n_buckets`, or the product of `bucket_factors`; 0 = automatic."""
-        return math.prod(self.bucket_factors) if self.bucket_factors else self.n_buckets
-
-    @property
-    def jnp_dtype(self):
-        return jnp.dtype(self.dtype)
-
-    @property
-    def stream_spacing(self) -> float | None:
-        """The fixed-point grid of the residual streams (`reversible.on_grid`): 2^-16 in
-        mixed precision, so the reversible backward pass reconstructs the inputs that the
-        bfloat16 roundings saw, exactly; none in float32, whose reconstruction is exact to
-        its last bits already."""
-        return None if self.jnp_dtype == jnp.float32 else STREAM_SPACING
-
-
-def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
-    """The attention module of one layer, by type."""
-    common = dict(
-        n_heads=cfg.n_heads,
-        d_head=cfg.d_head,
-        causal=cfg.causal,
-        dropout_rate=cfg.attention_dropout,
-        dtype=cfg.jnp_dtype,
-        position_chunk=cfg.ff_chunk_size,
-        name=name,
-    )
-    if kind == "full":
-        return attention.FullSelfAttention(**common)
-    if kind == "full_shared_qk":
-        return attention.FullSelfAttention(shared_qk=True, **common)
-    if kind == "lsh":
-        return attention.LSHSelfAttention(
-            chunk_len=cfg.lsh_chunk_len,
-            n_buckets=cfg.lsh_n_buckets or None,
-            bucket_factors=cfg.bucket_factors or None,
-            n_hashes=cfg.n_hashes,
-            heads_per_step=cfg.lsh_heads_per_step,
-            **common,
-        )
-    if kind == "local":
-        return attention.LocalSelfAttention(chunk_len=cfg.local_chunk_len, **common)
-    raise ValueError(f"unknown attention type {kind!r}")
-
-
-def _dropout_key(module: nn.Module, rate: float, deterministic: bool):
-    """(rate, key) of a residual dropout (`layers.dropout`); (0, None) when it is off."""
-    if deterministic or rate == 0.0:
-        return 0.0, None
-    return rate, module.make_rng("dropout")
-
-
-class AttentionHalf(nn.Module):
-    """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None).
-
-    The LayerNorm and the projections, and the output projection and the dropout, run on
-    `model.ff_chunk_size` positions at a time around the attention kernel, each chunk
-    rematerialized in the backward pass (`layers.sequence_map`): the half keeps no
-    whole-sequence LayerNorm output, dropout mask or projected output for its backward pass.
-    """
-
-    cfg: ModelConfig
-    kind: str
-
-    @nn.compact
-    def __call__(
-        self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None = None, buckets=None
-    ):
-        cfg = self.cfg
-        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
-        rate, key = _dropout_key(self, cfg.dropout, deterministic)
-
-        def finish(index, y):  # The branch's result joins the float32 residual stream.
-            return dropout(y, rate, key, index).astype(x_BxLxD.dtype)
-
-        return make_attention(cfg, self.kind, "attention")(
-            x_BxLxD,
-            mask_BxL,
-            deterministic=deterministic,
-            n_hashes=n_hashes,
-            buckets=buckets,
-            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
-            finish=finish,
-        )
-
-
-class FeedForwardHalf(nn.Module):
-    """G of a layer: LayerNorm -> feed-forward -> dropout, all on `model.ff_chunk_size`
-    positions at a time (`layers.sequence_map`)."""
-
-    cfg: ModelConfig
-
-    @nn.compact
-    def __call__(self, x_BxLxD, *, deterministic: bool):
-        cfg = self.cfg
-        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
-        ff = FeedForwardWeights(cfg.d_ff, name="ff")(x_BxLxD.shape[-1])
-        rate, key = _dropout_key(self, cfg.dropout, deterministic)
-
-        def chunk(index, x):
-            h = layer_norm(norm, x, cfg.layer_norm_eps)
-            h = feed_forward(ff, h, cfg.jnp_dtype, cfg.ff_activation)
-            return dropout(h, rate, key, index).astype(x.dtype)
-
-        return sequence_map(chunk, (x_BxLxD,), cfg.ff_chunk_size)
+PAD_ID = 0  # Padding in every vocabulary; an encoder never attends to it.
 
 
 def shift_right(tokens_BxL: jax.Array) -> jax.Array:
@@ -184,13 +41,10 @@ def shift_right(tokens_BxL: jax.Array) -> jax.Array:
 
 
 class ReformerLM(nn.Module):
-    """Embeddings, `n_layers` two-stream blocks, LayerNorm(concat(Y1, Y2)), output logits.
+    """Embeddings, `n_layers` blocks, the final LayerNorm over the streams, output logits.
 
-    Layer i has the attention type `attention_types[i % len(attention_types)]`. With
-    `reversible=True` the blocks run as a reversible stack (`reformer/reversible.py`);
-    with False the same parameters run as an ordinary residual network, which with full
-    attention is the Transformer baseline. `tokens_BxL` are the targets; the model shifts
-    them right itself, so the logits at t predict token t from the tokens before it.
+    Layer i has the attention type `attention_types[i % len(attention_types)]`.
+    `tokens_BxL` are the targets; the model shifts them right itself.
     """
 
     cfg: ModelConfig
@@ -209,185 +63,109 @@ class ReformerLM(nn.Module):
         `loss_and_metrics` with the tokens as targets, computed `model.loss_chunk_size`
         positions at a time so that only one chunk's logits exist."""
         cfg = self.cfg
-        length = tokens_BxL.shape[1]
-        embed = nn.Embed(
-            cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
-        )
-        # The two residual streams are float32 in every `model.dtype`, and so is their
-        # reconstruction in the reversible backward pass; only matrix products use `dtype`.
-        x_BxLxD = embed(shift_right(tokens_BxL)).astype(jnp.float32)
-        if cfg.positional == "learned":
-            if length > cfg.max_len:
-                raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
-            pos_LxD = self.param(
-                "pos_embed", nn.initializers.normal(1.0), (cfg.max_len, cfg.d_model)
-            )[:length]
-            x_BxLxD = x_BxLxD + pos_LxD
-        elif cfg.positional == "axial":
-            pos_LxD = AxialPositionalEmbedding(
-                tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
-            )(length)
-            x_BxLxD = x_BxLxD + pos_LxD
-        rate, key = _dropout_key(self, cfg.dropout, deterministic)
-        if key is not None:  # Chunked: the mask is drawn again in the backward pass.
-            x_BxLxD = sequence_map(
-                lambda i, x: dropout(x, rate, key, i), (x_BxLxD,), cfg.ff_chunk_size
-            )
-        x_BxLxD = self.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
-
-        y1_BxLxD, y2_BxLxD = self.blocks(x_BxLxD, mask_BxL, deterministic, n_hashes)
-
-        final_norm = LayerNormWeights(name="final_norm")(2 * cfg.d_model)
+        x_BxLxD = embed(self, cfg, shift_right(tokens_BxL), deterministic)
+        streams = layer_stack(self, cfg, x_BxLxD, mask_BxL, deterministic, n_hashes)
+        normalize = final_norm(self, cfg)
         output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
-        return output(
-            (y1_BxLxD, y2_BxLxD),
-            tokens_BxL,
-            weights_BxL,
-            cfg.loss_chunk_size,
-            normalize=lambda y: layer_norm(final_norm, y, cfg.layer_norm_eps),
-        )
-
-    def blocks(self, x_BxLxD, mask_BxL, deterministic: bool, n_hashes: int | None):
-        """The layers, as pure functions of explicit parameters, scanned over the repeats of
-        the attention pattern (see `reformer/reversible.py`).
-
-        Parameters live under `layers/<j>_<type>/{attention,feed_forward}` for the pattern
-        positions j, each with a leading axis over the `n_layers / len(pattern)` repeats.
-        """
-        cfg = self.cfg
-        pattern = cfg.attention_types
-        n_repeats = cfg.n_layers // len(pattern)
-        attention_defs = [AttentionHalf(cfg, kind, parent=None) for kind in pattern]
-        feed_forward_def = FeedForwardHalf(cfg, parent=None)
-        names = [f"{j}_{kind}" for j, kind in enumerate(pattern)]
-
-        def init_layer(rng, j):
-            r_attention, r_hash, r_ff = jax.random.split(rng, 3)
-            return {
-                "attention": attention_defs[j].init(
-                    {"params": r_attention, "hash": r_hash}, x_BxLxD, mask_BxL, deterministic=True
-                )["params"],
-                "feed_forward": feed_forward_def.init(r_ff, x_BxLxD, deterministic=True)["params"],
-            }
-
-        def init_layers(rng):
-            keys = jax.random.split(rng, (len(pattern), n_repeats))
-            return {
-                name: jax.vmap(lambda k, j=j: init_layer(k, j))(keys[j])
-                for j, name in enumerate(names)
-            }
-
-        layers = self.param("layers", init_layers)
-        params = tuple((layers[n]["attention"], layers[n]["feed_forward"]) for n in names)
-
-        rngs = {"hash": self.make_rng("hash") if self.has_rng("hash") else jax.random.key(0)}
-        if not deterministic:
-            rngs["dropout"] = self.make_rng("dropout")
-
-        def attention_fn(j):
-            def f(p, x, r, buckets, mask):
-                return attention_defs[j].apply(
-                    {"params": p},
-                    x,
-                    mask,
-                    deterministic=deterministic,
-                    n_hashes=n_hashes,
-                    buckets=buckets,
-                    rngs=r,
-                )
-
-            return f
-
-        def feed_forward_fn(p, x, r, mask):
-            del mask
-            return feed_forward_def.apply({"params": p}, x, deterministic=deterministic, rngs=r)
-
-        stack = reversible.reversible_stack if cfg.reversible else reversible.plain_stack
-        return stack(
-            [attention_fn(j) for j in range(len(pattern))],
-            [feed_forward_fn] * len(pattern),
-            params,
-            x_BxLxD,
-            x_BxLxD,
-            rngs,
-            mask_BxL,
-            spacing=cfg.stream_spacing,
-        )
+        return output(streams, tokens_BxL, weights_BxL, cfg.loss_chunk_size, normalize=normalize)
 
 
-class OutputLayer(nn.Module):
-    """The output projection to the vocabulary (the parameters of `nn.Dense`), and the loss
-    computed from it in chunks along the sequence for large vocabularies."""
+class ReformerEncoder(nn.Module):
+    """A bidirectional encoder: embeddings (no shift), `n_layers` blocks attending over the
+    whole sequence except padding (id 0), the final LayerNorm, and the head of `model.kind`:
+    `masked_lm` logits `[B, L, vocab]` at every position, `classifier` logits
+    `[B, n_classes]` of the mean of the normalized outputs over the real positions."""
 
-    vocab_size: int
-    dtype: jnp.dtype = jnp.float32
-
-    def _params(self, d_in: int):
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (d_in, self.vocab_size), jnp.float32
-        )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.vocab_size,), jnp.float32)
-        return kernel, bias
-
-    def _logits(self, y_BxLxD, kernel, bias):
-        return matmul(y_BxLxD, kernel, self.dtype) + bias
+    cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size=0, normalize=None):
-        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`.
-
-        `y_BxLxD` may be a tuple of arrays, joined along the last axis (the two residual
-        streams), and `normalize` (the final LayerNorm) applied to the joined features; with
-        a loss both happen chunk by chunk (`layers.sequence_map`), rematerialized in the
-        backward pass, so no whole-sequence joined, normalized or logit array exists.
-        """
-        parts = y_BxLxD if isinstance(y_BxLxD, tuple) else (y_BxLxD,)
-        kernel, bias = self._params(sum(p.shape[-1] for p in parts))
-
-        def features(*ps):
-            y = jnp.concatenate(ps, axis=-1) if len(ps) > 1 else ps[0]
-            return y if normalize is None else normalize(y)
-
-        if weights_BxL is None:
-            return self._logits(features(*parts), kernel, bias)
-
-        def chunk_sums(_, *args):  # Padded positions have weight 0.
-            *ps, t, w = args
-            return loss_and_metrics(self._logits(features(*ps), kernel, bias), t, w)[1]
-
-        sums = sequence_map(
-            chunk_sums, (*parts, tokens_BxL, weights_BxL), chunk_size, out_axis=None
+    def __call__(
+        self,
+        inputs_BxL: jax.Array,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        targets: jax.Array | None = None,
+        weights: jax.Array | None = None,
+    ):
+        """Logits; or, given `targets` (tokens `[B, L]` or labels `[B]`) and their
+        `weights`, `(loss, sums)` of `loss_and_metrics`."""
+        cfg = self.cfg
+        mask_BxL = inputs_BxL != PAD_ID
+        x_BxLxD = embed(self, cfg, inputs_BxL, deterministic)
+        streams = layer_stack(self, cfg, x_BxLxD, mask_BxL, deterministic, n_hashes)
+        normalize = final_norm(self, cfg)
+        if cfg.kind == "masked_lm":
+            output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
+            return output(streams, targets, weights, cfg.loss_chunk_size, normalize=normalize)
+        features_BxLxD = normalize(jnp.concatenate(streams, axis=-1))
+        real_BxL = mask_BxL.astype(jnp.float32)
+        pooled_BxD = jnp.einsum("bld,bl->bd", features_BxLxD, real_BxL) / jnp.maximum(
+            real_BxL.sum(-1, keepdims=True), 1.0
         )
-        loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
-        return loss, sums
+        logits_BxC = OutputLayer(cfg.n_classes, cfg.jnp_dtype, name="classes")(pooled_BxD)
+        if weights is None:
+            return logits_BxC
+        return loss_and_metrics(logits_BxC, targets, weights)
 
 
-def loss_and_metrics(
-    logits_BxLxV: jax.Array, tokens_BxL: jax.Array, weights_BxL: jax.Array
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted mean cross-entropy (nats/token) and the sums the metrics are made from."""
-    logp_BxL = jnp.take_along_axis(
-        jax.nn.log_softmax(logits_BxLxV, axis=-1), tokens_BxL[..., None], axis=-1
-    )[..., 0]
-    correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == tokens_BxL).astype(jnp.float32)
-    denom = jnp.maximum(weights_BxL.sum(), 1.0)
-    loss = -(logp_BxL * weights_BxL).sum() / denom
-    sums = {
-        "loss_sum": -(logp_BxL * weights_BxL).sum(),
-        "correct_sum": (correct_BxL * weights_BxL).sum(),
-        "weight_sum": weights_BxL.sum(),
+def make_model(cfg: ModelConfig) -> nn.Module:
+    """The model of `cfg.kind`."""
+    if cfg.kind == "lm":
+        return ReformerLM(cfg)
+    if cfg.kind in ("masked_lm", "classifier"):
+        return ReformerEncoder(cfg)
+    raise ValueError(f"unknown model kind {cfg.kind!r}")
+
+
+def example_batch(cfg: ModelConfig, batch_size: int, seq_len: int) -> dict[str, jax.Array]:
+    """A batch of zeros with the fields and shapes `batch_sums` reads for `cfg.kind`."""
+    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
+    weights = jnp.zeros((batch_size, seq_len), jnp.float32)
+    if cfg.kind == "lm":
+        return {"tokens": tokens, "weights": weights}
+    if cfg.kind == "masked_lm":
+        return {"inputs": tokens, "tokens": tokens, "weights": weights}
+    return {
+        "tokens": tokens,
+        "labels": jnp.zeros((batch_size,), jnp.int32),
+        "weights": jnp.zeros((batch_size,), jnp.float32),
     }
-    return loss, sums
 
 
-def retype_layers(params: dict, old_types: tuple[str, ...], new_types: tuple[str, ...]) -> dict:
-    """The same weights under the layer names of another attention pattern.
+def _inputs(kind: str, batch: dict) -> tuple[tuple, dict]:
+    """The model call's positional and keyword arguments for a batch of `kind`."""
+    if kind == "lm":
+        return (batch["tokens"],), {"weights_BxL": batch["weights"]}
+    if kind == "masked_lm":
+        return (batch["inputs"],), {"targets": batch["tokens"], "weights": batch["weights"]}
+    return (batch["tokens"],), {"targets": batch["labels"], "weights": batch["weights"]}
 
-    Layer parameters live under `layers/<j>_<type>`; evaluating an "lsh" model with
-    "full_shared_qk" attention (paper, Table 2) renames `0_lsh` to `0_full_shared_qk`. The
-    caller checks that the new attention types have the parameters of the old ones.
-    """
-    layers = dict(params["layers"])
-    for j, (old, new) in enumerate(zip(old_types, new_types, strict=True)):
-        layers[f"{j}_{new}"] = layers.pop(f"{j}_{old}")
-    return {**params, "layers": layers}
+
+def batch_sums(
+    model: nn.Module,
+    params,
+    batch: dict,
+    *,
+    deterministic: bool = True,
+    n_hashes: int | None = None,
+    rngs: dict | None = None,
+) -> dict[str, jax.Array]:
+    """The metric sums (`loss_sum`, `correct_sum`, `weight_sum`) of `batch` under any model
+    kind: the LM's `tokens` and `weights`; the masked LM's `inputs`, target `tokens` and
+    `weights`; the classifier's `tokens`, `labels` and per-sequence `weights`."""
+    args, kwargs = _inputs(model.cfg.kind, batch)
+    return model.apply(
+        {"params": params},
+        *args,
+        deterministic=deterministic,
+        n_hashes=n_hashes,
+        rngs=rngs or {},
+        **kwargs,
+    )[1]
+
+
+def init_params(model: nn.Module, rng: jax.Array, batch_size: int, seq_len: int):
+    """Fresh parameters of `model` for batches of `seq_len` tokens."""
+    args, kwargs = _inputs(model.cfg.kind, example_batch(model.cfg, batch_size, seq_len))
+    return model.init({"params": rng, "hash": rng}, *args, **kwargs)["params"]

@@ -124,7 +124,10 @@ def plain_stack(
     *,
     spacing: float | None = None,
 ):
-    """The same network differentiated by ordinary autodiff (stores every activation).
+    """The same network differentiated by ordinary autodiff (stores every activation); with
+    `x2=None`, the one-stream residual network `x + F(x)`, `x + G(x)` (the standard
+    pre-LayerNorm Transformer: F and G begin with their LayerNorm). Returns `(Y1, Y2)`, Y2
+    None for one stream.
 
     A scan over the repeats of the pattern with its layers unrolled in the body, not the
     `lax.switch` of the reversible forward pass: differentiating a switch stores the
@@ -136,11 +139,13 @@ def plain_stack(
         x1, x2 = carry
         for j in range(n_pattern):
             (p_f, p_g), (r_f, r_g) = _at(params[j], r), layer_rngs(rngs, r * n_pattern + j)
-            x1 = x1 + on_grid(attention_fns[j](p_f, x2, r_f, None, context)[0], spacing)
-            x2 = x2 + on_grid(feed_forward_fns[j](p_g, x1, r_g, context), spacing)
+            f_in = x1 if x2 is None else x2
+            x1 = x1 + on_grid(attention_fns[j](p_f, f_in, r_f, None, context)[0], spacing)
+            g_out = on_grid(feed_forward_fns[j](p_g, x1, r_g, context), spacing)
+            x1, x2 = (x1 + g_out, None) if x2 is None else (x1, x2 + g_out)
         return (x1, x2), None
 
-    x1, x2 = on_grid(x1, spacing), on_grid(x2, spacing)
+    x1, x2 = on_grid(x1, spacing), None if x2 is None else on_grid(x2, spacing)
     return jax.lax.scan(repeat, (x1, x2), jnp.arange(_n_repeats(params)))[0]
 
 

@@ -23,8 +23,9 @@ import ml_collections
 import optax
 
 from reformer import decode, sharding
+from reformer import model as models
 from reformer.config import ConfigError
-from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, retype_layers
+from reformer.model import ModelConfig, loss_and_metrics, retype_layers
 from reformer.optim import make_schedule
 
 
@@ -35,16 +36,15 @@ class TrainState:
     opt_state: Any
 
 
-def make_model(config: ml_collections.ConfigDict) -> ReformerLM:
-    return ReformerLM(ModelConfig.from_config(config.model))
+def make_model(config: ml_collections.ConfigDict):
+    """The model of `config.model` (`model.kind`)."""
+    return models.make_model(ModelConfig.from_config(config.model))
 
 
-def init_params(model: ReformerLM, rng: jax.Array, batch_size: int, seq_len: int):
-    tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
-    return model.init({"params": rng, "hash": rng}, tokens)["params"]
+init_params = models.init_params
 
 
-def make_init_state(config: ml_collections.ConfigDict, model: ReformerLM, tx):
+def make_init_state(config: ml_collections.ConfigDict, model, tx):
     """`key -> TrainState` of fresh parameters and optimizer state."""
 
     def init_state(key):
@@ -62,7 +62,7 @@ def state_from_params(tx):
     return make
 
 
-def jit_train_step(config: ml_collections.ConfigDict, model: ReformerLM, tx, mesh, state_sharding):
+def jit_train_step(config: ml_collections.ConfigDict, model, tx, mesh, state_sharding):
     """`train_step` jitted as training runs it: state donated, batch split over the mesh,
     gradients laid out like the parameters under FSDP; `(state, batch, rng) -> (state,
     metrics)`."""
@@ -109,7 +109,7 @@ def release_host_memory() -> None:
     trim(0)
 
 
-def abstract_state(config: ml_collections.ConfigDict, model: ReformerLM, tx, mesh):
+def abstract_state(config: ml_collections.ConfigDict, model, tx, mesh):
     """The train state's shapes and dtypes with their shardings over `mesh` (parameters and
     optimizer state split over `fsdp` where it is larger than 1), without computing it."""
     shapes = jax.eval_shape(make_init_state(config, model, tx), jax.random.key(0))
@@ -119,7 +119,7 @@ def abstract_state(config: ml_collections.ConfigDict, model: ReformerLM, tx, mes
     )
 
 
-def make_eval_fn(config: ml_collections.ConfigDict, model: ReformerLM, abstract_params):
+def make_eval_fn(config: ml_collections.ConfigDict, model, abstract_params):
     """`(trained params, batch) -> metric sums` under `config.eval` (to be jitted).
 
     With `config.eval.attention_types` set, the trained weights run under other attention
@@ -132,7 +132,7 @@ def make_eval_fn(config: ml_collections.ConfigDict, model: ReformerLM, abstract_
     eval_types = tuple(config.eval.attention_types) or train_types
     if eval_types == train_types:
         return functools.partial(step_fn, model=model, n_hashes=n_hashes)
-    eval_model = ReformerLM(dataclasses.replace(model.cfg, attention_types=eval_types))
+    eval_model = models.make_model(dataclasses.replace(model.cfg, attention_types=eval_types))
 
     def convert(params):
         return retype_layers(params, train_types, eval_types)
@@ -165,7 +165,7 @@ def loss_sums_and_grads(
     dropout_rng: jax.Array,
     hash_rng: jax.Array,
     *,
-    model: ReformerLM,
+    model,
     accum_steps: int = 1,
     batch_sharding=None,
     grad_sharding=None,
@@ -181,12 +181,8 @@ def loss_sums_and_grads(
 
     def micro(mb, rng):
         def loss_fn(p):
-            _, sums = model.apply(
-                {"params": p},
-                mb["tokens"],
-                deterministic=False,
-                weights_BxL=mb["weights"],
-                rngs={"dropout": rng, "hash": hash_rng},
+            sums = models.batch_sums(
+                model, p, mb, deterministic=False, rngs={"dropout": rng, "hash": hash_rng}
             )
             return sums["loss_sum"] / total_weight, sums
 
@@ -225,7 +221,7 @@ def train_step(
     batch: dict,
     rng: jax.Array,
     *,
-    model: ReformerLM,
+    model,
     tx: optax.GradientTransformation,
     schedule,
     accum_steps: int = 1,
@@ -260,19 +256,14 @@ def train_step(
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -> dict:
+def eval_step(params, batch: dict, *, model, n_hashes: int | None) -> dict:
     """Sums of loss, correct predictions and weights over one batch (no dropout)."""
-    return model.apply(
-        {"params": params},
-        batch["tokens"],
-        deterministic=True,
-        n_hashes=n_hashes,
-        weights_BxL=batch["weights"],
-        rngs={"hash": jax.random.key(0)},
-    )[1]
+    return models.batch_sums(
+        model, params, batch, n_hashes=n_hashes, rngs={"hash": jax.random.key(0)}
+    )
 
 
-def cached_eval_step(params, batch: dict, *, model: ReformerLM, n_hashes: int | None) -> dict:
+def cached_eval_step(params, batch: dict, *, model, n_hashes: int | None) -> dict:
     """`eval_step` through the decoding caches: the logits sampling would draw from."""
     tokens = batch["tokens"]
     logits = decode.cached_logits(

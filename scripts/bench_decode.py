@@ -55,8 +55,8 @@ def model_config(types: tuple[str, ...], max_context: int) -> ModelConfig:
         n_buckets=0,  # automatic at max_len: two buckets per chunk of the longest context
         n_hashes=2,
         causal=True,
-        reversible=True,
-        ff_chunk_size=0,
+        residual="reversible",
+        position_chunk_size=0,
         positional="axial",
         max_len=max_context,
         axial_shape=(side, -(-max_context // side)),

@@ -39,9 +39,10 @@ def small_model_config(n_layers: int, seq_len: int, attention_types, reversible:
     c = default_config()
     m = c.model
     m.vocab_size, m.d_model, m.d_ff, m.n_heads, m.d_head = 258, 256, 1024, 4, 64
-    m.n_layers, m.attention_types, m.reversible = n_layers, tuple(attention_types), reversible
+    m.n_layers, m.attention_types = n_layers, tuple(attention_types)
+    m.residual = "reversible" if reversible else "two_stream"
     m.lsh_chunk_len, m.local_chunk_len, m.n_hashes = 128, 128, 2
-    m.ff_chunk_size, m.positional, m.max_len = 1024, "none", seq_len
+    m.position_chunk_size, m.positional, m.max_len = 1024, "none", seq_len
     c.data.name, c.data.seq_len = "enwik8", seq_len
     c.train.batch_size = 1
     return c
@@ -92,7 +93,8 @@ def device_name() -> str:
 def enwik8_depth_config(n_layers: int, reversible: bool):
     """The enwik8 model's widths and 64K tokens, `n_layers` of the pattern (local, lsh)."""
     config = enwik8_config()
-    config.model.n_layers, config.model.reversible = n_layers, reversible
+    config.model.n_layers = n_layers
+    config.model.residual = "reversible" if reversible else "two_stream"
     config.model.attention_types = ("local", "lsh")
     config.train.batch_size = 1
     return config
@@ -105,7 +107,7 @@ def run(depths, lengths, depth_seq_len, with_enwik8, enwik8_depths=()) -> list[d
         m = config.model
         record = {
             "sweep": sweep,
-            "reversible": bool(m.reversible),
+            "reversible": m.residual == "reversible",
             "n_layers": m.n_layers,
             "seq_len": config.data.seq_len,
             "attention": "+".join(m.attention_types),

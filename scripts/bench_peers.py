@@ -193,11 +193,11 @@ def build_ours(args, seq_len: int, reversible: bool):
     m.n_heads, m.d_head, m.n_layers = args.n_heads, args.d_head, args.n_layers
     m.attention_types = ("lsh",)
     m.lsh_chunk_len, m.n_buckets, m.n_hashes = args.chunk, n_buckets(args, seq_len), args.n_hashes
-    m.causal, m.reversible = True, reversible
+    m.causal, m.residual = True, "reversible" if reversible else "two_stream"
     m.positional = "axial"
     m.axial_shape, m.axial_dims = axial_shape(seq_len), axial_dims(args.d_model)
     m.max_len = seq_len
-    m.ff_chunk_size = args.ours_ff_chunk
+    m.position_chunk_size = args.ours_ff_chunk
     m.dropout = m.attention_dropout = 0.0
     c.data.name, c.data.seq_len = "enwik8", seq_len
     c.train.batch_size = args.batch
@@ -236,7 +236,7 @@ def build_ours(args, seq_len: int, reversible: bool):
             f"reformer.steps.jit_train_step + compile_train_step, as the trainer runs it "
             f"(donated state); "
             f"axial positions {m.axial_shape} dims {m.axial_dims} (concatenated); "
-            f"ff_chunk_size {m.ff_chunk_size}; tanh GELU; Adam (b2 0.98, eps 1e-9) "
+            f"position_chunk_size {m.position_chunk_size}; tanh GELU; Adam (b2 0.98, eps 1e-9) "
             f"after global-norm clipping {c.optimizer.clip_norm}"
         ),
     }
@@ -857,7 +857,7 @@ def main() -> None:
     parser.add_argument("--impls", default="ours,hf,lucidrains,trax", help=f"of {IMPLS}")
     parser.add_argument("--trax_python", default=None, help="a Python that can import trax")
     parser.add_argument(
-        "--ours_ff_chunk", type=int, default=0, help="model.ff_chunk_size of ours (0 = whole)"
+        "--ours_ff_chunk", type=int, default=0, help="model.position_chunk_size of ours (0 = whole)"
     )
     parser.add_argument(
         "--device",

@@ -102,9 +102,10 @@ def make_config(
         m.attention_types = attention
         m.lsh_chunk_len, m.n_hashes = args.chunk, args.n_hashes
         m.positional = "none"
-        m.ff_chunk_size = 0
+        m.position_chunk_size = 0
         c.data.name = "enwik8"
-    m.reversible, m.dtype, m.max_len, m.causal = reversible, dtype, seq_len, True
+    m.dtype, m.max_len, m.causal = dtype, seq_len, True
+    m.residual = "reversible" if reversible else "two_stream"
     # Two buckets per chunk at every length: at the enwik8 scale what configs/enwik8.py has at
     # 64K (512) and its :1m variant at 1M (8,192).
     m.n_buckets = default_n_buckets(seq_len, m.lsh_chunk_len)
@@ -114,7 +115,7 @@ def make_config(
     c.data.seq_len = seq_len
     c.train.batch_size = max(1, args.tokens // seq_len)
     c.optimizer.name = "adam"
-    for item in getattr(args, "set", ()):  # "model.ff_chunk_size=2048", "model.dropout=0.1"
+    for item in getattr(args, "set", ()):  # "model.position_chunk_size=2048", "model.dropout=0.1"
         field, value = item.split("=", 1)
         group, name = field.split(".")
         c[group][name] = ast.literal_eval(value)
@@ -347,7 +348,7 @@ def main() -> None:
         "--set",
         action="append",
         default=[],
-        help="a config override applied last, e.g. model.ff_chunk_size=2048 (repeatable)",
+        help="a config override applied last, e.g. model.position_chunk_size=2048 (repeatable)",
     )
     parser.add_argument("--out", default="docs/benchmarks/step_cpu.json")
     args = parser.parse_args()

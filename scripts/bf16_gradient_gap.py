@@ -31,8 +31,8 @@ def gap_config(reversible: bool) -> ModelConfig:
     c.update(
         n_layers=6, attention_types=("lsh", "local"), d_model=64, d_ff=128, n_heads=2,
         d_head=32, lsh_chunk_len=16, local_chunk_len=16, n_hashes=2, dropout=0.0,
-        attention_dropout=0.0, ff_chunk_size=0, max_len=128, dtype="bfloat16",
-        reversible=reversible,
+        attention_dropout=0.0, position_chunk_size=0, max_len=128, dtype="bfloat16",
+        residual="reversible" if reversible else "two_stream",
     )  # fmt: skip
     return ModelConfig.from_config(c)
 

@@ -98,7 +98,7 @@ def model_config(
     m.vocab_size, m.causal, m.n_layers = 258, True, 3
     m.d_model, m.d_ff = scale["d_model"], scale["d_ff"]
     m.n_heads, m.d_head = scale["n_heads"], scale["d_head"]
-    m.attention_types, m.reversible = (attention,), reversible
+    m.attention_types, m.residual = (attention,), residual
     m.n_hashes = n_hashes or 1
     m.lsh_chunk_len, m.n_buckets = scale["chunk"], 0  # About 2 L / chunk buckets.
     m.positional = "axial"

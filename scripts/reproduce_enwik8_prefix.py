@@ -41,7 +41,7 @@ def model_config(base, model: str, num_steps: int):
     c = copy.deepcopy(base)
     if model == "transformer":
         c.model.attention_types = ("full",)
-        c.model.reversible = False
+        c.model.residual = "two_stream"
     if num_steps:
         c.train.num_steps = num_steps
     return c

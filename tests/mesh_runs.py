@@ -24,7 +24,7 @@ def small_config(num_steps: int = 6):
     """The tiny config as a reversible local + LSH model, logging every step."""
     c = load_config("tiny")
     c.model.attention_types = ("local", "lsh")
-    c.model.reversible = True
+    c.model.residual = "reversible"
     c.model.lsh_chunk_len = c.model.local_chunk_len = 8
     c.model.n_hashes = 2
     c.train.num_steps = num_steps

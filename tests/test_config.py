@@ -305,6 +305,7 @@ def test_text_data_path(tmp_path):
 PATTERNS = [("full",), ("lsh",), ("full", "local"), ("local", "lsh"), ("lsh", "full_shared_qk")]
 # Fields the generator may make invalid ("mesh" stands for mesh.data and mesh.fsdp together).
 BREAKABLE = (
+    "model.residual",
     "model.n_layers",
     "model.lsh_chunk_len",
     "model.local_chunk_len",
@@ -316,7 +317,7 @@ BREAKABLE = (
     "model.axial_shape",
     "model.axial_dims",
     "model.dtype",
-    "model.ff_chunk_size",
+    "model.position_chunk_size",
     "model.loss_chunk_size",
     "model.lsh_heads_per_step",
     "optimizer.name",
@@ -387,11 +388,11 @@ def generated_configs(draw, num_devices: int, valid_only: bool = False):
     put("model.dropout", [0.0, 0.1], [1.0, -0.1, 1.5])
     put("model.attention_dropout", [0.0, 0.2], [1.0, -0.5])
     put("model.dtype", ["float32", "bfloat16"], ["float16"])
-    put("model.ff_chunk_size", [0, 5, 16], [-1])
+    put("model.position_chunk_size", [0, 5, 16], [-1])
     put("model.loss_chunk_size", [0, 7], [-3])
     assert c.model.n_heads == 2
     put("model.lsh_heads_per_step", [0, 1, 2], [-1, 3])
-    c.model.reversible = draw(st.booleans())
+    put("model.residual", ["reversible", "two_stream", "standard"], ["revnet"])
 
     axial = {"model.axial_shape", "model.axial_dims"} & broken
     put(

@@ -20,7 +20,7 @@ def model_config(types, *, reversible=True, positional="axial", **overrides) -> 
     m = load_config("tiny").model
     m.attention_types = types
     m.n_layers = 2 * len(types)
-    m.reversible = reversible
+    m.residual = "reversible" if reversible else "two_stream"
     m.positional = positional
     m.local_chunk_len = m.lsh_chunk_len = CHUNK
     m.n_buckets, m.n_hashes = 4, 2

@@ -37,7 +37,7 @@ def test_the_64k_step_needs_at_most_6_gib_in_float32():
     config.train.batch_size = 1
     assert config.data.seq_len == 65536 and config.model.dtype == "float32"
     chunked = step_memory(config)
-    config.model.ff_chunk_size = config.model.loss_chunk_size = 0
+    config.model.position_chunk_size = config.model.loss_chunk_size = 0
     config.model.lsh_heads_per_step = 0
     whole = step_memory(config)
     assert chunked["total_bytes"] <= 6 * 2**30 < whole["total_bytes"], (chunked, whole)

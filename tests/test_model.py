@@ -15,9 +15,9 @@ def reformer_config():
     config = load_config("tiny")
     m = config.model
     m.attention_types = ("lsh", "local")
-    m.reversible = True
+    m.residual = "reversible"
     m.lsh_chunk_len, m.local_chunk_len, m.n_hashes = 8, 8, 2
-    m.ff_chunk_size = 8
+    m.position_chunk_size = 8
     m.positional, m.axial_shape, m.axial_dims = "axial", (4, 8), (12, 20)
     return config
 

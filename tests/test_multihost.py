@@ -50,7 +50,7 @@ def small_overrides(num_steps: int) -> list[str]:
     """`small_config` as command-line overrides of configs/tiny.py."""
     return [
         "--config.model.attention_types=('local', 'lsh')",
-        "--config.model.reversible=True",
+        "--config.model.residual=reversible",
         "--config.model.lsh_chunk_len=8",
         "--config.model.local_chunk_len=8",
         "--config.model.n_hashes=2",

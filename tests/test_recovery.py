@@ -363,7 +363,7 @@ def test_resume_with_other_chunking_but_not_another_model(trained_ten_steps, tmp
     shutil.copytree(source, workdir)
     config = load_config("tiny")
     config.train.num_steps = 12
-    config.model.ff_chunk_size, config.model.loss_chunk_size = 4, 8
+    config.model.position_chunk_size, config.model.loss_chunk_size = 4, 8
     config.model.lsh_heads_per_step = 1
     train_and_evaluate(config, workdir)
     assert checkpoint_steps(workdir)[-1] == 12

@@ -25,7 +25,7 @@ def small_config(**overrides):
     c.n_hashes = 2
     c.dropout = 0.1
     c.attention_dropout = 0.1
-    c.ff_chunk_size = 16
+    c.position_chunk_size = 16
     c.max_len = LENGTH
     for k, v in overrides.items():
         c[k] = v
@@ -58,7 +58,8 @@ def test_reversible_gradients_equal_plain_gradients(lsh_heads_per_step):
     of the same parameters run without reversibility (LSH layers also one head at a time,
     reusing the forward pass's buckets per head)."""
     rev, plain = (
-        small_config(reversible=r, lsh_heads_per_step=lsh_heads_per_step) for r in (True, False)
+        small_config(residual=r, lsh_heads_per_step=lsh_heads_per_step)
+        for r in ("reversible", "two_stream")
     )
     tokens = jax.random.randint(jax.random.key(0), (2, LENGTH), 0, 16)
     params = ReformerLM(rev).init({"params": jax.random.key(1)}, tokens)["params"]

@@ -1,0 +1,428 @@
+"""The blocks every model is built from: the model's frozen config, the self-attention half,
+the feed-forward half, the input embeddings, the layer stack with its residual kind, and the
+output layer with its chunked loss.
+
+Layers repeat `model.attention_types`; the parameters of pattern position `j` live under
+`layers/<layer_name(j, type)>/{attention,feed_forward}`, stacked over the repeats. That name
+is made in one place, `layer_name`, for the models, decoding and checkpoint conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from reformer import attention, reversible
+from reformer.layers import (
+    AxialPositionalEmbedding,
+    FeedForwardWeights,
+    LayerNormWeights,
+    dropout,
+    feed_forward,
+    layer_norm,
+    matmul,
+    sequence_map,
+)
+
+# In mixed precision the residual streams hold multiples of this (see `stream_spacing`).
+STREAM_SPACING = 2.0**-16
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model's fields of `config.model`, frozen so modules can hold them."""
+
+    vocab_size: int
+    d_model: int
+    d_ff: int
+    n_heads: int
+    d_head: int
+    n_layers: int
+    attention_types: tuple[str, ...]
+    lsh_chunk_len: int
+    local_chunk_len: int
+    n_buckets: int
+    n_hashes: int
+    causal: bool
+    residual: str
+    position_chunk_size: int
+    positional: str
+    max_len: int
+    axial_shape: tuple[int, ...]
+    axial_dims: tuple[int, ...]
+    dropout: float
+    attention_dropout: float
+    dtype: str
+    loss_chunk_size: int = 0
+    ff_activation: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    bucket_factors: tuple[int, ...] = ()
+    lsh_heads_per_step: int = 0
+    kind: str = "lm"
+    n_classes: int = 2
+
+    @classmethod
+    def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
+        """From `config.model` (legacy field names are migrated, `config.migrate`)."""
+        from reformer.config import migrate  # config imports nothing of the model
+
+        group = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
+        migrate({"model": group})
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = {name: value for name, value in group.items() if name in names}
+        for name in ("attention_types", "axial_shape", "axial_dims", "bucket_factors"):
+            fields[name] = tuple(fields[name])
+        return cls(**fields)
+
+    def attention_type(self, layer: int) -> str:
+        return self.attention_types[layer % len(self.attention_types)]
+
+    @property
+    def lsh_n_buckets(self) -> int:
+        """`n_buckets`, or the product of `bucket_factors`; 0 = automatic."""
+        return math.prod(self.bucket_factors) if self.bucket_factors else self.n_buckets
+
+    @property
+    def causal_attention(self) -> bool:
+        """Whether self-attention is causal: the LM's `causal`; encoders are bidirectional."""
+        return self.causal and self.kind == "lm"
+
+    @property
+    def n_streams(self) -> int:
+        """Residual streams: two (reversible, two_stream) or one (standard)."""
+        return 1 if self.residual == "standard" else 2
+
+    @property
+    def jnp_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def stream_spacing(self) -> float | None:
+        """The fixed-point grid of the two residual streams (`reversible.on_grid`): 2^-16 in
+        mixed precision, so the reversible backward pass reconstructs the inputs that the
+        bfloat16 roundings saw, exactly; none in float32, whose reconstruction is exact to
+        its last bits already, and none for the one stream of `standard`, which is never
+        reconstructed."""
+        if self.jnp_dtype == jnp.float32 or self.n_streams == 1:
+            return None
+        return STREAM_SPACING
+
+
+def layer_name(j: int, kind: str) -> str:
+    """The parameter group of pattern position `j` with attention type `kind`."""
+    return f"{j}_{kind}"
+
+
+def layer_names(cfg: ModelConfig) -> list[str]:
+    """The parameter groups of the pattern positions, in order."""
+    return [layer_name(j, kind) for j, kind in enumerate(cfg.attention_types)]
+
+
+def layer_params(layers: dict, cfg: ModelConfig, i: int) -> dict:
+    """Layer `i`'s parameters (`attention`, `feed_forward`) out of the stacked `layers`."""
+    pattern = len(cfg.attention_types)
+    group = layers[layer_name(i % pattern, cfg.attention_type(i))]
+    return jax.tree.map(lambda a: a[i // pattern], group)
+
+
+def retype_layers(params: dict, old_types: tuple[str, ...], new_types: tuple[str, ...]) -> dict:
+    """The same weights under the layer names of another attention pattern.
+
+    Evaluating an "lsh" model with "full_shared_qk" attention (paper, Table 2) renames
+    `0_lsh` to `0_full_shared_qk`. The caller checks that the new attention types have the
+    parameters of the old ones.
+    """
+    layers = dict(params["layers"])
+    for j, (old, new) in enumerate(zip(old_types, new_types, strict=True)):
+        layers[layer_name(j, new)] = layers.pop(layer_name(j, old))
+    return {**params, "layers": layers}
+
+
+def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
+    """The self-attention module of one layer, by type. Bidirectional LSH and local layers
+    see one chunk before and one after (the authors' encoder); causal ones one before."""
+    causal = cfg.causal_attention
+    common = dict(
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        causal=causal,
+        dropout_rate=cfg.attention_dropout,
+        dtype=cfg.jnp_dtype,
+        position_chunk=cfg.position_chunk_size,
+        name=name,
+    )
+    chunks = dict(n_chunks_before=1, n_chunks_after=0 if causal else 1)
+    if kind == "full":
+        return attention.FullSelfAttention(**common)
+    if kind == "full_shared_qk":
+        return attention.FullSelfAttention(shared_qk=True, **common)
+    if kind == "lsh":
+        return attention.LSHSelfAttention(
+            chunk_len=cfg.lsh_chunk_len,
+            n_buckets=cfg.lsh_n_buckets or None,
+            bucket_factors=cfg.bucket_factors or None,
+            n_hashes=cfg.n_hashes,
+            heads_per_step=cfg.lsh_heads_per_step,
+            **chunks,
+            **common,
+        )
+    if kind == "local":
+        return attention.LocalSelfAttention(chunk_len=cfg.local_chunk_len, **chunks, **common)
+    raise ValueError(f"unknown attention type {kind!r}")
+
+
+def _dropout_key(module: nn.Module, rate: float, deterministic: bool):
+    """(rate, key) of a residual dropout (`layers.dropout`); (0, None) when it is off."""
+    if deterministic or rate == 0.0:
+        return 0.0, None
+    return rate, module.make_rng("dropout")
+
+
+class AttentionHalf(nn.Module):
+    """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None).
+
+    The LayerNorm and the projections, and the output projection and the dropout, run on
+    `model.position_chunk_size` positions at a time around the attention kernel, each chunk
+    rematerialized in the backward pass (`layers.sequence_map`): the half keeps no
+    whole-sequence LayerNorm output, dropout mask or projected output for its backward pass.
+    """
+
+    cfg: ModelConfig
+    kind: str
+
+    @nn.compact
+    def __call__(
+        self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None = None, buckets=None
+    ):
+        cfg = self.cfg
+        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
+        rate, key = _dropout_key(self, cfg.dropout, deterministic)
+
+        def finish(index, y):  # The branch's result joins the float32 residual stream.
+            return dropout(y, rate, key, index).astype(x_BxLxD.dtype)
+
+        return make_attention(cfg, self.kind, "attention")(
+            x_BxLxD,
+            mask_BxL,
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            buckets=buckets,
+            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
+            finish=finish,
+        )
+
+
+class FeedForwardHalf(nn.Module):
+    """G of a layer: LayerNorm -> feed-forward -> dropout, all on `model.position_chunk_size`
+    positions at a time (`layers.sequence_map`)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, *, deterministic: bool):
+        cfg = self.cfg
+        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
+        ff = FeedForwardWeights(cfg.d_ff, name="ff")(x_BxLxD.shape[-1])
+        rate, key = _dropout_key(self, cfg.dropout, deterministic)
+
+        def chunk(index, x):
+            h = layer_norm(norm, x, cfg.layer_norm_eps)
+            h = feed_forward(ff, h, cfg.jnp_dtype, cfg.ff_activation)
+            return dropout(h, rate, key, index).astype(x.dtype)
+
+        return sequence_map(chunk, (x_BxLxD,), cfg.position_chunk_size)
+
+
+def embed(module: nn.Module, cfg: ModelConfig, inputs_BxL: jax.Array, deterministic: bool):
+    """Token plus position embeddings of `inputs_BxL`, then dropout: the float32 residual
+    stream `[B, L, d_model]`. Declares `embed` and `pos_embed` or `axial_pos` in `module`
+    (call it from the module's compact method)."""
+    length = inputs_BxL.shape[1]
+    table = nn.Embed(
+        cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
+    )
+    # The residual streams are float32 in every `model.dtype`, and so is their
+    # reconstruction in the reversible backward pass; only matrix products use `dtype`.
+    x_BxLxD = table(inputs_BxL).astype(jnp.float32)
+    if cfg.positional == "learned":
+        if length > cfg.max_len:
+            raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
+        pos_LxD = module.param(
+            "pos_embed", nn.initializers.normal(1.0), (cfg.max_len, cfg.d_model)
+        )[:length]
+        x_BxLxD = x_BxLxD + pos_LxD
+    elif cfg.positional == "axial":
+        pos_LxD = AxialPositionalEmbedding(
+            tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
+        )(length)
+        x_BxLxD = x_BxLxD + pos_LxD
+    rate, key = _dropout_key(module, cfg.dropout, deterministic)
+    if key is not None:  # Chunked: the mask is drawn again in the backward pass.
+        x_BxLxD = sequence_map(
+            lambda i, x: dropout(x, rate, key, i), (x_BxLxD,), cfg.position_chunk_size
+        )
+    return module.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
+
+
+def _stack_rngs(module: nn.Module, cfg: ModelConfig, deterministic: bool) -> dict:
+    """The stack's base keys. Training must hash with fresh rotations: without a "hash" rng
+    a model with LSH layers refuses to train; a deterministic call hashes with a fixed key,
+    so evaluation without rngs is repeatable."""
+    if module.has_rng("hash"):
+        rngs = {"hash": module.make_rng("hash")}
+    elif deterministic or "lsh" not in cfg.attention_types:
+        rngs = {"hash": jax.random.key(0)}
+    else:
+        raise ValueError(
+            "a model with LSH layers needs a 'hash' rng when deterministic=False "
+            "(pass rngs={'hash': key, 'dropout': key} to apply)"
+        )
+    if not deterministic:
+        rngs["dropout"] = module.make_rng("dropout")
+    return rngs
+
+
+def layer_stack(
+    module: nn.Module,
+    cfg: ModelConfig,
+    x_BxLxD: jax.Array,
+    mask_BxL: jax.Array | None,
+    deterministic: bool,
+    n_hashes: int | None,
+) -> tuple[jax.Array, ...]:
+    """The layers over the embedded inputs; returns the residual streams (two, or one for
+    `standard`). Declares `layers` in `module`: per pattern position
+    `layers/<layer_name>/{attention,feed_forward}`, each with a leading axis over the
+    `n_layers / len(pattern)` repeats. The halves run as pure functions of explicit
+    parameters (`reformer/reversible.py`)."""
+    pattern = cfg.attention_types
+    n_repeats = cfg.n_layers // len(pattern)
+    attention_defs = [AttentionHalf(cfg, kind, parent=None) for kind in pattern]
+    feed_forward_def = FeedForwardHalf(cfg, parent=None)
+    names = layer_names(cfg)
+
+    def init_layer(rng, j):
+        r_attention, r_hash, r_ff = jax.random.split(rng, 3)
+        return {
+            "attention": attention_defs[j].init(
+                {"params": r_attention, "hash": r_hash}, x_BxLxD, mask_BxL, deterministic=True
+            )["params"],
+            "feed_forward": feed_forward_def.init(r_ff, x_BxLxD, deterministic=True)["params"],
+        }
+
+    def init_layers(rng):
+        keys = jax.random.split(rng, (len(pattern), n_repeats))
+        return {
+            name: jax.vmap(lambda k, j=j: init_layer(k, j))(keys[j]) for j, name in enumerate(names)
+        }
+
+    layers = module.param("layers", init_layers)
+    params = tuple((layers[n]["attention"], layers[n]["feed_forward"]) for n in names)
+    rngs = _stack_rngs(module, cfg, deterministic)
+
+    def attention_fn(j):
+        def f(p, x, r, buckets, mask):
+            return attention_defs[j].apply(
+                {"params": p},
+                x,
+                mask,
+                deterministic=deterministic,
+                n_hashes=n_hashes,
+                buckets=buckets,
+                rngs=r,
+            )
+
+        return f
+
+    def feed_forward_fn(p, x, r, mask):
+        del mask
+        return feed_forward_def.apply({"params": p}, x, deterministic=deterministic, rngs=r)
+
+    fns = ([attention_fn(j) for j in range(len(pattern))], [feed_forward_fn] * len(pattern))
+    if cfg.residual == "reversible":
+        return reversible.reversible_stack(
+            *fns, params, x_BxLxD, x_BxLxD, rngs, mask_BxL, spacing=cfg.stream_spacing
+        )
+    x2 = None if cfg.residual == "standard" else x_BxLxD
+    streams = reversible.plain_stack(
+        *fns, params, x_BxLxD, x2, rngs, mask_BxL, spacing=cfg.stream_spacing
+    )
+    return tuple(s for s in streams if s is not None)
+
+
+def final_norm(module: nn.Module, cfg: ModelConfig):
+    """The LayerNorm over the joined streams (`final_norm`, `n_streams * d_model` wide), as a
+    function of the joined features."""
+    norm = LayerNormWeights(name="final_norm")(cfg.n_streams * cfg.d_model)
+    return lambda y: layer_norm(norm, y, cfg.layer_norm_eps)
+
+
+class OutputLayer(nn.Module):
+    """The output projection to the vocabulary (the parameters of `nn.Dense`), and the loss
+    computed from it in chunks along the sequence for large vocabularies."""
+
+    vocab_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    def _params(self, d_in: int):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (d_in, self.vocab_size), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.vocab_size,), jnp.float32)
+        return kernel, bias
+
+    def _logits(self, y_BxLxD, kernel, bias):
+        return matmul(y_BxLxD, kernel, self.dtype) + bias
+
+    @nn.compact
+    def __call__(self, y_BxLxD, tokens_BxL=None, weights_BxL=None, chunk_size=0, normalize=None):
+        """Logits; or, given targets and weights, `(loss, sums)` in chunks of `chunk_size`.
+
+        `y_BxLxD` may be a tuple of arrays, joined along the last axis (the two residual
+        streams), and `normalize` (the final LayerNorm) applied to the joined features; with
+        a loss both happen chunk by chunk (`layers.sequence_map`), rematerialized in the
+        backward pass, so no whole-sequence joined, normalized or logit array exists.
+        """
+        parts = y_BxLxD if isinstance(y_BxLxD, tuple) else (y_BxLxD,)
+        kernel, bias = self._params(sum(p.shape[-1] for p in parts))
+
+        def features(*ps):
+            y = jnp.concatenate(ps, axis=-1) if len(ps) > 1 else ps[0]
+            return y if normalize is None else normalize(y)
+
+        if weights_BxL is None:
+            return self._logits(features(*parts), kernel, bias)
+
+        def chunk_sums(_, *args):  # Padded positions have weight 0.
+            *ps, t, w = args
+            return loss_and_metrics(self._logits(features(*ps), kernel, bias), t, w)[1]
+
+        sums = sequence_map(
+            chunk_sums, (*parts, tokens_BxL, weights_BxL), chunk_size, out_axis=None
+        )
+        loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
+        return loss, sums
+
+
+def loss_and_metrics(
+    logits_BxLxV: jax.Array, tokens_BxL: jax.Array, weights_BxL: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted mean cross-entropy (nats per target) and the sums the metrics are made from.
+    Any leading axes: `[B, L, V]` logits with `[B, L]` targets, or `[B, C]` with `[B]`."""
+    logp_BxL = jnp.take_along_axis(
+        jax.nn.log_softmax(logits_BxLxV, axis=-1), tokens_BxL[..., None], axis=-1
+    )[..., 0]
+    correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == tokens_BxL).astype(jnp.float32)
+    denom = jnp.maximum(weights_BxL.sum(), 1.0)
+    loss = -(logp_BxL * weights_BxL).sum() / denom
+    sums = {
+        "loss_sum": -(logp_BxL * weights_BxL).sum(),
+        "correct_sum": (correct_BxL * weights_BxL).sum(),
+        "weight_sum": weights_BxL.sum(),
+    }
+    return loss, sums
