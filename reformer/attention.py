@@ -234,6 +234,7 @@ class LocalSelfAttention(nn.Module):
     n_chunks_before: int = 1
     n_chunks_after: int = 0
     causal: bool = True
+    wrap: bool = True
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     position_chunk: int = 0
@@ -279,6 +280,7 @@ class LocalSelfAttention(nn.Module):
                 mask=mask_L,
                 dropout_rate=rate,
                 dropout_rng=rng,
+                wrap=self.wrap,
             )
 
         return _per_head(one_head, tuple(qkv_BxHxLxK), mask_BxL, rngs_BxH)

@@ -145,7 +145,8 @@ def retype_layers(params: dict, old_types: tuple[str, ...], new_types: tuple[str
 
 def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
     """The self-attention module of one layer, by type. Bidirectional LSH and local layers
-    see one chunk before and one after (the authors' encoder); causal ones one before."""
+    see one chunk before and one after (the authors' encoder), local ones none across the
+    sequence's ends; causal ones one chunk before."""
     causal = cfg.causal_attention
     common = dict(
         n_heads=cfg.n_heads,
@@ -172,7 +173,9 @@ def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
             **common,
         )
     if kind == "local":
-        return attention.LocalSelfAttention(chunk_len=cfg.local_chunk_len, **chunks, **common)
+        return attention.LocalSelfAttention(
+            chunk_len=cfg.local_chunk_len, wrap=causal, **chunks, **common
+        )
     raise ValueError(f"unknown attention type {kind!r}")
 
 

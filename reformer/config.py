@@ -28,6 +28,18 @@ SCHEDULES = ("rsqrt", "constant")
 DATASETS = ("duplication", "enwik8", "text", "masked_duplication", "match")
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
+# The data each model kind trains on.
+KIND_DATASETS = {
+    "lm": ("duplication", "enwik8", "text"),
+    "masked_lm": ("masked_duplication",),
+    "classifier": ("match",),
+}
+# Synthetic tasks (reformer/data/duplication.py): the least vocab_size, and why.
+SYNTHETIC_VOCAB = {
+    "duplication": (3, "symbols 1..vocab_size-1 plus the separator 0"),
+    "masked_duplication": (5, "padding 0, separator 1, the mask id vocab_size-1, 2 symbols"),
+    "match": (4, "padding 0, separator 1 and 2 symbols"),
+}
 # "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
 FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
 
@@ -251,6 +263,7 @@ POSITIVE_INTS = (
     "model.n_heads",
     "model.d_head",
     "model.n_layers",
+    "model.n_classes",
     "model.lsh_chunk_len",
     "model.local_chunk_len",
     "model.n_hashes",
@@ -432,7 +445,13 @@ def _check_data(r: Report) -> None:
     m, d, e = r.config.model, r.config.data, r.config.eval
     if not r.fine("data.name"):
         return
-    if d.name == "duplication":
+    if r.fine("model.kind"):
+        r.check(
+            d.name in KIND_DATASETS[m.kind],
+            "data.name",
+            f"model.kind={m.kind!r} trains on one of {KIND_DATASETS[m.kind]}, got {d.name!r}",
+        )
+    if d.name in SYNTHETIC_VOCAB:
         if r.check(
             _is_int(d.word_len) and d.word_len >= 1,
             "data.word_len",
@@ -441,16 +460,18 @@ def _check_data(r: Report) -> None:
             r.check(
                 d.seq_len == 2 * d.word_len + 2,
                 "data.seq_len",
-                f"the duplication task 0 w 0 w needs seq_len = 2 * data.word_len + 2 = "
-                f"{2 * d.word_len + 2}, got {d.seq_len}",
+                f"the {d.name} task (two copies of a word, each after a separator) needs "
+                f"seq_len = 2 * data.word_len + 2 = {2 * d.word_len + 2}, got {d.seq_len}",
             )
+        least, why = SYNTHETIC_VOCAB[d.name]
         if r.fine("model.vocab_size"):
             r.check(
-                m.vocab_size >= 3,
+                m.vocab_size >= least,
                 "model.vocab_size",
-                f"the duplication task needs symbols 1..vocab_size-1 plus the separator 0, "
-                f"so vocab_size >= 3; got {m.vocab_size}",
+                f"the {d.name} task needs {why}, so vocab_size >= {least}; got {m.vocab_size}",
             )
+        if d.name == "match" and r.fine("model.n_classes"):
+            r.check(m.n_classes == 2, "model.n_classes", f"match has 2 labels, got {m.n_classes}")
         return
     if r.fine("model.vocab_size"):
         r.check(

@@ -162,17 +162,24 @@ def local_attention(
     mask: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
+    wrap: bool = True,
 ) -> jax.Array:
     """Chunked local attention: each chunk attends to itself and its neighbour chunks.
 
     As in trax, neighbours wrap around (the first chunk sees the last; causal masking hides
-    it). Scaled dot product with separate `k`, or shared QK with LSH masks if `k` is None.
-    A length that is not a multiple of `chunk_len` is padded and masked inside.
+    it). `wrap=False` (the bidirectional encoder) sees no chunk across the sequence's ends:
+    `max(n_chunks_before, n_chunks_after)` chunks of masked padding are appended inside, so
+    a chunk's neighbours past either end are padding, and appending padding to the input
+    changes nothing at real positions. Scaled dot product with separate `k`, or shared QK
+    with LSH masks if `k` is None. A length that is not a multiple of `chunk_len` is padded
+    and masked inside.
     """
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
     length = q_LxD.shape[0]
     padded = _round_up(length, chunk_len)
+    if not wrap:
+        padded += max(n_chunks_before, n_chunks_after) * chunk_len
     q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD, keys=False)
     v_LxV = jnp.asarray(v_LxV)
     cfg = ChunkConfig(

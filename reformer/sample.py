@@ -99,6 +99,10 @@ def sampling_settings() -> decode.Sampling:
 def sample(config, workdir: str) -> list[np.ndarray]:
     """Generates the samples the flags ask for; returns them as token id arrays."""
     cfg = decode.with_training_length(steps.make_model(config).cfg, config.data.seq_len)
+    if cfg.kind != "lm":
+        raise ConfigError(
+            f"config.model.kind: sampling needs a language model ('lm'), got {cfg.kind!r}"
+        )
     if not cfg.causal:
         raise ConfigError("config.model.causal: decoding needs a causal model (True)")
     if _NUM_SAMPLES.value < 1:

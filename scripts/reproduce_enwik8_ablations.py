@@ -7,9 +7,10 @@
 Models (3 layers, the paper's ablation depth), each trained through the normal trainer with
 the same seed, so models of one sequence length see the same batches in the same order:
 - Figure 3 (left): full attention with separate queries and keys (`full_separate_qk`)
-  against shared-QK full attention (`full_shared_qk`), both not reversible;
-- Figure 3 (right): `full_shared_qk` against the same network with reversible layers
-  (`full_shared_qk_reversible`);
+  against shared-QK full attention (`full_shared_qk`), both regular Transformers
+  (`model.residual = "standard"`: one residual stream, pre-LayerNorm);
+- Figure 3 (right): the regular Transformer `full_shared_qk` against the reversible network
+  of the same attention and widths (`full_shared_qk_reversible`, two streams);
 - Figure 4: LSH attention trained with 1, 2, 4 and 8 hashes (`lsh1` .. `lsh8`, the same
   network as `full_shared_qk` with LSH in place of full attention), each evaluated with the
   hashes it was trained with and with 8;
@@ -38,15 +39,15 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from reproduce_enwik8_prefix import read_metrics, xz_bpc  # noqa: E402
 
-# name: (figures, attention, reversible, n_hashes for training, sequence length or None)
+# name: (figures, attention, model.residual, n_hashes for training, sequence length or None)
 MODELS = {
-    "full_separate_qk": (("3",), "full", False, None, None),
-    "full_shared_qk": (("3", "4"), "full_shared_qk", False, None, None),
-    "full_shared_qk_reversible": (("3",), "full_shared_qk", True, None, None),
-    "lsh1": (("4",), "lsh", False, 1, None),
-    "lsh2": (("4",), "lsh", False, 2, None),
-    "lsh4": (("4",), "lsh", False, 4, None),
-    "lsh8": (("4",), "lsh", False, 8, None),
+    "full_separate_qk": (("3",), "full", "standard", None, None),
+    "full_shared_qk": (("3", "4"), "full_shared_qk", "standard", None, None),
+    "full_shared_qk_reversible": (("3",), "full_shared_qk", "reversible", None, None),
+    "lsh1": (("4",), "lsh", "standard", 1, None),
+    "lsh2": (("4",), "lsh", "standard", 2, None),
+    "lsh4": (("4",), "lsh", "standard", 4, None),
+    "lsh8": (("4",), "lsh", "standard", 8, None),
 }
 EVAL_HASHES_EXTRA = 8  # Figure 4's models are also evaluated with this many hashes.
 
@@ -69,7 +70,7 @@ SCALES = {
 
 def context_models(scale: dict) -> dict:
     return {
-        f"reformer_{n}": (("context",), "lsh", True, scale["context_hashes"], n)
+        f"reformer_{n}": (("context",), "lsh", "reversible", scale["context_hashes"], n)
         for n in scale["context"]
     }
 
@@ -89,7 +90,7 @@ def model_config(
 ):
     from reformer.config import default_config
 
-    _, attention, reversible, n_hashes, seq_len = spec
+    _, attention, residual, n_hashes, seq_len = spec
     if seq_len is None:  # Figures 3 and 4 (not the context study): the scale's overrides.
         scale = {**scale, **scale.get("ablation", {})}
     seq_len = seq_len or scale["seq_len"]
@@ -130,13 +131,14 @@ def eval_hashes(spec: tuple) -> tuple:
 
 
 def record(name, figure, spec, config, result: dict, n_eval, minutes: float) -> dict:
-    _, attention, reversible, n_train, _ = spec
+    _, attention, residual, n_train, _ = spec
     return {
         "figure": figure,
         "model": name,
         "attention_types": list(config.model.attention_types),
         "shared_qk": attention != "full",
-        "reversible": reversible,
+        "residual": residual,
+        "reversible": residual == "reversible",
         "n_hashes_train": n_train,
         "n_hashes_eval": n_eval,
         "split": result["split"],
@@ -199,9 +201,15 @@ def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def residual_of(r: dict) -> str:
+    """A record's `model.residual`; records written before that field hold `reversible`
+    (their non-reversible models ran `two_stream`)."""
+    return r.get("residual") or ("reversible" if r["reversible"] else "two_stream")
+
+
 def markdown(records: list[dict]) -> str:
     lines = [
-        "| figure | model | length | reversible | hashes (train / eval) | validation bits/byte "
+        "| figure | model | length | residual | hashes (train / eval) | validation bits/byte "
         "| test bits/byte | steps | training minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -225,7 +233,7 @@ def markdown(records: list[dict]) -> str:
         test = splits.get("test", {}).get("bits_per_byte")
         fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
         lines.append(
-            f"| {fig} | {model} | {r['seq_len']:,} | {'yes' if r['reversible'] else 'no'} | "
+            f"| {fig} | {model} | {r['seq_len']:,} | {residual_of(r)} | "
             f"{hashes} | {fmt(val)} | {fmt(test)} | {r['steps']} | {r['train_minutes']:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ REQUIRED = {
     "attention_types",
     "shared_qk",
     "reversible",
+    "residual",
     "n_hashes_train",
     "n_hashes_eval",
     "split",
@@ -43,7 +44,8 @@ def test_models_differ_from_their_comparison_in_one_setting_only():
         }
 
     assert diff("full_separate_qk", "full_shared_qk") == {("model", "attention_types")}
-    assert diff("full_shared_qk", "full_shared_qk_reversible") == {("model", "reversible")}
+    assert diff("full_shared_qk", "full_shared_qk_reversible") == {("model", "residual")}
+    assert cfg["full_shared_qk"].model.residual == "standard"  # the regular Transformer
     assert diff("lsh2", "lsh4") == {("model", "n_hashes")}
     assert diff("full_shared_qk", "lsh1") == {("model", "attention_types")}
     # The context models: same tokens per step, lengths 512 .. 8192.
@@ -52,7 +54,7 @@ def test_models_differ_from_their_comparison_in_one_setting_only():
     assert {cfg[f"reformer_{n}"].train.batch_size * n for n in scale["context"]} == {
         scale["tokens"]
     }
-    assert all(cfg[f"reformer_{n}"].model.reversible for n in scale["context"])
+    assert all(cfg[f"reformer_{n}"].model.residual == "reversible" for n in scale["context"])
     # The paper's ablation depth and long sequences.
     assert {c.model.n_layers for c in cfg.values()} == {3}
     assert cfg["lsh8"].data.seq_len >= 4096

@@ -1,9 +1,27 @@
-"""The paper's synthetic duplication task (Section 2.1, Table 2).
+"""The paper's synthetic duplication task (Section 2.1, Table 2), and two encoder tasks of
+the same shape.
 
-Each sequence is `0 w 0 w`: a separator 0, a word `w` of `word_len` symbols drawn uniformly
-from `1..vocab_size-1`, the separator again and the same word. Only the second copy is
-scored (its weights are 1, all others 0): predicting it needs attention back `word_len + 1`
-positions, which local attention cannot do. Paper: vocab 128, |w| = 511, length 1024.
+`duplication` (language model): each sequence is `0 w 0 w`: a separator 0, a word `w` of
+`word_len` symbols drawn uniformly from `1..vocab_size-1`, the separator again and the same
+word. Only the second copy is scored (its weights are 1, all others 0): predicting it needs
+attention back `word_len + 1` positions, which local attention cannot do. Paper: vocab 128,
+|w| = 511, length 1024.
+
+The encoder tasks use 0 as padding (an encoder never attends to it), 1 as the separator and
+lengths that vary: each sequence is `1 w 1 w` with |w| drawn from `word_len // 2 ..
+word_len`, each copy padded with 0 to `word_len` (two fields of a record), so a symbol's
+counterpart is always `word_len + 1` positions away and the padding sits inside the sequence
+as well as at its end.
+
+- `masked_duplication` (masked LM): at each index of the word, with probability 1/4 the
+  first copy's symbol is replaced by the mask id `vocab_size - 1`, with probability 1/4 the
+  second copy's (never both); the model predicts the original symbols at the masked
+  positions (`tokens`, weight 1) from `inputs`. Each answer is `word_len + 1` positions away, in
+  either direction. Symbols are `2..vocab_size-2`.
+- `match` (classifier): `1 w 1 v`; the label is 1 when `v = w` and 0 when `v` is `w` with
+  each symbol changed with probability 1/4 (at least one). Half the sequences of a batch are
+  of each label in expectation; telling them apart needs each symbol's counterpart `word_len + 1`
+  positions away. Symbols are `2..vocab_size-1`.
 """
 
 from __future__ import annotations
@@ -24,8 +42,71 @@ def duplication_batch(
     return {"tokens": tokens, "weights": weights}
 
 
+MASK_RATE = 0.25  # per word index and copy (masked_duplication), per symbol (match)
+
+
+def _encoder_words(rng, batch_size: int, word_len: int, low: int, high: int):
+    """Words `[B, word_len]` of symbols in `[low, high)` and each row's length."""
+    lengths_B = rng.integers(max(1, word_len // 2), word_len + 1, size=batch_size)
+    w_BxW = rng.integers(low, high, size=(batch_size, word_len), dtype=np.int32)
+    return w_BxW, lengths_B
+
+
+def _two_copies(first_BxW, second_BxW, lengths_B) -> np.ndarray:
+    """`1 first 1 second` per row, each copy cut to the row's length and padded with 0 to
+    `word_len`, so the second copy starts at `word_len + 1` in every row."""
+    batch, word_len = first_BxW.shape
+    real_BxW = np.arange(word_len)[None, :] < np.asarray(lengths_B)[:, None]
+    sep_Bx1 = np.ones((batch, 1), np.int32)
+    first_BxW, second_BxW = (np.where(real_BxW, a, 0) for a in (first_BxW, second_BxW))
+    return np.concatenate([sep_Bx1, first_BxW, sep_Bx1, second_BxW], axis=1).astype(np.int32)
+
+
+def masked_duplication_batch(
+    seed: int, index: int, batch_size: int, word_len: int, vocab_size: int
+) -> dict[str, np.ndarray]:
+    """The `index`-th global batch of `masked_duplication` (see the module docstring)."""
+    rng = np.random.default_rng([seed, index, 1])
+    mask_id = vocab_size - 1
+    w_BxW, lengths_B = _encoder_words(rng, batch_size, word_len, 2, mask_id)
+    u_BxW = rng.random((batch_size, word_len))
+    hide_first, hide_second = u_BxW < MASK_RATE, (u_BxW >= MASK_RATE) & (u_BxW < 2 * MASK_RATE)
+    tokens = _two_copies(w_BxW, w_BxW, lengths_B)
+    hidden = _two_copies(hide_first, hide_second, lengths_B).astype(bool)
+    hidden[tokens == 1] = False  # the separators
+    inputs = np.where(hidden, mask_id, tokens).astype(np.int32)
+    return {"inputs": inputs, "tokens": tokens, "weights": hidden.astype(np.float32)}
+
+
+def match_batch(
+    seed: int, index: int, batch_size: int, word_len: int, vocab_size: int
+) -> dict[str, np.ndarray]:
+    """The `index`-th global batch of `match` (see the module docstring)."""
+    rng = np.random.default_rng([seed, index, 2])
+    w_BxW, lengths_B = _encoder_words(rng, batch_size, word_len, 2, vocab_size)
+    labels_B = rng.integers(0, 2, size=batch_size).astype(np.int32)
+    change_BxW = rng.random((batch_size, word_len)) < MASK_RATE
+    change_BxW[np.arange(batch_size), rng.integers(0, lengths_B)] = True  # at least one
+    change_BxW &= (labels_B == 0)[:, None]
+    shift_BxW = rng.integers(1, vocab_size - 2, size=w_BxW.shape)  # another symbol
+    v_BxW = np.where(change_BxW, (w_BxW - 2 + shift_BxW) % (vocab_size - 2) + 2, w_BxW)
+    return {
+        "tokens": _two_copies(w_BxW, v_BxW.astype(np.int32), lengths_B),
+        "labels": labels_B,
+        "weights": np.ones((batch_size,), np.float32),
+    }
+
+
+TASKS = {
+    "duplication": duplication_batch,
+    "masked_duplication": masked_duplication_batch,
+    "match": match_batch,
+}
+
+
 class DuplicationStream:
-    """Endless, seeded stream of duplication batches; its position is one integer.
+    """Endless, seeded stream of the batches of `task` (a key of `TASKS`); its position is one
+    integer.
 
     Every host draws the same global batch and keeps its own rows, so the data a run sees
     does not depend on how many hosts it runs on.
@@ -41,6 +122,7 @@ class DuplicationStream:
         process_index: int = 0,
         process_count: int = 1,
         rows: slice | None = None,
+        task: str = "duplication",
     ):
         """`rows` (of the global batch) overrides the block given by the process index."""
         if batch_size % process_count:
@@ -48,6 +130,7 @@ class DuplicationStream:
                 f"batch_size {batch_size} is not divisible by the number of "
                 f"processes {process_count}"
             )
+        self.task, self._batch = task, TASKS[task]
         self.seed, self.batch_size = seed, batch_size
         self.word_len, self.vocab_size = word_len, vocab_size
         per_host = batch_size // process_count
@@ -62,18 +145,19 @@ class DuplicationStream:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = duplication_batch(
+        batch = self._batch(
             self.seed, self.index, self.batch_size, self.word_len, self.vocab_size
         )
         self.index += 1
         return {k: v[self._rows] for k, v in batch.items()}
 
     def get_state(self) -> dict:
-        return {"name": "duplication", "seed": self.seed, "index": self.index}
+        return {"name": self.task, "seed": self.seed, "index": self.index}
 
     def set_state(self, state: dict) -> None:
-        if state.get("name") != "duplication" or state.get("seed") != self.seed:
+        if state.get("name") != self.task or state.get("seed") != self.seed:
             raise ValueError(
-                f"data state {state} does not belong to a duplication stream with seed {self.seed}"
+                f"data state {state} does not belong to a {self.task} stream with seed "
+                f"{self.seed}"
             )
         self.index = int(state["index"])

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from reformer.data import text
-from reformer.data.duplication import DuplicationStream
+from reformer.data.duplication import TASKS, DuplicationStream
 
 BYTE_DATASETS = ("enwik8", "text")
 
@@ -45,8 +45,9 @@ def make_train_stream(
     """The endless training stream of this host's rows of each global batch (`rows`, e.g.
     `sharding.process_rows`, or the block of the process index)."""
     pi, pc = _hosts(process_index, process_count)
-    if config.data.name == "duplication":
+    if config.data.name in TASKS:
         return DuplicationStream(
+            task=config.data.name,
             seed=config.train.seed,
             batch_size=config.train.batch_size,
             word_len=config.data.word_len,
@@ -78,14 +79,15 @@ def make_eval_batches(
 ) -> list[dict[str, np.ndarray]]:
     """Evaluation batches (this host's rows), the same at every evaluation.
 
-    Duplication: `eval.num_batches` batches drawn with `eval.seed`. Byte data: windows over
+    Synthetic tasks: `eval.num_batches` batches drawn with `eval.seed`. Byte data: windows over
     `eval.split` that score each byte once (`text.eval_windows`); the first
     `eval.num_batches` batches of them, or all with `whole_split=True`.
     """
     pi, pc = _hosts(process_index, process_count)
     e = config.eval
-    if config.data.name == "duplication":
+    if config.data.name in TASKS:
         stream = DuplicationStream(
+            task=config.data.name,
             seed=e.seed,
             batch_size=e.batch_size,
             word_len=config.data.word_len,
