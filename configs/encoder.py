@@ -36,11 +36,11 @@ def get_config(variant: str = "masked_lm"):
     c.data.name = "masked_duplication" if variant == "masked_lm" else "match"
     c.data.word_len = 63
     c.data.seq_len = 128
-    c.train.num_steps = 600
+    c.train.num_steps = 2000
     c.train.batch_size = 16
     c.train.log_every = 50
-    c.train.eval_every = 200
-    c.train.checkpoint_every = 200
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
     c.optimizer.learning_rate = 2e-3
     c.optimizer.warmup_steps = 100
     c.eval.num_batches = 4

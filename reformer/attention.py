@@ -312,6 +312,20 @@ class LocalSelfAttention(nn.Module):
         return sequence_map(span, arrays, self.position_chunk, look_back=back)
 
 
+def _hash_rng(module: nn.Module, deterministic: bool) -> jax.Array:
+    """The key of a call's LSH rotations: the "hash" stream; without one, a deterministic
+    call uses a fixed key derived from the module's path (evaluation without rngs is
+    repeatable) and a training call raises (it must hash with fresh rotations)."""
+    if module.has_rng("hash"):
+        return module.make_rng("hash")
+    if not deterministic:
+        raise ValueError(
+            f"{type(module).__name__} needs a 'hash' rng when deterministic=False "
+            "(pass rngs={'hash': key, ...} to apply)"
+        )
+    return jax.random.fold_in(jax.random.key(0), zlib.crc32("/".join(module.path).encode()))
+
+
 def random_rotations(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """The LSH rotations `[heads, d_head, n_hashes, R]` of one call (R = n_buckets / 2, or
     sum(bucket_factors) / 2, `lsh.rotation_width`): standard
@@ -347,14 +361,7 @@ class LSHSelfAttention(nn.Module):
     heads_per_step: int = 0
 
     def _hash_rng(self, deterministic: bool) -> jax.Array:
-        if self.has_rng("hash"):
-            return self.make_rng("hash")
-        if not deterministic:
-            raise ValueError(
-                "LSHSelfAttention needs a 'hash' rng when deterministic=False "
-                "(pass rngs={'hash': key, ...} to apply)"
-            )
-        return jax.random.fold_in(jax.random.key(0), zlib.crc32("/".join(self.path).encode()))
+        return _hash_rng(self, deterministic)
 
     @nn.compact
     def __call__(
@@ -471,3 +478,91 @@ class LSHSelfAttention(nn.Module):
         if finish is not None:
             y_BxLxD = sequence_map(finish, (y_BxLxD,), self.position_chunk)
         return y_BxLxD, buckets_BxHxNxL
+
+
+class CrossAttention(nn.Module):
+    """The decoder's queries attending to the encoder output (`memory`, `[B, S, M]`).
+
+    `kind="full"`: scaled dot product over every source position ("query" from the decoder,
+    "key" and "value" from the memory; the authors' setting). `kind="lsh"`: the decoder's
+    queries ("query_key") and the memory's keys ("key") hashed in one shared-QK space and
+    attended in sorted chunks (`lsh.lsh_cross_attention`), so long sources and targets cost
+    O((T + S) * chunk_len); returns the buckets `[B, H, n_hashes, T + S]` for the reversible
+    backward pass. Any source and target lengths; `memory_mask_BxS` is True for real
+    source tokens. A query that sees no real source key gets a zero output.
+    """
+
+    n_heads: int
+    d_head: int
+    kind: str = "full"
+    chunk_len: int = 64
+    n_buckets: int | None = None
+    bucket_factors: tuple[int, ...] | None = None
+    n_hashes: int = 1
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    position_chunk: int = 0
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxTxD: jax.Array,
+        memory_BxSxM: jax.Array,
+        memory_mask_BxS: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        buckets: jax.Array | None = None,
+        normalize: Callable | None = None,
+        finish: Callable | None = None,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        if self.kind not in ("full", "lsh"):
+            raise ValueError(f"cross-attention kind must be 'full' or 'lsh', got {self.kind!r}")
+        batch, length, d_model = x_BxTxD.shape
+        lsh_kind = self.kind == "lsh"
+        (q_BxHxTxK,) = _project(self, x_BxTxD, ("query_key" if lsh_kind else "query",), normalize)
+        kernels = _in_kernels(self, memory_BxSxM.shape[-1], ("key", "value"))
+        k_BxHxSxK, v_BxHxSxK = (
+            _to_heads_first(project_heads(memory_BxSxM, kernels[n], self.dtype))
+            for n in ("key", "value")
+        )
+        rate, rngs_BxH = _dropout_rngs(self, self.dropout_rate, deterministic, batch, self.n_heads)
+        if not lsh_kind:
+
+            def one_head(q, k, v, mask_S, rng):
+                return lsh.cross_attention(q, k, v, mask=mask_S, dropout_rate=rate, dropout_rng=rng)
+
+            arrays = (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK)
+            out = _per_head(one_head, arrays, memory_mask_BxS, rngs_BxH)
+            return _unproject(self, out, d_model, finish), None
+        n_items = length + memory_BxSxM.shape[1]
+        n_buckets = self.n_buckets or lsh.default_n_buckets(n_items, self.chunk_len)
+        rotations_HxKxNxR = None
+        if buckets is None:
+            width = lsh.rotation_width(n_buckets, self.bucket_factors)
+            shape = (self.n_heads, self.d_head, n_hashes or self.n_hashes, width)
+            rotations_HxKxNxR = random_rotations(_hash_rng(self, deterministic), shape)
+
+        def one_head(q, k, v, buckets_NxI, mask_S, rng, rotations):
+            return lsh.lsh_cross_attention(
+                q,
+                k,
+                v,
+                rotations,
+                chunk_len=self.chunk_len,
+                mask=mask_S,
+                dropout_rate=rate,
+                dropout_rng=rng,
+                buckets=buckets_NxI,
+                bucket_factors=self.bucket_factors,
+                n_buckets=n_buckets,
+            )
+
+        out, buckets_BxHxNxI = _per_head(
+            one_head,
+            (q_BxHxTxK, k_BxHxSxK, v_BxHxSxK, buckets),
+            memory_mask_BxS,
+            rngs_BxH,
+            (rotations_HxKxNxR,),
+        )
+        return _unproject(self, out, d_model, finish), buckets_BxHxNxI

@@ -65,6 +65,10 @@ class ModelConfig:
     lsh_heads_per_step: int = 0
     kind: str = "lm"
     n_classes: int = 2
+    cross_attention: str = "full"
+    encoder_attention_types: tuple[str, ...] = ()
+    n_encoder_layers: int = 0
+    share_embeddings: bool = True
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
@@ -75,7 +79,13 @@ class ModelConfig:
         migrate({"model": group})
         names = {f.name for f in dataclasses.fields(cls)}
         fields = {name: value for name, value in group.items() if name in names}
-        for name in ("attention_types", "axial_shape", "axial_dims", "bucket_factors"):
+        for name in (
+            "attention_types",
+            "axial_shape",
+            "axial_dims",
+            "bucket_factors",
+            "encoder_attention_types",
+        ):
             fields[name] = tuple(fields[name])
         return cls(**fields)
 
@@ -89,8 +99,24 @@ class ModelConfig:
 
     @property
     def causal_attention(self) -> bool:
-        """Whether self-attention is causal: the LM's `causal`; encoders are bidirectional."""
-        return self.causal and self.kind == "lm"
+        """Whether self-attention is causal: the LM's and the decoder's `causal`; encoders
+        are bidirectional."""
+        return self.causal and self.kind in ("lm", "decoder", "encoder_decoder")
+
+    def encoder(self) -> ModelConfig:
+        """The encoder tower of an encoder-decoder: bidirectional, with its own pattern and
+        depth (`encoder_attention_types`, `n_encoder_layers`; empty or 0: the decoder's)."""
+        return dataclasses.replace(
+            self,
+            kind="encoder",
+            attention_types=self.encoder_attention_types or self.attention_types,
+            n_layers=self.n_encoder_layers or self.n_layers,
+        )
+
+    def decoder(self) -> ModelConfig:
+        """The decoder tower of an encoder-decoder: causal self-attention, cross-attention
+        (`cross_attention`), feed-forward."""
+        return dataclasses.replace(self, kind="decoder")
 
     @property
     def n_streams(self) -> int:
@@ -111,6 +137,10 @@ class ModelConfig:
         if self.jnp_dtype == jnp.float32 or self.n_streams == 1:
             return None
         return STREAM_SPACING
+
+
+# The halves of a decoder layer, in order; other layers have the first and the last.
+HALVES = ("attention", "cross_attention", "feed_forward")
 
 
 def layer_name(j: int, kind: str) -> str:
@@ -220,6 +250,55 @@ class AttentionHalf(nn.Module):
         )
 
 
+class CrossAttentionHalf(nn.Module):
+    """The decoder's middle half: LayerNorm -> cross-attention to the encoder output
+    (`model.cross_attention`: full or LSH) -> dropout. Returns (out, buckets or None)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxTxD,
+        memory_BxSxM,
+        memory_mask_BxS,
+        *,
+        deterministic: bool,
+        n_hashes: int | None = None,
+        buckets=None,
+    ):
+        cfg = self.cfg
+        norm = LayerNormWeights(name="norm")(x_BxTxD.shape[-1])
+        rate, key = _dropout_key(self, cfg.dropout, deterministic)
+
+        def finish(index, y):
+            return dropout(y, rate, key, index).astype(x_BxTxD.dtype)
+
+        module = attention.CrossAttention(
+            n_heads=cfg.n_heads,
+            d_head=cfg.d_head,
+            kind=cfg.cross_attention,
+            chunk_len=cfg.lsh_chunk_len,
+            n_buckets=cfg.lsh_n_buckets or None,
+            bucket_factors=cfg.bucket_factors or None,
+            n_hashes=cfg.n_hashes,
+            dropout_rate=cfg.attention_dropout,
+            dtype=cfg.jnp_dtype,
+            position_chunk=cfg.position_chunk_size,
+            name="attention",
+        )
+        return module(
+            x_BxTxD,
+            memory_BxSxM,
+            memory_mask_BxS,
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            buckets=buckets,
+            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
+            finish=finish,
+        )
+
+
 class FeedForwardHalf(nn.Module):
     """G of a layer: LayerNorm -> feed-forward -> dropout, all on `model.position_chunk_size`
     positions at a time (`layers.sequence_map`)."""
@@ -241,14 +320,25 @@ class FeedForwardHalf(nn.Module):
         return sequence_map(chunk, (x_BxLxD,), cfg.position_chunk_size)
 
 
-def embed(module: nn.Module, cfg: ModelConfig, inputs_BxL: jax.Array, deterministic: bool):
-    """Token plus position embeddings of `inputs_BxL`, then dropout: the float32 residual
-    stream `[B, L, d_model]`. Declares `embed` and `pos_embed` or `axial_pos` in `module`
-    (call it from the module's compact method)."""
-    length = inputs_BxL.shape[1]
-    table = nn.Embed(
-        cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
+def token_table(cfg: ModelConfig, name: str = "embed") -> nn.Embed:
+    """The token embedding table `[vocab, d_model]`."""
+    return nn.Embed(
+        cfg.vocab_size, cfg.d_model, name=name, embedding_init=nn.initializers.normal(1.0)
     )
+
+
+def embed(
+    module: nn.Module,
+    cfg: ModelConfig,
+    inputs_BxL: jax.Array,
+    deterministic: bool,
+    table: nn.Module | None = None,
+):
+    """Token plus position embeddings of `inputs_BxL`, then dropout: the float32 residual
+    stream `[B, L, d_model]`. Declares `embed` (unless a shared `table` is given) and
+    `pos_embed` or `axial_pos` in `module` (call it from the module's compact method)."""
+    length = inputs_BxL.shape[1]
+    table = table if table is not None else token_table(cfg)
     # The residual streams are float32 in every `model.dtype`, and so is their
     # reconstruction in the reversible backward pass; only matrix products use `dtype`.
     x_BxLxD = table(inputs_BxL).astype(jnp.float32)
@@ -272,13 +362,13 @@ def embed(module: nn.Module, cfg: ModelConfig, inputs_BxL: jax.Array, determinis
     return module.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
 
 
-def _stack_rngs(module: nn.Module, cfg: ModelConfig, deterministic: bool) -> dict:
+def _stack_rngs(module: nn.Module, deterministic: bool, uses_lsh: bool) -> dict:
     """The stack's base keys. Training must hash with fresh rotations: without a "hash" rng
     a model with LSH layers refuses to train; a deterministic call hashes with a fixed key,
     so evaluation without rngs is repeatable."""
     if module.has_rng("hash"):
         rngs = {"hash": module.make_rng("hash")}
-    elif deterministic or "lsh" not in cfg.attention_types:
+    elif deterministic or not uses_lsh:
         rngs = {"hash": jax.random.key(0)}
     else:
         raise ValueError(
@@ -297,26 +387,40 @@ def layer_stack(
     mask_BxL: jax.Array | None,
     deterministic: bool,
     n_hashes: int | None,
+    memory: jax.Array | None = None,
+    memory_mask_BxS: jax.Array | None = None,
 ) -> tuple[jax.Array, ...]:
     """The layers over the embedded inputs; returns the residual streams (two, or one for
     `standard`). Declares `layers` in `module`: per pattern position
-    `layers/<layer_name>/{attention,feed_forward}`, each with a leading axis over the
-    `n_layers / len(pattern)` repeats. The halves run as pure functions of explicit
+    `layers/<layer_name>/{attention,[cross_attention,]feed_forward}`, each with a leading
+    axis over the `n_layers / len(pattern)` repeats; a decoder (given the encoder output
+    `memory`) has the cross-attention half. The halves run as pure functions of explicit
     parameters (`reformer/reversible.py`)."""
     pattern = cfg.attention_types
     n_repeats = cfg.n_layers // len(pattern)
     attention_defs = [AttentionHalf(cfg, kind, parent=None) for kind in pattern]
+    cross_def = CrossAttentionHalf(cfg, parent=None)
     feed_forward_def = FeedForwardHalf(cfg, parent=None)
     names = layer_names(cfg)
+    halves = ("attention", "feed_forward") if memory is None else HALVES
 
     def init_layer(rng, j):
-        r_attention, r_hash, r_ff = jax.random.split(rng, 3)
-        return {
+        r_attention, r_hash, r_ff, r_cross = jax.random.split(rng, 4)
+        params = {
             "attention": attention_defs[j].init(
                 {"params": r_attention, "hash": r_hash}, x_BxLxD, mask_BxL, deterministic=True
             )["params"],
             "feed_forward": feed_forward_def.init(r_ff, x_BxLxD, deterministic=True)["params"],
         }
+        if memory is not None:
+            params["cross_attention"] = cross_def.init(
+                {"params": r_cross, "hash": r_hash},
+                x_BxLxD,
+                memory,
+                memory_mask_BxS,
+                deterministic=True,
+            )["params"]
+        return params
 
     def init_layers(rng):
         keys = jax.random.split(rng, (len(pattern), n_repeats))
@@ -325,15 +429,17 @@ def layer_stack(
         }
 
     layers = module.param("layers", init_layers)
-    params = tuple((layers[n]["attention"], layers[n]["feed_forward"]) for n in names)
-    rngs = _stack_rngs(module, cfg, deterministic)
+    params = tuple(tuple(layers[n][h] for h in halves) for n in names)
+    uses_lsh = "lsh" in pattern or (memory is not None and cfg.cross_attention == "lsh")
+    rngs = _stack_rngs(module, deterministic, uses_lsh)
 
     def attention_fn(j):
-        def f(p, x, r, buckets, mask):
+        def f(p, x, r, buckets, context, memory):
+            del memory
             return attention_defs[j].apply(
                 {"params": p},
                 x,
-                mask,
+                context[0],
                 deterministic=deterministic,
                 n_hashes=n_hashes,
                 buckets=buckets,
@@ -342,18 +448,35 @@ def layer_stack(
 
         return f
 
-    def feed_forward_fn(p, x, r, mask):
-        del mask
-        return feed_forward_def.apply({"params": p}, x, deterministic=deterministic, rngs=r)
+    def cross_fn(p, x, r, buckets, context, memory):
+        return cross_def.apply(
+            {"params": p},
+            x,
+            memory,
+            context[1],
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            buckets=buckets,
+            rngs=r,
+        )
 
-    fns = ([attention_fn(j) for j in range(len(pattern))], [feed_forward_fn] * len(pattern))
+    def feed_forward_fn(p, x, r, aux, context, memory):
+        del aux, context, memory
+        return feed_forward_def.apply({"params": p}, x, deterministic=deterministic, rngs=r), None
+
+    fns = {"attention": None, "cross_attention": cross_fn, "feed_forward": feed_forward_fn}
+    half_fns = [
+        tuple(attention_fn(j) if h == "attention" else fns[h] for h in halves)
+        for j in range(len(pattern))
+    ]
+    context = (mask_BxL, memory_mask_BxS)
     if cfg.residual == "reversible":
         return reversible.reversible_stack(
-            *fns, params, x_BxLxD, x_BxLxD, rngs, mask_BxL, spacing=cfg.stream_spacing
+            half_fns, params, x_BxLxD, x_BxLxD, rngs, context, memory, spacing=cfg.stream_spacing
         )
     x2 = None if cfg.residual == "standard" else x_BxLxD
     streams = reversible.plain_stack(
-        *fns, params, x_BxLxD, x2, rngs, mask_BxL, spacing=cfg.stream_spacing
+        half_fns, params, x_BxLxD, x2, rngs, context, memory, spacing=cfg.stream_spacing
     )
     return tuple(s for s in streams if s is not None)
 

@@ -18,14 +18,16 @@ from absl import logging
 ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
 # "lm": causal language model; "masked_lm": bidirectional encoder predicting masked tokens;
 # "classifier": bidirectional encoder, one label per sequence from its pooled output.
-MODEL_KINDS = ("lm", "masked_lm", "classifier")
+# "encoder_decoder": such an encoder over a source and a causal decoder over the target.
+MODEL_KINDS = ("lm", "masked_lm", "classifier", "encoder_decoder")
+CROSS_ATTENTION = ("full", "lsh")
 # How the blocks join: "reversible" (two streams, recomputed backward pass), "two_stream" (the
 # same function, activations stored), "standard" (one stream, pre-LayerNorm: the Transformer).
 RESIDUALS = ("reversible", "two_stream", "standard")
 SPLITS = ("train", "validation", "test")
 OPTIMIZERS = ("adam", "adafactor")
 SCHEDULES = ("rsqrt", "constant")
-DATASETS = ("duplication", "enwik8", "text", "masked_duplication", "match")
+DATASETS = ("duplication", "enwik8", "text", "masked_duplication", "match", "reverse")
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
 # The data each model kind trains on.
@@ -33,12 +35,14 @@ KIND_DATASETS = {
     "lm": ("duplication", "enwik8", "text"),
     "masked_lm": ("masked_duplication",),
     "classifier": ("match",),
+    "encoder_decoder": ("reverse",),
 }
 # Synthetic tasks (reformer/data/duplication.py): the least vocab_size, and why.
 SYNTHETIC_VOCAB = {
     "duplication": (3, "symbols 1..vocab_size-1 plus the separator 0"),
     "masked_duplication": (5, "padding 0, separator 1, the mask id vocab_size-1, 2 symbols"),
     "match": (4, "padding 0, separator 1 and 2 symbols"),
+    "reverse": (4, "padding 0, the end id 1 and 2 symbols"),
 }
 # "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
 FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
@@ -55,6 +59,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.kind = "lm"  # What the model is and predicts: one of MODEL_KINDS.
     m.n_classes = 2  # Labels of model.kind = "classifier".
+    # Encoder-decoder: the decoder has attention_types and n_layers; the encoder these
+    # (() and 0: the decoder's). Its layers attend to the encoder output with this kind.
+    m.cross_attention = "full"  # Decoder-to-encoder attention: one of CROSS_ATTENTION.
+    m.encoder_attention_types = ()  # Encoder's pattern, each of ATTENTION_TYPES; () = same.
+    m.n_encoder_layers = 0  # Encoder's depth; 0 = n_layers.
+    m.share_embeddings = True  # Source and target share the token table (one vocabulary).
     m.vocab_size = 128  # Token ids are 0..vocab_size-1 (bytes: 258 = 256 bytes + pad + end).
     m.d_model = 128  # Width of the residual stream.
     m.d_ff = 512  # Hidden width of the feed-forward block.
@@ -93,9 +103,11 @@ def default_config() -> ml_collections.ConfigDict:
     # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
     # "text": any local byte file (data.path). Both split 90/5/5 in order; ids = byte + 2.
     # "masked_duplication" (masked_lm) and "match" (classifier): synthetic encoder tasks of
-    # reformer/data/duplication.py whose answers need a token far away.
+    # reformer/data/duplication.py whose answers need a token far away; "reverse"
+    # (encoder_decoder): the source's symbols reversed and shifted.
     d.name = "duplication"  # One of DATASETS.
-    d.seq_len = 128  # Tokens per training sequence.
+    d.seq_len = 128  # Tokens per training sequence (encoder_decoder: per target).
+    d.source_len = 0  # encoder_decoder: tokens per source sequence.
     d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
     d.path = ""  # Local file (raw or zip) for "enwik8" (optional) and "text" (required).
     d.tfds_dir = ""  # Where TFDS writes prepared data; "" = TFDS's default directory.
@@ -287,6 +299,8 @@ NON_NEGATIVE_INTS = (
     "optimizer.warmup_steps",
     "eval.n_hashes",
     "eval.stride",
+    "model.n_encoder_layers",
+    "data.source_len",
 )
 
 
@@ -322,6 +336,7 @@ def _check_numbers(r: Report) -> None:
 def _check_choices(r: Report) -> None:
     for field, allowed in (
         ("model.kind", MODEL_KINDS),
+        ("model.cross_attention", CROSS_ATTENTION),
         ("model.residual", RESIDUALS),
         ("model.positional", POSITIONAL),
         ("model.dtype", DTYPES),
@@ -405,6 +420,46 @@ def _check_layers(r: Report) -> None:
             )
 
 
+def _check_encoder_decoder(r: Report) -> None:
+    m, d = r.config.model, r.config.data
+    if m.kind != "encoder_decoder" or not r.fine("model.kind"):
+        return
+    types = tuple(m.encoder_attention_types) or tuple(m.attention_types)
+    bad = [a for a in types if a not in ATTENTION_TYPES]
+    if r.check(
+        not bad,
+        "model.encoder_attention_types",
+        f"{bad[0]!r} is not one of {ATTENTION_TYPES}" if bad else "",
+    ) and r.fine("model.n_encoder_layers", "model.n_layers"):
+        depth = m.n_encoder_layers or m.n_layers
+        r.check(
+            depth % len(types) == 0,
+            "model.n_encoder_layers",
+            f"the encoder's depth {depth} must be a multiple of its pattern's length "
+            f"{len(types)} ({types})",
+        )
+    if not r.check(
+        _is_int(d.source_len) and d.source_len > 0,
+        "data.source_len",
+        f"model.kind='encoder_decoder' needs the source length, a positive integer; "
+        f"got {d.source_len!r}",
+    ):
+        return
+    if m.positional == "learned" and r.fine("model.max_len", "model.positional"):
+        r.check(
+            d.source_len <= m.max_len,
+            "data.source_len",
+            f"{d.source_len} exceeds model.max_len={m.max_len}, the learned positional table",
+        )
+    for kind, field in (("lsh", "model.lsh_chunk_len"), ("local", "model.local_chunk_len")):
+        if kind in types and r.fine(field):
+            r.check(
+                r.value(field) <= d.source_len,
+                field,
+                f"{r.value(field)} is longer than data.source_len={d.source_len}",
+            )
+
+
 def _check_positions(r: Report) -> None:
     m, seq = r.config.model, r.config.data.seq_len
     if not r.fine("model.positional", "data.seq_len"):
@@ -451,7 +506,14 @@ def _check_data(r: Report) -> None:
             "data.name",
             f"model.kind={m.kind!r} trains on one of {KIND_DATASETS[m.kind]}, got {d.name!r}",
         )
-    if d.name in SYNTHETIC_VOCAB:
+    if d.name == "reverse" and r.fine("data.source_len", "data.seq_len"):
+        r.check(
+            d.seq_len >= d.source_len + 1,
+            "data.seq_len",
+            f"the reverse task's target is the source's {d.source_len} symbols and the end id, "
+            f"so data.seq_len >= data.source_len + 1 = {d.source_len + 1}; got {d.seq_len}",
+        )
+    elif d.name in SYNTHETIC_VOCAB:
         if r.check(
             _is_int(d.word_len) and d.word_len >= 1,
             "data.word_len",
@@ -463,6 +525,7 @@ def _check_data(r: Report) -> None:
                 f"the {d.name} task (two copies of a word, each after a separator) needs "
                 f"seq_len = 2 * data.word_len + 2 = {2 * d.word_len + 2}, got {d.seq_len}",
             )
+    if d.name in SYNTHETIC_VOCAB:
         least, why = SYNTHETIC_VOCAB[d.name]
         if r.fine("model.vocab_size"):
             r.check(
@@ -597,6 +660,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         _check_layers,
         _check_positions,
         _check_data,
+        _check_encoder_decoder,
         _check_init_from,
     ):
         check(report)

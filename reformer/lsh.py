@@ -255,6 +255,7 @@ def lsh_attention(
     buckets: jax.Array | None = None,
     bucket_factors: tuple[int, ...] | None = None,
     n_buckets: int | None = None,
+    key_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Reformer LSH self-attention on one head; returns `(out [L, V], buckets [N, L])`.
 
@@ -267,7 +268,9 @@ def lsh_attention(
     `allow_duplicate_attention=False` are the paper's Appendix A options. `bucket_factors`
     hashes into factorized buckets (`buckets_from_rotated`). `n_buckets` (optional; known from
     the rotations when they are given) bounds the bucket values, which lets the sort use one
-    key (`_sort_by_bucket`) when `buckets` are given without rotations.
+    key (`_sort_by_bucket`) when `buckets` are given without rotations. `key_mask` (`[L]`,
+    True = may be attended to) masks keys without moving them in the sort, as padding is
+    (`lsh_cross_attention`'s decoder queries).
     """
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
@@ -309,9 +312,13 @@ def lsh_attention(
         dropout_rate=dropout_rate,
         block_chunks=block_chunks(padded // chunk_len, chunk_len),
     )
+    keys_L = valid_L
+    if key_mask is not None:
+        keys_L = _pad_length(jnp.asarray(key_mask, bool), padded)
+        keys_L = keys_L if valid_L is None else keys_L & valid_L
     lay = Layout(
         pos_S=perm_NxL.reshape(-1),
-        valid_L=valid_L,
+        valid_L=keys_L,
         bucket_NxL=None if attend_across_buckets else sort_key_NxL,
         chunk_NxL=chunk_NxL,
     )
@@ -324,3 +331,100 @@ def lsh_attention(
         dropout_rng if dropout_rate > 0.0 else None,
     )
     return out_LxV[:length], buckets_NxL[:, :length]
+
+
+def cross_attention(
+    q_TxD: jax.Array,
+    k_SxD: jax.Array,
+    v_SxV: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    block_len: int = CAUSAL_BLOCK_LEN,
+) -> jax.Array:
+    """Full cross-attention: T queries (the decoder's) over S keys (the encoder output's),
+    scaled dot product, in blocks of `block_len` query rows (so `[block_len, S]` logits at
+    a time). `mask` is `[S]`, True = a real source token. A query with no real key (an
+    empty source) gets a zero output."""
+    _check_dropout(dropout_rate, dropout_rng)
+    scale = jnp.asarray(q_TxD.shape[-1] ** -0.5, q_TxD.dtype)
+    v_SxV = v_SxV if mask is None else jnp.where(mask[:, None], v_SxV, 0).astype(v_SxV.dtype)
+    bias_S = None if mask is None else jnp.where(mask, 0.0, MASK_VALUE)
+    outs = []
+    for i, start in enumerate(range(0, q_TxD.shape[0], block_len)):
+        q = q_TxD[start : start + block_len] * scale
+        logits_QxS = jnp.einsum("qd,sd->qs", q, k_SxD, preferred_element_type=jnp.float32)
+        if bias_S is not None:
+            logits_QxS = logits_QxS + bias_S
+        probs_QxS = jax.nn.softmax(logits_QxS, axis=-1)
+        if dropout_rate > 0.0:
+            keep = jax.random.bernoulli(
+                jax.random.fold_in(dropout_rng, i), 1.0 - dropout_rate, probs_QxS.shape
+            )
+            probs_QxS = jnp.where(keep, probs_QxS / (1.0 - dropout_rate), 0.0)
+        outs.append(
+            jnp.einsum(
+                "qs,sv->qv",
+                probs_QxS.astype(v_SxV.dtype),
+                v_SxV,
+                preferred_element_type=jnp.float32,
+            )
+        )
+    out_TxV = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+    return out_TxV.astype(v_SxV.dtype)
+
+
+def lsh_cross_attention(
+    q_TxD: jax.Array,
+    k_SxD: jax.Array,
+    v_SxV: jax.Array,
+    rotations_DxNxR: jax.Array | None,
+    *,
+    chunk_len: int,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    buckets: jax.Array | None = None,
+    bucket_factors: tuple[int, ...] | None = None,
+    n_buckets: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """LSH cross-attention: T decoder queries over S encoder keys hashed into one shared-QK
+    space; returns `(out [T, V], buckets [N, T + S])`.
+
+    Queries and keys are laid end to end as one sequence of T + S items, hashed with the same
+    rotations, sorted by bucket per round and cut into chunks, as in `lsh_attention` (each
+    chunk sees itself and one chunk on either side); a query attends to the keys among
+    them, with the shared-QK logits `q . k / ||k||`. Queries are never keys (masked without
+    leaving their place in the sort), padded keys (`mask` `[S]` False) sort last and are
+    masked. A query whose chunks hold no real key in some round gets nothing from that
+    round (its entries are masked, the rounds share one softmax); in no round: a zero
+    output (the masked entries' values are zeros).
+    """
+    n_queries = q_TxD.shape[0]
+    items = jnp.concatenate([q_TxD, k_SxD.astype(q_TxD.dtype)], axis=0)
+    real_S = jnp.ones(k_SxD.shape[:1], bool) if mask is None else jnp.asarray(mask, bool)
+    values = jnp.concatenate(
+        [
+            jnp.zeros((n_queries,) + v_SxV.shape[1:], v_SxV.dtype),
+            jnp.where(real_S[:, None], v_SxV, 0),
+        ],
+        axis=0,
+    ).astype(v_SxV.dtype)
+    out, buckets_NxI = lsh_attention(
+        items,
+        values,
+        rotations_DxNxR,
+        chunk_len=chunk_len,
+        n_chunks_before=1,
+        n_chunks_after=1,
+        causal=False,
+        mask=None if mask is None else jnp.concatenate([jnp.ones((n_queries,), bool), real_S]),
+        key_mask=jnp.arange(items.shape[0]) >= n_queries,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        buckets=buckets,
+        bucket_factors=bucket_factors,
+        n_buckets=n_buckets,
+    )
+    return out[:n_queries], buckets_NxI

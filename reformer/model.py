@@ -6,6 +6,9 @@
   blocks, with padding (id 0) masked in every attention type; its head predicts the original
   token at masked positions, or one label per sequence from the mean of its outputs over the
   real positions.
+- `ReformerEncoderDecoder` (`"encoder_decoder"`): such an encoder over the source, and a
+  decoder whose layers are causal self-attention, cross-attention to the encoder output
+  (full or LSH) and feed-forward, predicting the target (shifted right inside, as the LM).
 
 `model.residual` joins the blocks: `reversible` and `two_stream` (two streams, with and
 without recomputation: the same function) or `standard` (one stream, pre-LayerNorm: the
@@ -21,6 +24,7 @@ from flax import linen as nn
 
 from reformer.blocks import (  # noqa: F401  (re-exported: the models' public names)
     AttentionHalf,
+    CrossAttentionHalf,
     FeedForwardHalf,
     ModelConfig,
     OutputLayer,
@@ -30,6 +34,7 @@ from reformer.blocks import (  # noqa: F401  (re-exported: the models' public na
     layer_stack,
     loss_and_metrics,
     retype_layers,
+    token_table,
 )
 
 PAD_ID = 0  # Padding in every vocabulary; an encoder never attends to it.
@@ -109,12 +114,109 @@ class ReformerEncoder(nn.Module):
         return loss_and_metrics(logits_BxC, targets, weights)
 
 
+class Tower(nn.Module):
+    """One side of an encoder-decoder: positions over the embedded tokens, the layers (with
+    cross-attention to `memory` in the decoder) and the final LayerNorm. Returns the
+    streams and the final LayerNorm as a function of the joined streams."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens_BxL,
+        table,
+        mask_BxL,
+        *,
+        deterministic: bool,
+        n_hashes: int | None,
+        memory=None,
+        memory_mask_BxS=None,
+    ):
+        x_BxLxD = embed(self, self.cfg, tokens_BxL, deterministic, table)
+        streams = layer_stack(
+            self, self.cfg, x_BxLxD, mask_BxL, deterministic, n_hashes, memory, memory_mask_BxS
+        )
+        return streams, final_norm(self, self.cfg)
+
+
+class ReformerEncoderDecoder(nn.Module):
+    """A bidirectional encoder over the source (`inputs`, padding 0 masked) and a causal
+    decoder over the target that attends to the encoder output: `LayerNorm(concat(encoder
+    streams))`, computed once per source (`encode`) and read by every decoder layer.
+    Source and target share one vocabulary and, with `model.share_embeddings`, one token
+    table (`embed`; else `encoder/embed` and `decoder/embed`)."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed = token_table(cfg) if cfg.share_embeddings else None
+        self.encoder = Tower(cfg.encoder())
+        self.decoder = Tower(cfg.decoder())
+        self.logits = OutputLayer(cfg.vocab_size, cfg.jnp_dtype)
+
+    def encode(self, inputs_BxS, *, deterministic: bool = True, n_hashes: int | None = None):
+        """`(memory [B, S, n_streams * d_model], its mask [B, S])` of the source."""
+        mask_BxS = inputs_BxS != PAD_ID
+        streams, normalize = self.encoder(
+            inputs_BxS, self.embed, mask_BxS, deterministic=deterministic, n_hashes=n_hashes
+        )
+        return normalize(jnp.concatenate(streams, axis=-1)), mask_BxS
+
+    def decode(
+        self,
+        tokens_BxT,
+        memory,
+        memory_mask_BxS,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        weights=None,
+    ):
+        """Logits `[B, T, vocab]` of the target `tokens_BxT` (shifted right inside) given the
+        encoder output; or, with `weights`, `(loss, sums)` as the LM's."""
+        streams, normalize = self.decoder(
+            shift_right(tokens_BxT),
+            self.embed,
+            None,
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            memory=memory,
+            memory_mask_BxS=memory_mask_BxS,
+        )
+        return self.logits(
+            streams, tokens_BxT, weights, self.cfg.loss_chunk_size, normalize=normalize
+        )
+
+    def __call__(
+        self,
+        inputs_BxS,
+        tokens_BxT,
+        *,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        weights=None,
+    ):
+        memory, mask_BxS = self.encode(inputs_BxS, deterministic=deterministic, n_hashes=n_hashes)
+        return self.decode(
+            tokens_BxT,
+            memory,
+            mask_BxS,
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            weights=weights,
+        )
+
+
 def make_model(cfg: ModelConfig) -> nn.Module:
     """The model of `cfg.kind`."""
     if cfg.kind == "lm":
         return ReformerLM(cfg)
     if cfg.kind in ("masked_lm", "classifier"):
         return ReformerEncoder(cfg)
+    if cfg.kind == "encoder_decoder":
+        return ReformerEncoderDecoder(cfg)
     raise ValueError(f"unknown model kind {cfg.kind!r}")
 
 
@@ -124,7 +226,7 @@ def example_batch(cfg: ModelConfig, batch_size: int, seq_len: int) -> dict[str, 
     weights = jnp.zeros((batch_size, seq_len), jnp.float32)
     if cfg.kind == "lm":
         return {"tokens": tokens, "weights": weights}
-    if cfg.kind == "masked_lm":
+    if cfg.kind in ("masked_lm", "encoder_decoder"):
         return {"inputs": tokens, "tokens": tokens, "weights": weights}
     return {
         "tokens": tokens,
@@ -139,6 +241,8 @@ def _inputs(kind: str, batch: dict) -> tuple[tuple, dict]:
         return (batch["tokens"],), {"weights_BxL": batch["weights"]}
     if kind == "masked_lm":
         return (batch["inputs"],), {"targets": batch["tokens"], "weights": batch["weights"]}
+    if kind == "encoder_decoder":
+        return (batch["inputs"], batch["tokens"]), {"weights": batch["weights"]}
     return (batch["tokens"],), {"targets": batch["labels"], "weights": batch["weights"]}
 
 

@@ -18,6 +18,9 @@ function with `lax.switch(i % P, ...)` and its parameters at `i // P`. One layer
 iteration matters for memory, measured with XLA on CPU: with several layers unrolled in
 one body, their temporaries stayed alive at once and memory grew (see docs/benchmarks.md).
 
+A decoder layer has a third half between the two, cross-attention to the encoder output
+(see `reversible_stack`); the encoder output is differentiated through every layer.
+
 Two rules make the gradients exact (equal to those of the same network without
 reversibility): the recomputation uses the rng keys of the forward pass (same dropout
 masks), and it reuses the forward pass's LSH buckets instead of hashing the reconstructed
@@ -35,22 +38,24 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-# attention_fn(params, x_BxLxD, rngs, aux_in, context) -> (out_BxLxD, aux_out)
-AttentionFn = Callable[[Any, jax.Array, Any, Any, Any], tuple[jax.Array, Any]]
-# feed_forward_fn(params, x_BxLxD, rngs, context) -> out_BxLxD
-FeedForwardFn = Callable[[Any, jax.Array, Any, Any], jax.Array]
+# half_fn(params, x_BxLxD, rngs, aux_in, context, memory) -> (out_BxLxD, aux_out). `aux_in`
+# is None in the forward pass and the forward pass's aux output (LSH buckets) when the
+# backward pass recomputes the half; halves without one return None. `memory` is the
+# differentiated encoder output that cross-attention halves read (None without one).
+HalfFn = Callable[[Any, jax.Array, Any, Any, Any, Any], tuple[jax.Array, Any]]
 
 
-def layer_rngs(rngs: dict[str, jax.Array], layer: jax.Array) -> tuple[dict, dict]:
-    """The keys of one layer's two halves, derived from the stack's base keys.
-
-    The feed-forward half gets no "hash" key (it does not hash).
-    """
-    r_f = {name: jax.random.fold_in(key, 2 * layer) for name, key in rngs.items()}
-    r_g = {
-        name: jax.random.fold_in(key, 2 * layer + 1) for name, key in rngs.items() if name != "hash"
-    }
-    return r_f, r_g
+def layer_rngs(rngs: dict[str, jax.Array], layer: jax.Array, n_halves: int = 2) -> list[dict]:
+    """The keys of one layer's halves, derived from the stack's base keys: half `h` of layer
+    `i` folds in `n_halves * i + h`. The last half (feed-forward) gets no "hash" key."""
+    return [
+        {
+            name: jax.random.fold_in(key, n_halves * layer + h)
+            for name, key in rngs.items()
+            if name != "hash" or h < n_halves - 1
+        }
+        for h in range(n_halves)
+    ]
 
 
 def _n_repeats(params: Sequence) -> int:
@@ -61,15 +66,21 @@ def _at(tree, r):
     return jax.tree.map(lambda a: a[r], tree)
 
 
-def _zero_aux_like(attention_fns, params, x2, rngs, context):
-    """Zeros shaped like each pattern position's aux output (None where it has none)."""
+def _zero_aux_like(half_fns, params, x, rngs, context, memory):
+    """Zeros shaped like each (pattern position, half)'s aux output (None where none)."""
     auxes = []
-    for j, f in enumerate(attention_fns):
-        r_f, _ = layer_rngs(rngs, jnp.int32(j))
-        shape = jax.eval_shape(
-            lambda p, x, r, f=f: f(p, x, r, None, context)[1], _at(params[j][0], 0), x2, r_f
-        )
-        auxes.append(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
+    for j, fns in enumerate(half_fns):
+        rs = layer_rngs(rngs, jnp.int32(j), len(fns))
+        row = []
+        for h, f in enumerate(fns):
+            shape = jax.eval_shape(
+                lambda p, x, r, f=f: f(p, x, r, None, context, memory)[1],
+                _at(params[j][h], 0),
+                x,
+                rs[h],
+            )
+            row.append(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
+        auxes.append(tuple(row))
     return tuple(auxes)
 
 
@@ -89,24 +100,27 @@ def on_grid(x: jax.Array, spacing: float | None) -> jax.Array:
     return x + lax.stop_gradient(jnp.round(x * (1 / spacing)) * spacing - x)
 
 
-def _forward(attention_fns, feed_forward_fns, params, x1, x2, rngs, context, spacing):
-    """Runs the stack; returns ((Y1, Y2), auxes): auxes[j] holds pattern position j's aux
-    output for every layer (zeros at layers of other positions)."""
-    n_pattern = len(attention_fns)
-    zero_auxes = _zero_aux_like(attention_fns, params, x2, rngs, context)
+def _forward(half_fns, params, x1, x2, rngs, context, memory, spacing):
+    """Runs the stack; returns ((Y1, Y2), auxes): auxes[j][h] holds the aux output of half
+    h at pattern position j for every layer (zeros at layers of other positions)."""
+    n_pattern = len(half_fns)
+    zero_auxes = _zero_aux_like(half_fns, params, x2, rngs, context, memory)
 
-    def layer(j, x1, x2, i):
-        (p_f, p_g), (r_f, r_g) = _at(params[j], i // n_pattern), layer_rngs(rngs, i)
-        f_out, aux = attention_fns[j](p_f, x2, r_f, None, context)
-        x1 = x1 + on_grid(f_out, spacing)
-        x2 = x2 + on_grid(feed_forward_fns[j](p_g, x1, r_g, context), spacing)
-        return x1, x2, zero_auxes[:j] + (aux,) + zero_auxes[j + 1 :]
+    def layer(j, a, b, i):
+        n_halves = len(half_fns[j])
+        p, rs = _at(params[j], i // n_pattern), layer_rngs(rngs, i, n_halves)
+        auxes = []
+        for h, f in enumerate(half_fns[j]):  # (a, b) -> (b, a + H(b))
+            out, aux = f(p[h], b, rs[h], None, context, memory)
+            a, b = b, a + on_grid(out, spacing)
+            auxes.append(aux)
+        return a, b, zero_auxes[:j] + (tuple(auxes),) + zero_auxes[j + 1 :]
 
     def step(carry, i):
-        x1, x2, auxes = jax.lax.switch(
+        a, b, auxes = jax.lax.switch(
             i % n_pattern, [functools.partial(layer, j) for j in range(n_pattern)], *carry, i
         )
-        return (x1, x2), auxes
+        return (a, b), auxes
 
     n_layers = _n_repeats(params) * n_pattern
     x1, x2 = on_grid(x1, spacing), on_grid(x2, spacing)
@@ -114,141 +128,144 @@ def _forward(attention_fns, feed_forward_fns, params, x1, x2, rngs, context, spa
 
 
 def plain_stack(
-    attention_fns: Sequence[AttentionFn],
-    feed_forward_fns: Sequence[FeedForwardFn],
+    half_fns: Sequence[Sequence[HalfFn]],
     params: Sequence,
     x1: jax.Array,
-    x2: jax.Array,
+    x2: jax.Array | None,
     rngs: dict,
     context: Any = None,
+    memory: Any = None,
     *,
     spacing: float | None = None,
 ):
     """The same network differentiated by ordinary autodiff (stores every activation); with
-    `x2=None`, the one-stream residual network `x + F(x)`, `x + G(x)` (the standard
-    pre-LayerNorm Transformer: F and G begin with their LayerNorm). Returns `(Y1, Y2)`, Y2
-    None for one stream.
+    `x2=None`, the one-stream residual network `x + H(x)` for each half H in turn (the
+    standard pre-LayerNorm Transformer: every half begins with its LayerNorm). Returns
+    `(Y1, Y2)`, Y2 None for one stream.
 
     A scan over the repeats of the pattern with its layers unrolled in the body, not the
     `lax.switch` of the reversible forward pass: differentiating a switch stores the
     residuals of every branch at every layer.
     """
-    n_pattern = len(attention_fns)
+    n_pattern = len(half_fns)
 
     def repeat(carry, r):
-        x1, x2 = carry
-        for j in range(n_pattern):
-            (p_f, p_g), (r_f, r_g) = _at(params[j], r), layer_rngs(rngs, r * n_pattern + j)
-            f_in = x1 if x2 is None else x2
-            x1 = x1 + on_grid(attention_fns[j](p_f, f_in, r_f, None, context)[0], spacing)
-            g_out = on_grid(feed_forward_fns[j](p_g, x1, r_g, context), spacing)
-            x1, x2 = (x1 + g_out, None) if x2 is None else (x1, x2 + g_out)
-        return (x1, x2), None
+        a, b = carry
+        for j, fns in enumerate(half_fns):
+            p, rs = _at(params[j], r), layer_rngs(rngs, r * n_pattern + j, len(fns))
+            for h, f in enumerate(fns):
+                out = on_grid(
+                    f(p[h], a if b is None else b, rs[h], None, context, memory)[0], spacing
+                )
+                a, b = (a + out, None) if b is None else (b, a + out)
+        return (a, b), None
 
     x1, x2 = on_grid(x1, spacing), None if x2 is None else on_grid(x2, spacing)
     return jax.lax.scan(repeat, (x1, x2), jnp.arange(_n_repeats(params)))[0]
 
 
 def reversible_stack(
-    attention_fns: Sequence[AttentionFn],
-    feed_forward_fns: Sequence[FeedForwardFn],
+    half_fns: Sequence[Sequence[HalfFn]],
     params: Sequence,
     x1: jax.Array,
     x2: jax.Array,
     rngs: dict,
     context: Any = None,
+    memory: Any = None,
     *,
     spacing: float | None = None,
-    reuse_aux: bool = True,
-    backward_rngs: dict | None = None,
 ):
     """Runs the layers with reversible memory; returns `(Y1, Y2)`.
 
+    Each half `H` of a layer maps the streams `(A, B)` to `(B, A + H(B))`: with two halves
+    (attention F, feed-forward G) a layer is `Y1 = X1 + F(X2)`, `Y2 = X2 + G(Y1)`; a decoder
+    layer has three (self-attention, cross-attention, feed-forward), and its streams leave it
+    in swapped roles, which the next layer takes as they come.
+
     Args:
-      attention_fns, feed_forward_fns: one pure function per position of the pattern (see
-        the types above). An attention function given `aux_in` (buckets) must use it
-        instead of hashing.
-      params: per pattern position, `(attention_params, feed_forward_params)` with a leading
+      half_fns: per position of the pattern, the functions of its halves (see `HalfFn`). A
+        half given `aux_in` (buckets) must use it instead of hashing.
+      params: per pattern position, a tuple of its halves' parameters, each with a leading
         axis over the repeats of the pattern; differentiated.
       x1, x2: the two input streams `[B, L, D]`; differentiated.
-      rngs: base keys by stream name ("hash", "dropout"); each layer's keys come from
+      rngs: base keys by stream name ("hash", "dropout"); each half's keys come from
         `layer_rngs`.
-      context: anything else the functions read (e.g. the padding mask); not differentiated.
+      context: anything else the functions read (e.g. the padding masks); not differentiated.
+      memory: what cross-attention halves attend to (the encoder output); differentiated,
+        its gradient summed over the layers.
       spacing: keep the streams on this fixed-point grid (`on_grid`; None: plain float32).
-      reuse_aux: False recomputes the backward pass without the saved buckets (only for
-        tests that show why they are needed).
-      backward_rngs: keys for the recomputation instead of `rngs` (only for tests that prove
-        the saved buckets are used: with other hash keys the gradients must not change).
     """
-    attention_fns, feed_forward_fns = tuple(attention_fns), tuple(feed_forward_fns)
-    n_pattern = len(attention_fns)
+    half_fns = tuple(tuple(fns) for fns in half_fns)
+    n_pattern = len(half_fns)
+    n_halves = len(half_fns[0])
+    if any(len(fns) != n_halves for fns in half_fns):
+        raise ValueError("every layer of a reversible stack needs the same number of halves")
 
     @jax.custom_vjp
-    def stack(params, x1, x2, rngs, context):
-        return _forward(attention_fns, feed_forward_fns, params, x1, x2, rngs, context, spacing)[0]
+    def stack(params, x1, x2, rngs, context, memory):
+        return _forward(half_fns, params, x1, x2, rngs, context, memory, spacing)[0]
 
-    def stack_fwd(params, x1, x2, rngs, context):
-        (y1, y2), auxes = _forward(
-            attention_fns, feed_forward_fns, params, x1, x2, rngs, context, spacing
-        )
-        return (y1, y2), (params, y1, y2, rngs, context, auxes)
+    def stack_fwd(params, x1, x2, rngs, context, memory):
+        (y1, y2), auxes = _forward(half_fns, params, x1, x2, rngs, context, memory, spacing)
+        return (y1, y2), (params, y1, y2, rngs, context, memory, auxes)
 
     def stack_bwd(residuals, cotangents):
-        params, y1, y2, rngs, context, auxes = residuals
-        recompute_rngs = rngs if backward_rngs is None else backward_rngs
+        params, y1, y2, rngs, context, memory, auxes = residuals
 
         # Each half's parameter gradients leave the scan as one flat row (padded to the
-        # largest of its kind), so XLA stacks them in place instead of copying an
-        # accumulator.
+        # largest of its position in the layer), so XLA stacks them in place instead of
+        # copying an accumulator.
         ravels = [
             [ravel_pytree(half) for half in _at(params[j], 0)] for j in range(n_pattern)
-        ]  # [j][0 = attention, 1 = feed-forward] -> (flat, unravel)
-        widths = [max(ravels[j][h][0].size for j in range(n_pattern)) for h in (0, 1)]
+        ]  # [j][h] -> (flat, unravel)
+        widths = [max(ravels[j][h][0].size for j in range(n_pattern)) for h in range(n_halves)]
 
         def row(grads, h):
             flat = ravel_pytree(grads)[0]
             return jnp.pad(flat, (0, widths[h] - flat.size))
 
-        # Each half runs in its own `lax.switch` over the pattern position, and the streams
-        # are updated outside: a branch's outputs get fresh buffers, so a switch over the
-        # whole layer would hold the four old streams and the new ones at once.
-        def g_part(j, y1, dy2, i):  # Y2 = X2 + G(Y1): G(Y1) and its vjp.
-            p_g, r_g = _at(params[j][1], i // n_pattern), layer_rngs(recompute_rngs, i)[1]
-            g = feed_forward_fns[j]
-            g_out, g_vjp = jax.vjp(lambda p, y: g(p, y, r_g, context), p_g, y1)
-            dp_g, dy1_through_g = g_vjp(dy2)
-            return g_out, dy1_through_g, row(dp_g, 1)
-
-        def f_part(j, x2, dy1, i):  # Y1 = X1 + F(X2), with the forward pass's buckets.
-            p_f, r_f = _at(params[j][0], i // n_pattern), layer_rngs(recompute_rngs, i)[0]
-            f, aux_in = attention_fns[j], _at(auxes[j], i) if reuse_aux else None
-            f_out, f_vjp, _ = jax.vjp(
-                lambda p, x: f(p, x, r_f, aux_in, context), p_f, x2, has_aux=True
+        # One `lax.switch` over the pattern position per half, the streams updated outside:
+        # a branch's outputs get fresh buffers, so a switch over the whole layer would hold
+        # the old streams and the new ones at once.
+        def half_part(j, h, x, d_out, i):  # H(x), its vjp, with the forward pass's aux.
+            p = _at(params[j][h], i // n_pattern)
+            r = layer_rngs(rngs, i, n_halves)[h]
+            aux_in = jax.tree.map(lambda a: a[i], auxes[j][h])
+            out, vjp, _ = jax.vjp(
+                lambda p, x, m: half_fns[j][h](p, x, r, aux_in, context, m),
+                p,
+                x,
+                memory,
+                has_aux=True,
             )
-            dp_f, dx2_through_f = f_vjp(dy1)
-            return f_out, dx2_through_f, row(dp_f, 0)
+            dp, dx, dm = vjp(d_out)
+            return out, dx, dm, row(dp, h)
 
         def step(carry, i):
-            y1, y2, dy1, dy2 = carry
-            branches = [functools.partial(g_part, j) for j in range(n_pattern)]
-            g_out, dy1_through_g, g_row = jax.lax.switch(i % n_pattern, branches, y1, dy2, i)
-            x2, dy1 = y2 - on_grid(g_out, spacing), dy1 + dy1_through_g
-            branches = [functools.partial(f_part, j) for j in range(n_pattern)]
-            f_out, dx2_through_f, f_row = jax.lax.switch(i % n_pattern, branches, x2, dy1, i)
-            return (y1 - on_grid(f_out, spacing), x2, dy1, dy2 + dx2_through_f), (f_row, g_row)
+            a, b, da, db, dmem = carry  # a layer's outputs and their cotangents
+            rows = [None] * n_halves
+            for h in reversed(range(n_halves)):  # undo (A, B) -> (B, A + H(B))
+                branches = [functools.partial(half_part, j, h) for j in range(n_pattern)]
+                out, dx, dm, rows[h] = jax.lax.switch(i % n_pattern, branches, a, db, i)
+                a, b = b - on_grid(out, spacing), a
+                da, db = db, da + dx
+                dmem = None if dmem is None else dmem + dm
+            return (a, b, da, db, dmem), tuple(rows)
 
         n_repeats = _n_repeats(params)
-        (_, _, dx1, dx2), rows = jax.lax.scan(
-            step, (y1, y2, *cotangents), jnp.arange(n_repeats * n_pattern), reverse=True
+        dmem0 = None if memory is None else jax.tree.map(jnp.zeros_like, memory)
+        (_, _, dx1, dx2, dmem), rows = jax.lax.scan(
+            step, (y1, y2, *cotangents, dmem0), jnp.arange(n_repeats * n_pattern), reverse=True
         )
         rows = [r.reshape(n_repeats, n_pattern, -1) for r in rows]
         dparams = [
             type(params[j])(
-                jax.vmap(ravels[j][h][1])(rows[h][:, j, : ravels[j][h][0].size]) for h in (0, 1)
+                jax.vmap(ravels[j][h][1])(rows[h][:, j, : ravels[j][h][0].size])
+                for h in range(n_halves)
             )
             for j in range(n_pattern)
         ]
-        return type(params)(dparams), dx1, dx2, None, None
+        return type(params)(dparams), dx1, dx2, None, None, dmem
 
     stack.defvjp(stack_fwd, stack_bwd)
-    return stack(params, x1, x2, rngs, context)
+    return stack(params, x1, x2, rngs, context, memory)

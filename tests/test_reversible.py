@@ -1,6 +1,5 @@
 """The reversible stack: exact gradients, saved buckets reused, memory flat in depth."""
 
-import functools
 import os
 import sys
 
@@ -87,44 +86,44 @@ def _stack_pieces(n_layers=2):
 
     params = (jax.vmap(init)(jax.random.split(jax.random.key(1), n_layers)),)
 
-    def f(p, x, r, buckets, mask):
+    def f(p, x, r, buckets, mask, memory):
         return attention_def.apply(
             {"params": p}, x, mask, deterministic=True, buckets=buckets, rngs=r
         )
 
-    def g(p, x, r, mask):
-        return ff_def.apply({"params": p}, x, deterministic=True)
+    def g(p, x, r, aux, mask, memory):
+        return ff_def.apply({"params": p}, x, deterministic=True), None
 
-    return [f], [g], params, x
+    return f, g, params, x
 
 
-def _stack_grads(stack, fs, gs, params, x, rngs):
+def _stack_grads(stack, halves, params, x, rngs):
     def loss(params, x):
-        y1, y2 = stack(fs, gs, params, x, x, rngs)
+        y1, y2 = stack(halves, params, x, x, rngs)
         return jnp.sum(jnp.sin(y1) * y2)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
 
 
 def test_saved_buckets_are_reused_in_the_backward_pass():
-    """The backward recomputation is given other hash keys: with the saved buckets reused
-    the gradients do not change; hashing again would put positions in other buckets and the
-    gradients would be wrong."""
-    fs, gs, params, x = _stack_pieces()
+    """The backward recomputation hashes with other keys (the half is given other hash keys
+    whenever it is recomputed): with the saved buckets reused the gradients do not change;
+    hashing again puts positions in other buckets and the gradients are wrong."""
+    f, g, params, x = _stack_pieces()
     rngs, other = {"hash": jax.random.key(0)}, {"hash": jax.random.key(100)}
-    exact = _stack_grads(reversible.plain_stack, fs, gs, params, x, rngs)
+
+    def recomputed_with_other_keys(p, x, r, buckets, mask, memory):  # buckets: recomputing
+        return f(p, x, r if buckets is None else other, buckets, mask, memory)
+
+    def rehashing(p, x, r, buckets, mask, memory):  # ignores the saved buckets
+        return f(p, x, r if buckets is None else other, None, mask, memory)
+
+    exact = _stack_grads(reversible.plain_stack, [(f, g)], params, x, rngs)
     reused = _stack_grads(
-        functools.partial(reversible.reversible_stack, backward_rngs=other), fs, gs, params, x, rngs
+        reversible.reversible_stack, [(recomputed_with_other_keys, g)], params, x, rngs
     )
     assert_trees_close(reused, exact, rtol=1e-4)
-    rehashed = _stack_grads(
-        functools.partial(reversible.reversible_stack, reuse_aux=False, backward_rngs=other),
-        fs,
-        gs,
-        params,
-        x,
-        rngs,
-    )
+    rehashed = _stack_grads(reversible.reversible_stack, [(rehashing, g)], params, x, rngs)
     with pytest.raises(AssertionError):
         assert_trees_close(rehashed, exact, rtol=1e-2)
 
@@ -136,11 +135,11 @@ def test_reversible_stack_keeps_no_per_layer_activations():
     rematerialized their position-wise work, but still the whole attention kernel's)."""
 
     def temp_and_layer_bytes(stack, n_layers):
-        fs, gs, params, x = _stack_pieces(n_layers)
+        f, g, params, x = _stack_pieces(n_layers)
         rngs = {"hash": jax.random.key(0)}
 
         def loss(params, x):
-            y1, y2 = stack(fs, gs, params, x, x, rngs)
+            y1, y2 = stack([(f, g)], params, x, x, rngs)
             return jnp.sum(y1 * y2)
 
         compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile()
@@ -167,7 +166,7 @@ def test_bfloat16_reversible_gradients_equal_plain_gradients(monkeypatch):
 
         def recording(*args, _original=original, **kwargs):
             y1, y2 = _original(*args, **kwargs)
-            stream_dtypes.extend([args[3].dtype, args[4].dtype, y1.dtype, y2.dtype])
+            stream_dtypes.extend([args[2].dtype, args[3].dtype, y1.dtype, y2.dtype])
             return y1, y2
 
         monkeypatch.setattr(reversible, name, recording)

@@ -26,6 +26,8 @@ as well as at its end.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -97,10 +99,36 @@ def match_batch(
     }
 
 
+def reverse_batch(
+    seed: int, index: int, batch_size: int, word_len: int, vocab_size: int, target_len: int = 0
+) -> dict[str, np.ndarray]:
+    """The `index`-th global batch of `reverse` (encoder-decoder): the source (`inputs`,
+    `word_len` = `data.source_len` tokens) is a word `w` of |w| symbols in
+    `2..vocab_size-1`, |w| drawn from `word_len // 2 .. word_len`, padded with 0 at its
+    start; the target (`tokens`, `target_len` = `data.seq_len` tokens) is `w` reversed with
+    every symbol shifted to the next one (the last to 2), then the end id 1, padded with 0 at
+    its end and weighted 1 up to the end id. Target position t reads source position
+    `word_len - 1 - t`, whatever |w|."""
+    rng = np.random.default_rng([seed, index, 3])
+    w_BxW, lengths_B = _encoder_words(rng, batch_size, word_len, 2, vocab_size)
+    shifted_BxW = (w_BxW - 1) % (vocab_size - 2) + 2
+    inputs = np.zeros((batch_size, word_len), np.int32)
+    tokens = np.zeros((batch_size, target_len), np.int32)
+    for b, n in enumerate(lengths_B):
+        inputs[b, word_len - n :] = w_BxW[b, :n]
+        tokens[b, : n + 1] = np.concatenate([shifted_BxW[b, :n][::-1], [1]])
+    return {
+        "inputs": inputs,
+        "tokens": tokens,
+        "weights": (np.arange(target_len)[None] <= lengths_B[:, None]).astype(np.float32),
+    }
+
+
 TASKS = {
     "duplication": duplication_batch,
     "masked_duplication": masked_duplication_batch,
     "match": match_batch,
+    "reverse": reverse_batch,
 }
 
 
@@ -123,6 +151,7 @@ class DuplicationStream:
         process_count: int = 1,
         rows: slice | None = None,
         task: str = "duplication",
+        target_len: int = 0,
     ):
         """`rows` (of the global batch) overrides the block given by the process index."""
         if batch_size % process_count:
@@ -131,6 +160,8 @@ class DuplicationStream:
                 f"processes {process_count}"
             )
         self.task, self._batch = task, TASKS[task]
+        if task == "reverse":
+            self._batch = functools.partial(reverse_batch, target_len=target_len)
         self.seed, self.batch_size = seed, batch_size
         self.word_len, self.vocab_size = word_len, vocab_size
         per_host = batch_size // process_count
@@ -145,9 +176,7 @@ class DuplicationStream:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = self._batch(
-            self.seed, self.index, self.batch_size, self.word_len, self.vocab_size
-        )
+        batch = self._batch(self.seed, self.index, self.batch_size, self.word_len, self.vocab_size)
         self.index += 1
         return {k: v[self._rows] for k, v in batch.items()}
 
@@ -157,7 +186,6 @@ class DuplicationStream:
     def set_state(self, state: dict) -> None:
         if state.get("name") != self.task or state.get("seed") != self.seed:
             raise ValueError(
-                f"data state {state} does not belong to a {self.task} stream with seed "
-                f"{self.seed}"
+                f"data state {state} does not belong to a {self.task} stream with seed {self.seed}"
             )
         self.index = int(state["index"])

@@ -36,6 +36,14 @@ def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, i
     return pi, pc
 
 
+def _task_lengths(config: ml_collections.ConfigDict) -> dict:
+    """The lengths a synthetic task's stream takes from `config.data`."""
+    d = config.data
+    if d.name == "reverse":
+        return {"word_len": d.source_len, "target_len": d.seq_len}
+    return {"word_len": d.word_len}
+
+
 def make_train_stream(
     config: ml_collections.ConfigDict,
     process_index: int | None = None,
@@ -50,7 +58,7 @@ def make_train_stream(
             task=config.data.name,
             seed=config.train.seed,
             batch_size=config.train.batch_size,
-            word_len=config.data.word_len,
+            **_task_lengths(config),
             vocab_size=config.model.vocab_size,
             process_index=pi,
             process_count=pc,
@@ -90,7 +98,7 @@ def make_eval_batches(
             task=config.data.name,
             seed=e.seed,
             batch_size=e.batch_size,
-            word_len=config.data.word_len,
+            **_task_lengths(config),
             vocab_size=config.model.vocab_size,
             process_index=pi,
             process_count=pc,

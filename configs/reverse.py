@@ -1,0 +1,52 @@
+"""An encoder-decoder on a synthetic task: the source's symbols reversed and shifted
+(reformer/data/duplication.py, `reverse`). Sources of 64..128 symbols (left-padded to 128),
+targets of 65..129 tokens with the end id (padded to 144), so every target token needs the
+source token at the mirrored position, up to 128 positions away.
+
+python -m reformer.train --config configs/reverse.py --workdir W
+    Reversible encoder (local and LSH layers) and decoder (local self-attention), LSH
+    cross-attention: decoder queries and encoder keys hashed in one shared-QK space.
+python -m reformer.train --config configs/reverse.py:full --workdir W
+    The same with full cross-attention (the authors' encoder-decoder).
+python -m reformer.sample --config configs/reverse.py --workdir W --source_ids 5,6,7
+    The target of a source, decoded greedily (or with --beam_size 4) through the caches.
+"""
+
+from reformer.config import default_config
+
+
+def get_config(variant: str = "lsh"):
+    if variant not in ("lsh", "full"):
+        raise ValueError(f"configs/reverse.py: unknown variant {variant!r}; use 'lsh' or 'full'")
+    c = default_config()
+    m = c.model
+    m.kind = "encoder_decoder"
+    m.cross_attention = variant
+    m.vocab_size = 16
+    m.d_model = 64
+    m.d_ff = 128
+    m.n_heads = 2
+    m.d_head = 32
+    m.attention_types = ("local",)  # The decoder's self-attention.
+    m.n_layers = 2
+    m.encoder_attention_types = ("local", "lsh")
+    m.n_encoder_layers = 2
+    m.local_chunk_len = 16
+    m.lsh_chunk_len = 16
+    m.n_hashes = 2
+    m.residual = "reversible"
+    m.max_len = 144
+    c.data.name = "reverse"
+    c.data.source_len = 128
+    c.data.seq_len = 144
+    c.train.num_steps = 2000
+    c.train.batch_size = 16
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.warmup_steps = 100
+    c.eval.num_batches = 4
+    c.eval.batch_size = 32
+    c.eval.n_hashes = 4
+    return c
