@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from reformer import lsh
+from reformer import caches, lsh
 from reformer.layers import matmul, sequence_map
 
 
@@ -169,6 +169,20 @@ def _unproject(
     )
 
 
+def _cached(module, kind, names, x_BxMxD, cache, start, normalize, **options):
+    """A self-attention module's decoding path: the positions `start + [0, M)` projected
+    with the module's own kernels, attended over `cache` (`caches.self_attention_step`) and
+    projected out; returns `(y [B, M, d_model] float32, the updated cache)`."""
+    d_model = x_BxMxD.shape[-1]
+    kernels = _in_kernels(module, d_model, names)
+    out_kernel = _out_kernel(module, d_model)
+    projections = dict(zip(names, _project_chunk(module, kernels, normalize, x_BxMxD), strict=True))
+    out_BxHxMxK, cache = caches.self_attention_step(
+        kind, projections, cache, start, d_head=module.d_head, **options
+    )
+    return _unproject_chunk(module, out_kernel, None, 0, out_BxHxMxK), cache
+
+
 class FullSelfAttention(nn.Module):
     """Multi-head attention over the whole sequence (O(L^2) memory).
 
@@ -197,9 +211,18 @@ class FullSelfAttention(nn.Module):
         buckets: jax.Array | None = None,
         normalize: Callable | None = None,
         finish: Callable | None = None,
-    ) -> tuple[jax.Array, None]:
+        cache: dict | None = None,
+        start: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
         del n_hashes, buckets  # LSH-only arguments
         batch = x_BxLxD.shape[0]
+        if cache is not None:
+            kind, names = (
+                ("full_shared_qk", ("query_key", "value"))
+                if self.shared_qk
+                else ("full", ("query", "key", "value"))
+            )
+            return _cached(self, kind, names, x_BxLxD, cache, start, normalize)
         if self.shared_qk:
             q_BxHxLxK, v_BxHxLxK = _project(self, x_BxLxD, ("query_key", "value"), normalize)
             k_BxHxLxK = None
@@ -250,8 +273,22 @@ class LocalSelfAttention(nn.Module):
         buckets: jax.Array | None = None,
         normalize: Callable | None = None,
         finish: Callable | None = None,
-    ) -> tuple[jax.Array, None]:
+        cache: dict | None = None,
+        start: jax.Array | None = None,
+    ) -> tuple[jax.Array, Any]:
         del n_hashes, buckets  # LSH-only arguments
+        if cache is not None:
+            names = ("query", "key", "value")
+            return _cached(
+                self,
+                "local",
+                names,
+                x_BxLxD,
+                cache,
+                start,
+                normalize,
+                local_chunk_len=self.chunk_len,
+            )
         rate, rngs_BxH = _dropout_rngs(
             self, self.dropout_rate, deterministic, x_BxLxD.shape[0], self.n_heads
         )
@@ -374,7 +411,20 @@ class LSHSelfAttention(nn.Module):
         buckets: jax.Array | None = None,
         normalize: Callable | None = None,
         finish: Callable | None = None,
+        cache: dict | None = None,
+        start: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
+        if cache is not None:
+            return _cached(
+                self,
+                "lsh",
+                ("query_key", "value"),
+                x_BxLxD,
+                cache,
+                start,
+                normalize,
+                bucket_factors=self.bucket_factors or (),
+            )
         batch, length, d_model = x_BxLxD.shape
         rotations_HxKxNxR = None
         n_buckets = self.n_buckets or lsh.default_n_buckets(length, self.chunk_len)
@@ -515,9 +565,15 @@ class CrossAttention(nn.Module):
         buckets: jax.Array | None = None,
         normalize: Callable | None = None,
         finish: Callable | None = None,
+        cache: dict | None = None,
     ) -> tuple[jax.Array, jax.Array | None]:
+        """Returns `(y, buckets or None)`; with a `cache` (decoding), `(y, cache)`: given
+        `memory`, the cache of this source is computed first (`caches.cross_attention_cache`,
+        its LSH rotations from the given cache) and `x_BxTxD` may be None (y None)."""
         if self.kind not in ("full", "lsh"):
             raise ValueError(f"cross-attention kind must be 'full' or 'lsh', got {self.kind!r}")
+        if cache is not None:
+            return _cross_cached(self, x_BxTxD, memory_BxSxM, memory_mask_BxS, cache, normalize)
         batch, length, d_model = x_BxTxD.shape
         lsh_kind = self.kind == "lsh"
         (q_BxHxTxK,) = _project(self, x_BxTxD, ("query_key" if lsh_kind else "query",), normalize)
@@ -566,3 +622,33 @@ class CrossAttention(nn.Module):
             (rotations_HxKxNxR,),
         )
         return _unproject(self, out, d_model, finish), buckets_BxHxNxI
+
+
+def _cross_cached(module, x_BxTxD, memory_BxSxM, memory_mask_BxS, cache, normalize):
+    """`CrossAttention`'s decoding path (see its `__call__`)."""
+    factors = module.bucket_factors or ()
+    if memory_BxSxM is not None:
+        kernels = _in_kernels(module, memory_BxSxM.shape[-1], ("key", "value"))
+        k_BxHxSxK, v_BxHxSxK = (
+            _to_heads_first(project_heads(memory_BxSxM, kernels[n], module.dtype))
+            for n in ("key", "value")
+        )
+        cache = caches.cross_attention_cache(
+            module.kind,
+            k_BxHxSxK,
+            v_BxHxSxK,
+            memory_mask_BxS,
+            rotations=cache.get("rotations"),
+            bucket_factors=factors,
+        )
+    if x_BxTxD is None:
+        return None, cache
+    d_model = x_BxTxD.shape[-1]
+    name = "query_key" if module.kind == "lsh" else "query"
+    kernels = _in_kernels(module, d_model, (name,))
+    out_kernel = _out_kernel(module, d_model)
+    (q_BxHxTxK,) = _project_chunk(module, kernels, normalize, x_BxTxD)
+    out = caches.cross_attention_step(
+        module.kind, q_BxHxTxK, cache, d_head=module.d_head, bucket_factors=factors
+    )
+    return _unproject_chunk(module, out_kernel, None, 0, out), cache

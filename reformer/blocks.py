@@ -10,6 +10,7 @@ is made in one place, `layer_name`, for the models, decoding and checkpoint conv
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from reformer import attention, reversible
+from reformer import attention, lsh, reversible
+from reformer import caches as caches_lib
 from reformer.layers import (
     AxialPositionalEmbedding,
     FeedForwardWeights,
@@ -69,6 +71,9 @@ class ModelConfig:
     encoder_attention_types: tuple[str, ...] = ()
     n_encoder_layers: int = 0
     share_embeddings: bool = True
+    # Decoding only: the LSH cross-attention buckets when `n_buckets` is automatic, as
+    # training used them (`decode.with_training_length`); 0 = not resolved.
+    cross_n_buckets: int = 0
 
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
@@ -230,8 +235,17 @@ class AttentionHalf(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxLxD, mask_BxL, *, deterministic: bool, n_hashes: int | None = None, buckets=None
+        self,
+        x_BxLxD,
+        mask_BxL,
+        *,
+        deterministic: bool,
+        n_hashes: int | None = None,
+        buckets=None,
+        cache: dict | None = None,
+        start=None,
     ):
+        """With a decoding `cache`, positions `start + [0, L)` over it: `(out, cache)`."""
         cfg = self.cfg
         norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
         rate, key = _dropout_key(self, cfg.dropout, deterministic)
@@ -247,6 +261,7 @@ class AttentionHalf(nn.Module):
             buckets=buckets,
             normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
             finish=finish,
+            **({} if cache is None else {"cache": cache, "start": start}),
         )
 
 
@@ -266,13 +281,16 @@ class CrossAttentionHalf(nn.Module):
         deterministic: bool,
         n_hashes: int | None = None,
         buckets=None,
+        cache: dict | None = None,
     ):
+        """With a decoding `cache`: `(out, cache)`, the cache filled from `memory_BxSxM`
+        first when it is given (`x_BxTxD` may then be None)."""
         cfg = self.cfg
-        norm = LayerNormWeights(name="norm")(x_BxTxD.shape[-1])
+        norm = LayerNormWeights(name="norm")(cfg.d_model)
         rate, key = _dropout_key(self, cfg.dropout, deterministic)
 
         def finish(index, y):
-            return dropout(y, rate, key, index).astype(x_BxTxD.dtype)
+            return dropout(y, rate, key, index).astype(jnp.float32)
 
         module = attention.CrossAttention(
             n_heads=cfg.n_heads,
@@ -296,6 +314,7 @@ class CrossAttentionHalf(nn.Module):
             buckets=buckets,
             normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
             finish=finish,
+            cache=cache,
         )
 
 
@@ -333,10 +352,12 @@ def embed(
     inputs_BxL: jax.Array,
     deterministic: bool,
     table: nn.Module | None = None,
+    start=None,
 ):
     """Token plus position embeddings of `inputs_BxL`, then dropout: the float32 residual
     stream `[B, L, d_model]`. Declares `embed` (unless a shared `table` is given) and
-    `pos_embed` or `axial_pos` in `module` (call it from the module's compact method)."""
+    `pos_embed` or `axial_pos` in `module` (call it from the module's compact method).
+    `start` (decoding): the inputs are positions `start + [0, L)`."""
     length = inputs_BxL.shape[1]
     table = table if table is not None else token_table(cfg)
     # The residual streams are float32 in every `model.dtype`, and so is their
@@ -345,14 +366,19 @@ def embed(
     if cfg.positional == "learned":
         if length > cfg.max_len:
             raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
-        pos_LxD = module.param(
+        table_PxD = module.param(
             "pos_embed", nn.initializers.normal(1.0), (cfg.max_len, cfg.d_model)
-        )[:length]
+        )
+        pos_LxD = (
+            table_PxD[:length]
+            if start is None
+            else jax.lax.dynamic_slice_in_dim(table_PxD, start, length)
+        )
         x_BxLxD = x_BxLxD + pos_LxD
     elif cfg.positional == "axial":
         pos_LxD = AxialPositionalEmbedding(
             tuple(cfg.axial_shape), tuple(cfg.axial_dims), name="axial_pos"
-        )(length)
+        )(length, start)
         x_BxLxD = x_BxLxD + pos_LxD
     rate, key = _dropout_key(module, cfg.dropout, deterministic)
     if key is not None:  # Chunked: the mask is drawn again in the backward pass.
@@ -479,6 +505,119 @@ def layer_stack(
         half_fns, params, x_BxLxD, x2, rngs, context, memory, spacing=cfg.stream_spacing
     )
     return tuple(s for s in streams if s is not None)
+
+
+def decode_layers(
+    module: nn.Module,
+    cfg: ModelConfig,
+    x_BxMxD: jax.Array | None,
+    start,
+    caches: list[dict],
+    memory: jax.Array | None = None,
+    memory_mask_BxS: jax.Array | None = None,
+):
+    """The layers on positions `start + [0, M)` through their decoding caches (forward
+    only, whatever the residual kind: nothing is reconstructed); returns `(streams, caches
+    with these positions written)`. Given `memory`, the decoder's cross-attention caches are
+    filled from it first (`x_BxMxD` may then be None: only the caches are returned). The
+    layers are the modules' own halves applied to `module`'s `layers`."""
+    layers = module.get_variable("params", "layers")
+    caches = [dict(c) for c in caches]
+    cross = CrossAttentionHalf(cfg, parent=None)
+    if memory is not None:
+        for i, cache in enumerate(caches):
+            p = layer_params(layers, cfg, i)["cross_attention"]
+            cache["cross_attention"] = cross.apply(
+                {"params": p},
+                None,
+                memory,
+                memory_mask_BxS,
+                deterministic=True,
+                cache=cache["cross_attention"],
+            )[1]
+    if x_BxMxD is None:
+        return None, caches
+    grid = functools.partial(reversible.on_grid, spacing=cfg.stream_spacing)
+    a = grid(x_BxMxD)
+    b = None if cfg.n_streams == 1 else a
+    feed_forward_def = FeedForwardHalf(cfg, parent=None)
+    for i, cache in enumerate(caches):
+        p = layer_params(layers, cfg, i)
+        out, cache["attention"] = AttentionHalf(cfg, cfg.attention_type(i), parent=None).apply(
+            {"params": p["attention"]},
+            reversible.half_input(a, b),
+            None,
+            deterministic=True,
+            cache=cache["attention"],
+            start=start,
+        )
+        a, b = reversible.add_half(a, b, grid(out))
+        if "cross_attention" in p:
+            out, cache["cross_attention"] = cross.apply(
+                {"params": p["cross_attention"]},
+                reversible.half_input(a, b),
+                None,
+                None,
+                deterministic=True,
+                cache=cache["cross_attention"],
+            )
+            a, b = reversible.add_half(a, b, grid(out))
+        out = feed_forward_def.apply(
+            {"params": p["feed_forward"]}, reversible.half_input(a, b), deterministic=True
+        )
+        a, b = reversible.add_half(a, b, grid(out))
+    return tuple(s for s in (a, b) if s is not None), caches
+
+
+def lsh_rotations(cfg: ModelConfig, key: jax.Array, n_hashes: int, n_buckets: int):
+    """Random rotations `[H, K, n_hashes, R]` of one LSH layer for one decode (R as in
+    training, `lsh.rotation_width`)."""
+    width = lsh.rotation_width(n_buckets, cfg.bucket_factors)
+    return jax.random.normal(key, (cfg.n_heads, cfg.d_head, n_hashes, width))
+
+
+def init_caches(
+    cfg: ModelConfig,
+    batch: int,
+    length: int,
+    n_hashes: int,
+    hash_key: jax.Array,
+    *,
+    n_buckets: int = 0,
+    cross_n_buckets: int = 0,
+) -> list[dict]:
+    """Empty decoding caches of every layer for `length` positions. LSH layers draw their
+    rotations once per decode: self-attention of layer i from `fold_in(hash_key, i)`, the
+    decoder's LSH cross-attention from `fold_in(hash_key, n_layers + i)`, with `n_buckets`
+    and `cross_n_buckets` buckets (`model.n_buckets` when those are 0)."""
+    caches = []
+    for i in range(cfg.n_layers):
+        kind = cfg.attention_type(i)
+        rotations = None
+        if kind == "lsh":
+            buckets = n_buckets or cfg.lsh_n_buckets
+            rotations = lsh_rotations(cfg, jax.random.fold_in(hash_key, i), n_hashes, buckets)
+        cache = {
+            "attention": caches_lib.empty_self_cache(
+                kind,
+                batch,
+                length,
+                cfg.n_heads,
+                cfg.d_head,
+                cfg.jnp_dtype,
+                local_chunk_len=cfg.local_chunk_len,
+                rotations=rotations,
+            )
+        }
+        if cfg.kind in ("decoder", "encoder_decoder"):
+            key = jax.random.fold_in(hash_key, cfg.n_layers + i)
+            buckets = cross_n_buckets or cfg.lsh_n_buckets
+            lsh_cross = cfg.cross_attention == "lsh"
+            cache["cross_attention"] = {
+                "rotations": lsh_rotations(cfg, key, n_hashes, buckets) if lsh_cross else None
+            }
+        caches.append(cache)
+    return caches
 
 
 def final_norm(module: nn.Module, cfg: ModelConfig):

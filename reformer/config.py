@@ -350,9 +350,10 @@ def _check_choices(r: Report) -> None:
         r.check(v in allowed, field, f"must be one of {allowed}, got {v!r}")
     if r.config.eval.cached and r.fine("model.causal", "model.kind"):
         r.check(
-            r.config.model.kind == "lm" and r.config.model.causal,
+            r.config.model.kind in ("lm", "encoder_decoder") and r.config.model.causal,
             "eval.cached",
-            "decoding needs a causal language model (model.kind = 'lm', model.causal = True)",
+            "decoding needs a causal decoder (model.kind 'lm' or 'encoder_decoder', "
+            "model.causal = True)",
         )
 
 

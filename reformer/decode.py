@@ -1,25 +1,18 @@
-"""Cached autoregressive decoding and sampling for `ReformerLM`.
+"""Cached autoregressive decoding: sampling and beam search for the language model and the
+encoder-decoder.
 
-Position `t` of the model reads token `t - 1` (0 at `t = 0`) and its logits predict token
-`t`. A decode keeps, per layer, what later positions read from earlier ones, in buffers of a
-fixed size:
+Position `t` of a decoder reads token `t - 1` (0 at `t = 0`) and its logits predict token
+`t`. The models decode through their own modules (`caches=` in `ReformerLM` and the
+encoder-decoder's `extend`): each attention module fills and reads its cache with its own
+projections (`reformer/caches.py` has what a cache holds and the semantics per layer kind),
+so this file holds only the loops. A prompt of `N` tokens is one forward pass over
+positions `0..N` (the prefill); then each new token is one step that runs every layer on one
+position. An encoder-decoder encodes its source once, before the prefill, and every
+cross-attention layer caches the source's keys and values.
 
-- `full` layers: keys and values of every position so far (`[B, H, T, K]`);
-- `full_shared_qk` and `lsh` layers: unit-length shared keys and values, and for `lsh` the
-  buckets of every position in every hash round (`[B, H, N, T]`, hashed once, when the
-  position is written);
-- `local` layers: a ring of the last `(n_chunks_before + 1) * chunk_len` keys and values with
-  their positions, so a step costs the same at any context length.
-
-`prefill` runs the prompt as one batched forward pass and fills the caches; `decode_step`
-adds one position. Full and local layers compute exactly what the training-time forward pass
-computes for that position. LSH layers follow the one-query semantics of
-`docs/architecture.md` ("Decoding"): a position attends to every earlier position that shares
-its bucket in at least one hash round (each key once), and to itself only when nothing else
-is visible, with rotations drawn once per decode from its key.
-
-The two streams of a layer are computed forward (`Y1 = X1 + F(X2)`, `Y2 = X2 + G(Y1)`),
-whether the model was trained reversibly or not: nothing is differentiated.
+Full and local layers compute exactly what the training forward pass computes for a
+position. LSH layers follow the one-query semantics of `docs/architecture.md` ("Decoding"),
+with rotations drawn once per decode from its key.
 """
 
 from __future__ import annotations
@@ -33,14 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer import attention, lsh
-from reformer.blocks import layer_params
-from reformer.layers import layer_norm
-from reformer.model import FeedForwardHalf, ModelConfig, OutputLayer, ReformerLM, shift_right
-from reformer.reversible import on_grid
+from reformer import lsh
+from reformer.blocks import init_caches, lsh_rotations
+from reformer.model import ModelConfig, ReformerEncoderDecoder, ReformerLM
 
-_QUERY_BLOCK = 256  # prompt positions attended at once in the prefill of full and LSH layers
-END_TOKEN = 1  # byte vocabulary: 0 = padding, 1 = end
+END_TOKEN = 1  # byte vocabulary and the synthetic tasks: 0 = padding, 1 = end
+LENGTH_PENALTY = 0.6  # alpha of the authors' beam search: score / ((5 + len) / 6) ** alpha
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,254 +74,95 @@ def max_positions(cfg: ModelConfig) -> int | None:
 
 
 def lsh_n_buckets(cfg: ModelConfig) -> int:
-    """Buckets per round when decoding: `model.n_buckets`, else trax's automatic count at
-    `model.max_len`. Callers that know the training length resolve the automatic count at it
-    first (`with_training_length`), as `reformer.sample` and cached evaluation do."""
+    """Buckets per round of LSH self-attention when decoding: `model.n_buckets`, else
+    trax's automatic count at `model.max_len`. Callers that know the training length resolve
+    the automatic count at it first (`with_training_length`), as `reformer.sample` and
+    cached evaluation do."""
     return cfg.lsh_n_buckets or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
 
 
-def with_training_length(cfg: ModelConfig, seq_len: int) -> ModelConfig:
-    """`cfg` with an automatic bucket count (`n_buckets = 0`) fixed to the one training used
-    at sequences of `seq_len` tokens, so decoding hashes into as many buckets as training."""
-    if cfg.lsh_n_buckets or "lsh" not in cfg.attention_types:
+def cross_n_buckets(cfg: ModelConfig) -> int:
+    """Buckets per round of LSH cross-attention when decoding: `model.n_buckets`, the count
+    `with_training_length` resolved, else the automatic count of `2 * model.max_len` items."""
+    return (
+        cfg.lsh_n_buckets
+        or cfg.cross_n_buckets
+        or lsh.default_n_buckets(2 * cfg.max_len, cfg.lsh_chunk_len)
+    )
+
+
+def with_training_length(cfg: ModelConfig, seq_len: int, source_len: int = 0) -> ModelConfig:
+    """`cfg` with automatic bucket counts (`n_buckets = 0`) fixed to those training used at
+    sequences of `seq_len` tokens (and sources of `source_len`: LSH cross-attention hashes
+    `seq_len + source_len` items), so decoding hashes into as many buckets as training."""
+    if cfg.lsh_n_buckets:
+        return cfg
+    if cfg.kind == "encoder_decoder" and cfg.cross_attention == "lsh":
+        total = lsh.default_n_buckets(seq_len + source_len, cfg.lsh_chunk_len)
+        cfg = dataclasses.replace(cfg, cross_n_buckets=total)
+    if "lsh" not in cfg.attention_types:
         return cfg
     return dataclasses.replace(cfg, n_buckets=lsh.default_n_buckets(seq_len, cfg.lsh_chunk_len))
 
 
-def lsh_rotations(cfg: ModelConfig, hash_key: jax.Array, layer: int, n_hashes: int) -> jax.Array:
-    """Random rotations `[H, K, n_hashes, R]` of layer `layer` for one decode (R as in
-    training, `lsh.rotation_width`)."""
-    width = lsh.rotation_width(lsh_n_buckets(cfg), cfg.bucket_factors)
-    shape = (cfg.n_heads, cfg.d_head, n_hashes, width)
-    return jax.random.normal(jax.random.fold_in(hash_key, layer), shape)
+def all_rotations(cfg: ModelConfig, hash_key: jax.Array, n_hashes: int) -> list:
+    """Each layer's LSH self-attention rotations for one decode (None for other layers),
+    as `init_cache` draws them."""
+    return [
+        lsh_rotations(cfg, jax.random.fold_in(hash_key, i), n_hashes, lsh_n_buckets(cfg))
+        if cfg.attention_type(i) == "lsh"
+        else None
+        for i in range(cfg.n_layers)
+    ]
 
 
-def hash_keys(
-    qk_BxHxMxK: jax.Array, rotations_HxKxNxR: jax.Array, factors: tuple[int, ...] = ()
-) -> jax.Array:
-    """Buckets `[B, H, N, M]`: `argmax(concat([x R, -x R]))` per round (per factor), as in
-    training."""
-    rotated = jnp.einsum(
-        "bhmk,hknr->bhnmr", qk_BxHxMxK.astype(jnp.float32), rotations_HxKxNxR.astype(jnp.float32)
-    )
-    return lsh.buckets_from_rotated(rotated, factors)
-
-
-def local_window(cfg: ModelConfig) -> int:
-    """Positions a local layer's ring holds: the query's chunk and the chunk before it."""
-    return (attention.LocalSelfAttention.n_chunks_before + 1) * cfg.local_chunk_len
-
-
-def _layer_kinds(cfg: ModelConfig) -> list[str]:
-    return [cfg.attention_type(i) for i in range(cfg.n_layers)]
-
-
-def init_cache(cfg: ModelConfig, batch: int, length: int, n_hashes: int) -> list[dict]:
-    """Empty caches of every layer for `length` positions."""
-    dtype = cfg.jnp_dtype
-    caches = []
-    for kind in _layer_kinds(cfg):
-        size = local_window(cfg) if kind == "local" else length
-        kv = jnp.zeros((batch, cfg.n_heads, size, cfg.d_head), dtype)
-        cache = {"k": kv, "v": kv}
-        if kind == "lsh":
-            cache["buckets"] = jnp.zeros((batch, cfg.n_heads, n_hashes, size), jnp.int32)
-        if kind == "local":
-            cache["pos"] = jnp.full((size,), -1, jnp.int32)  # -1 = empty slot
-        caches.append(cache)
-    return caches
-
-
-def _attend(q_BxHxQxK, q_pos_Q, k_BxHxTxK, v_BxHxTxK, k_pos_T, bias_BxHxQxT, exclude_self):
-    """Causal attention of Q queries over T cached keys, with the training masks."""
-    logits = jnp.einsum("bhqk,bhtk->bhqt", q_BxHxQxK, k_BxHxTxK, preferred_element_type=jnp.float32)
-    q_pos, k_pos = q_pos_Q[:, None], k_pos_T[None, :]
-    bias = jnp.where(k_pos > q_pos, lsh.MASK_VALUE, 0.0)
-    if exclude_self:
-        bias = bias + jnp.where(k_pos == q_pos, lsh.SELF_MASK_VALUE, 0.0)
-    if bias_BxHxQxT is not None:
-        bias = bias + bias_BxHxQxT
-    probs = jax.nn.softmax(logits + bias, axis=-1)
-    out = jnp.einsum(
-        "bhqt,bhtk->bhqk",
-        probs.astype(v_BxHxTxK.dtype),
-        v_BxHxTxK,
-        preferred_element_type=jnp.float32,
-    )
-    return out.astype(v_BxHxTxK.dtype)
-
-
-def _bucket_bias(q_buckets_BxHxNxQ, k_buckets_BxHxNxT):
-    """-1e9 where query and key share no bucket in any round."""
-    shared = q_buckets_BxHxNxQ[:, :, 0, :, None] == k_buckets_BxHxNxT[:, :, 0, None, :]
-    for r in range(1, q_buckets_BxHxNxQ.shape[2]):
-        shared |= q_buckets_BxHxNxQ[:, :, r, :, None] == k_buckets_BxHxNxT[:, :, r, None, :]
-    return jnp.where(shared, 0.0, lsh.MASK_VALUE)
-
-
-def _attend_cache(q_BxHxMxK, start, cache, exclude_self, q_buckets_BxHxNxM=None):
-    """Queries at positions `start + [0, M)` over a whole (full or LSH) cache, `_QUERY_BLOCK`
-    queries at a time so a long prompt never builds `[M, T]` logits at once."""
-    m, t = q_BxHxMxK.shape[2], cache["k"].shape[2]
-    k_pos_T = jnp.arange(t)
-
-    def block(q, q_pos, q_buckets):
-        bias = None if q_buckets is None else _bucket_bias(q_buckets, cache["buckets"])
-        return _attend(q, q_pos, cache["k"], cache["v"], k_pos_T, bias, exclude_self)
-
-    q_pos_M = start + jnp.arange(m)
-    if m <= _QUERY_BLOCK:
-        return block(q_BxHxMxK, q_pos_M, q_buckets_BxHxNxM)
-    n_blocks = -(-m // _QUERY_BLOCK)
-    pad = n_blocks * _QUERY_BLOCK - m
-
-    def split(x, axis):  # [..., M, ...] -> [n_blocks, ..., block, ...]
-        x = jnp.pad(x, [(0, 0)] * axis + [(0, pad)] + [(0, 0)] * (x.ndim - axis - 1))
-        x = x.reshape(x.shape[:axis] + (n_blocks, _QUERY_BLOCK) + x.shape[axis + 1 :])
-        return jnp.moveaxis(x, axis, 0)
-
-    blocks = (
-        split(q_BxHxMxK, 2),
-        split(q_pos_M, 0),
-        None if q_buckets_BxHxNxM is None else split(q_buckets_BxHxNxM, 3),
-    )
-    out = jax.lax.map(lambda a: block(*a), blocks)  # [n_blocks, B, H, block, K]
-    out = jnp.moveaxis(out, 0, 2).reshape(out.shape[1], out.shape[2], -1, out.shape[-1])
-    return out[:, :, :m]
-
-
-def _write(cache_array, new, start, axis):
-    return jax.lax.dynamic_update_slice_in_dim(
-        cache_array, new.astype(cache_array.dtype), start, axis
+def init_cache(cfg: ModelConfig, batch: int, length: int, n_hashes: int, hash_key) -> list:
+    """Empty caches of every layer for `length` positions (`blocks.init_caches`)."""
+    return init_caches(
+        cfg,
+        batch,
+        length,
+        n_hashes,
+        hash_key,
+        n_buckets=lsh_n_buckets(cfg),
+        cross_n_buckets=cross_n_buckets(cfg),
     )
 
 
-def _local_step(cfg, q_BxHx1xK, k_BxHx1xK, v_BxHx1xK, pos, cache):
-    """One position of a local layer: write it into the ring, attend over the window."""
-    window = cache["k"].shape[2]
-    slot = pos % window
-    cache = {
-        "k": _write(cache["k"], k_BxHx1xK, slot, 2),
-        "v": _write(cache["v"], v_BxHx1xK, slot, 2),
-        "pos": cache["pos"].at[slot].set(pos),
-    }
-    c = cfg.local_chunk_len
-    first = (pos // c - attention.LocalSelfAttention.n_chunks_before) * c
-    k_pos = cache["pos"]
-    outside = (k_pos < 0) | (k_pos < first)
-    bias = jnp.where(outside, lsh.MASK_VALUE, 0.0)[None, None, None, :]
-    out = _attend(q_BxHx1xK, pos[None], cache["k"], cache["v"], k_pos, bias, False)
-    return out, cache
+def _model(cfg: ModelConfig):
+    return ReformerEncoderDecoder(cfg) if cfg.kind == "encoder_decoder" else ReformerLM(cfg)
 
 
-def _local_prefill(cfg, q_BxHxMxK, k_BxHxMxK, v_BxHxMxK, cache):
-    """Positions `[0, M)` of a local layer with the training kernel; then the ring holds the
-    last positions."""
-
-    def one_head(q, k, v):
-        return lsh.local_attention(q, k, v, chunk_len=cfg.local_chunk_len, causal=cfg.causal)
-
-    out = jax.vmap(jax.vmap(one_head))(q_BxHxMxK, k_BxHxMxK, v_BxHxMxK)
-    m, window = q_BxHxMxK.shape[2], cache["k"].shape[2]
-    keep = jnp.arange(max(0, m - window), m)
-    slots = keep % window
-    cache = {
-        "k": cache["k"].at[:, :, slots].set(k_BxHxMxK[:, :, keep].astype(cache["k"].dtype)),
-        "v": cache["v"].at[:, :, slots].set(v_BxHxMxK[:, :, keep].astype(cache["v"].dtype)),
-        "pos": cache["pos"].at[slots].set(keep),
-    }
-    return out, cache
-
-
-def _attention_half(cfg, kind, p, x_BxMxD, start, cache, rotations):
-    """F of a layer on positions `start + [0, M)`: LayerNorm, attention over the cache, the
-    output projection; returns (out, cache with these positions written)."""
-    dtype = cfg.jnp_dtype
-    h = layer_norm(p["norm"], x_BxMxD, cfg.layer_norm_eps)
-    p = p["attention"]
-
-    def project(name):
-        return jnp.swapaxes(attention.project_heads(h, p[name]["kernel"], dtype), 1, 2)
-
-    m = x_BxMxD.shape[1]
-    v = project("value")
-    if kind in ("full", "local"):
-        q, k = project("query"), project("key")
-        if kind == "local" and m > 1:  # The training kernel scales q itself.
-            out, cache = _local_prefill(cfg, q, k, v, cache)
-        elif kind == "local":
-            q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-            out, cache = _local_step(cfg, q, k, v, start, cache)
-        else:
-            q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-            cache = {"k": _write(cache["k"], k, start, 2), "v": _write(cache["v"], v, start, 2)}
-            out = _attend_cache(q, start, cache, exclude_self=False)
-    elif kind in ("full_shared_qk", "lsh"):
-        qk = project("query_key")
-        cache = {
-            **cache,
-            "k": _write(cache["k"], lsh.unit_keys(qk), start, 2),
-            "v": _write(cache["v"], v, start, 2),
-        }
-        q_buckets = None
-        if kind == "lsh":
-            q_buckets = hash_keys(qk, rotations, cfg.bucket_factors)
-            cache["buckets"] = _write(cache["buckets"], q_buckets, start, 3)
-        out = _attend_cache(qk, start, cache, exclude_self=True, q_buckets_BxHxNxM=q_buckets)
-    else:
-        raise ValueError(f"decoding does not support attention type {kind!r}")
-    y = attention.project_out(jnp.swapaxes(out, 1, 2), p["out"]["kernel"], dtype)
-    return y, cache
-
-
-def _embed(cfg: ModelConfig, params, inputs_BxM, start):
-    """Token plus position embeddings of positions `start + [0, M)`: the float32 residual
-    streams, as in the model (only the branches compute in `model.dtype`)."""
-    dtype = jnp.float32
-    x = params["embed"]["embedding"][inputs_BxM].astype(dtype)
-    pos = start + jnp.arange(inputs_BxM.shape[1])
-    if cfg.positional == "learned":
-        x = x + params["pos_embed"][pos].astype(dtype)
-    elif cfg.positional == "axial":
-        b = cfg.axial_shape[1]
-        table = params["axial_pos"]
-        pos_MxD = jnp.concatenate([table["axial_0"][pos // b], table["axial_1"][pos % b]], -1)
-        x = x + pos_MxD.astype(dtype)
-    return x
-
-
-def forward(cfg: ModelConfig, params, inputs_BxM, start, caches, rotations):
+def forward(cfg: ModelConfig, params, inputs_BxM, start, caches):
     """Logits `[B, M, V]` of positions `start + [0, M)` that read `inputs_BxM` (already
     shifted: the token before each position), and the caches with these positions added.
-
     `M > 1` is a prefill and must start at 0; `M == 1` is one step at any `start`."""
     start = jnp.asarray(start, jnp.int32)
-    grid = functools.partial(on_grid, spacing=cfg.stream_spacing)  # as in the model's stack
-    x1 = grid(_embed(cfg, params, inputs_BxM, start))
-    x2 = None if cfg.n_streams == 1 else x1  # `standard`: one stream, x + F(x), x + G(x)
-    ff = FeedForwardHalf(cfg)
-    new_caches = []
-    for i, kind in enumerate(_layer_kinds(cfg)):
-        layer = layer_params(params["layers"], cfg, i)
-        f_out, cache = _attention_half(
-            cfg, kind, layer["attention"], x1 if x2 is None else x2, start, caches[i], rotations[i]
+    if cfg.kind == "encoder_decoder":
+        return ReformerEncoderDecoder(cfg).apply(
+            {"params": params}, inputs_BxM, start, caches, method="extend"
         )
-        x1 = x1 + grid(f_out.astype(x1.dtype))
-        g_out = grid(ff.apply({"params": layer["feed_forward"]}, x1, deterministic=True))
-        x1, x2 = (x1 + g_out, None) if x2 is None else (x1, x2 + g_out)
-        new_caches.append(cache)
-    y = x1 if x2 is None else jnp.concatenate([x1, x2], axis=-1)
-    y = layer_norm(params["final_norm"], y, cfg.layer_norm_eps)
-    logits = OutputLayer(cfg.vocab_size, cfg.jnp_dtype).apply({"params": params["logits"]}, y)
-    return logits, new_caches
+    return ReformerLM(cfg).apply({"params": params}, inputs_BxM, caches=caches, start=start)
 
 
-def all_rotations(cfg: ModelConfig, hash_key: jax.Array, n_hashes: int) -> list:
-    """Each layer's LSH rotations for one decode (None for other layers)."""
-    return [
-        lsh_rotations(cfg, hash_key, i, n_hashes) if kind == "lsh" else None
-        for i, kind in enumerate(_layer_kinds(cfg))
-    ]
+def start_caches(cfg: ModelConfig, params, batch, total, n_hashes, hash_key, source_BxS=None):
+    """The caches a decode starts from: empty for `total` positions and, for an
+    encoder-decoder, holding its source (`[B, S]`, encoded once, with `hash_key` for the
+    encoder's LSH layers) in every cross-attention layer."""
+    caches = init_cache(cfg, batch, total, n_hashes, hash_key)
+    if cfg.kind != "encoder_decoder":
+        return caches
+    model = ReformerEncoderDecoder(cfg)
+    memory, mask = model.apply(
+        {"params": params},
+        source_BxS,
+        n_hashes=n_hashes,
+        method="encode",
+        rngs={"hash": hash_key},
+    )
+    repeat = batch // source_BxS.shape[0]  # beams share their row's source
+    memory, mask = (jnp.repeat(a, repeat, axis=0) for a in (memory, mask))
+    return model.apply({"params": params}, memory, mask, caches, method="cache_source")
 
 
 def sample_logits(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling) -> jax.Array:
@@ -400,16 +232,45 @@ def check_prompt(cfg: ModelConfig, prompt_BxN) -> jax.Array:
     return jnp.asarray(ids, jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "total", "n_hashes"))
-def prefill(cfg: ModelConfig, params, prompt_BxN, hash_key, *, total: int, n_hashes: int):
-    """One forward pass over the prompt: `(logits [B, V] of position N, caches for `total`
-    positions holding positions 0..N, each layer's LSH rotations)`."""
-    batch, _ = prompt_BxN.shape
-    rotations = all_rotations(cfg, hash_key, n_hashes)
-    caches = init_cache(cfg, batch, total, n_hashes)
-    inputs = jnp.pad(prompt_BxN, ((0, 0), (1, 0)))  # positions 0..N read 0, p_0, ..., p_{N-1}
-    logits, caches = forward(cfg, params, inputs, 0, caches, rotations)
-    return logits[:, -1], caches, rotations
+def check_source(cfg: ModelConfig, source_BxS, batch: int) -> jax.Array | None:
+    """The source of an encoder-decoder as int32 `[B, S]` (None for other models);
+    ValueError for a missing source, another shape or ids outside the vocabulary."""
+    if cfg.kind != "encoder_decoder":
+        if source_BxS is not None:
+            raise ValueError(f"a source is for encoder-decoders; this is a {cfg.kind!r} model")
+        return None
+    if source_BxS is None:
+        raise ValueError("an encoder-decoder decodes from a source: give source ids [B, S]")
+    ids = np.asarray(source_BxS)
+    if ids.ndim != 2 or ids.shape[0] != batch or ids.shape[1] == 0:
+        raise ValueError(f"source must be token ids [{batch}, S > 0], got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= cfg.vocab_size:
+        raise ValueError(
+            f"source token ids must be integers in 0..{cfg.vocab_size - 1} "
+            f"(model.vocab_size={cfg.vocab_size})"
+        )
+    return jnp.asarray(ids, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "total", "n_hashes", "copies"))
+def prefill(
+    cfg: ModelConfig,
+    params,
+    prompt_BxN,
+    hash_key,
+    source_BxS=None,
+    *,
+    total: int,
+    n_hashes: int,
+    copies: int = 1,
+):
+    """One forward pass over the prompt: `(logits [B * copies, V] of position N, caches for
+    `total` positions holding positions 0..N)`; each row repeated `copies` times (beams)."""
+    prompt = jnp.repeat(prompt_BxN, copies, axis=0)
+    caches = start_caches(cfg, params, prompt.shape[0], total, n_hashes, hash_key, source_BxS)
+    inputs = jnp.pad(prompt, ((0, 0), (1, 0)))  # positions 0..N read 0, p_0, ..., p_{N-1}
+    logits, caches = forward(cfg, params, inputs, 0, caches)
+    return logits[:, -1], caches
 
 
 @functools.partial(
@@ -421,7 +282,6 @@ def sample_loop(
     params,
     logits_BxV,
     caches,
-    rotations,
     start,
     rng,
     *,
@@ -447,7 +307,7 @@ def sample_loop(
 
     def body(carry):
         i, token, caches, tokens, done, all_logits = carry
-        logits, caches = forward(cfg, params, token[:, None], start + i, caches, rotations)
+        logits, caches = forward(cfg, params, token[:, None], start + i, caches)
         logits_BxV = logits[:, 0]
         new = sample_logits(logits_BxV, _row_keys(rng, batch, i), sampling)
         new = jnp.where(done, 0, new)
@@ -462,6 +322,12 @@ def sample_loop(
     return tokens, all_logits
 
 
+def _prepare(cfg, prompt_BxN, length, source_BxS):
+    prompt_BxN = check_prompt(cfg, prompt_BxN)
+    check_lengths(cfg, prompt_BxN.shape[1], length)
+    return prompt_BxN, check_source(cfg, source_BxS, prompt_BxN.shape[0])
+
+
 def generate(
     cfg: ModelConfig,
     params,
@@ -473,28 +339,34 @@ def generate(
     end_token: int | None = END_TOKEN,
     n_hashes: int | None = None,
     return_logits: bool = False,
+    source_BxS=None,
 ):
     """`length` new tokens `[B, length]` after each row's prompt (token ids `[B, N]`, N may
-    be 0), decoded with caches in one jitted loop.
+    be 0), decoded with caches in one jitted loop; an encoder-decoder's from its
+    `source_BxS` (token ids `[B, S]`, padding 0), encoded once.
 
     A row stops at `end_token` (it is kept; later entries are 0) and the loop stops when all
     rows have. `rng` draws the samples and the LSH rotations; `n_hashes` overrides the
     model's hash rounds. With `return_logits` also the logits `[B, length, V]` each token was
     drawn from (zeros after a row ended).
     """
-    prompt_BxN = check_prompt(cfg, prompt_BxN)
-    check_lengths(cfg, prompt_BxN.shape[1], length)
+    prompt_BxN, source_BxS = _prepare(cfg, prompt_BxN, length, source_BxS)
     sample_rng, hash_key = jax.random.split(rng)
     n = prompt_BxN.shape[1]
-    logits_BxV, caches, rotations = prefill(
-        cfg, params, prompt_BxN, hash_key, total=n + length, n_hashes=n_hashes or cfg.n_hashes
+    logits_BxV, caches = prefill(
+        cfg,
+        params,
+        prompt_BxN,
+        hash_key,
+        source_BxS,
+        total=n + length,
+        n_hashes=n_hashes or cfg.n_hashes,
     )
     tokens, logits = sample_loop(
         cfg,
         params,
         logits_BxV,
         caches,
-        rotations,
         jnp.int32(n),
         sample_rng,
         length=length,
@@ -505,22 +377,162 @@ def generate(
     return (tokens, logits) if return_logits else tokens
 
 
+def length_penalty(length, alpha: float):
+    """The authors' length normalization: a sequence's log-probability is divided by
+    `((5 + length) / 6) ** alpha`."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "length", "beam_size", "alpha", "end_token"))
+def _beam_loop(cfg, params, logits_BKxV, caches, start, *, length, beam_size, alpha, end_token):
+    batch = logits_BKxV.shape[0] // beam_size
+    vocab = logits_BKxV.shape[-1]
+    # Beams of a row start identical: only the first may grow at the first step.
+    first = jnp.where(jnp.arange(beam_size) == 0, 0.0, -jnp.inf)
+    state = dict(
+        tokens=jnp.zeros((batch, beam_size, length), jnp.int32),
+        logp=jnp.broadcast_to(first, (batch, beam_size)),
+        lengths=jnp.zeros((batch, beam_size), jnp.int32),
+        done=jnp.zeros((batch, beam_size), bool),
+        logits=logits_BKxV,
+        caches=caches,
+    )
+
+    def score(logp, lengths):
+        return logp / length_penalty(lengths.astype(jnp.float32), alpha)
+
+    def expand(s, i):
+        """Every beam's continuations scored, the best `beam_size` kept. A finished beam
+        continues only with padding (0), at no cost: it keeps its place while it scores."""
+        logp_BxKxV = jax.nn.log_softmax(s["logits"].astype(jnp.float32)).reshape(
+            batch, beam_size, vocab
+        )
+        frozen = jnp.where(jnp.arange(vocab) == 0, 0.0, -jnp.inf)
+        logp_BxKxV = jnp.where(s["done"][..., None], frozen, logp_BxKxV)
+        total = s["logp"][..., None] + logp_BxKxV
+        lengths = s["lengths"][..., None] + (~s["done"][..., None]).astype(jnp.int32)
+        ranked = score(total, lengths).reshape(batch, -1)
+        _, best = jax.lax.top_k(ranked, beam_size)  # [B, K] over (beam, token)
+        parent, token = best // vocab, (best % vocab).astype(jnp.int32)
+        take = lambda a: jnp.take_along_axis(a, parent, axis=1)  # noqa: E731
+        flat = lambda a: a.reshape(batch, -1)  # noqa: E731
+        done = take(s["done"])
+        ended = done | (token == end_token) if end_token is not None else done
+        tokens = jnp.take_along_axis(s["tokens"], parent[..., None], axis=1).at[:, :, i].set(token)
+        rows = (jnp.arange(batch)[:, None] * beam_size + parent).reshape(-1)
+        return dict(
+            tokens=tokens,
+            logp=jnp.take_along_axis(flat(total), best, axis=1),
+            lengths=jnp.take_along_axis(flat(lengths), best, axis=1),
+            done=ended,
+            caches=reorder_caches(s["caches"], rows),
+        )
+
+    def cond(carry):
+        i, s = carry
+        return (i < length) & ~jnp.all(s["done"])
+
+    def body(carry):
+        i, s = carry
+        s = {**s, **expand(s, i)}
+        logits, s["caches"] = forward(
+            cfg, params, s["tokens"][:, :, i].reshape(-1, 1), start + i, s["caches"]
+        )
+        s["logits"] = logits[:, 0]
+        return i + 1, s
+
+    _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    final = score(s["logp"], s["lengths"])
+    best = jnp.argmax(final, axis=1)
+    pick = lambda a: jnp.take_along_axis(a, best[:, None, None], axis=1)[:, 0]  # noqa: E731
+    return pick(s["tokens"]), jnp.take_along_axis(final, best[:, None], axis=1)[:, 0]
+
+
+def reorder_caches(caches: list[dict], rows_B: jax.Array) -> list[dict]:
+    """The self-attention caches with row `b` taken from row `rows_B[b]` (the beams' new
+    order). Cross-attention caches are the same for every beam of a source row, positions
+    of local rings the same for every row, and rotations shared: left as they are."""
+    reordered = []
+    for cache in caches:
+        attention = {
+            name: jnp.take(a, rows_B, axis=0) if name in ("k", "v", "buckets") else a
+            for name, a in cache["attention"].items()
+        }
+        reordered.append({**cache, "attention": attention})
+    return reordered
+
+
+def beam_search(
+    cfg: ModelConfig,
+    params,
+    prompt_BxN,
+    length: int,
+    rng: jax.Array,
+    *,
+    beam_size: int = 4,
+    alpha: float = LENGTH_PENALTY,
+    end_token: int | None = END_TOKEN,
+    n_hashes: int | None = None,
+    source_BxS=None,
+):
+    """The best of `beam_size` beams per row: `(tokens [B, length], scores [B])`, a score
+    being the sequence's log-probability divided by `length_penalty(its length, alpha)`
+    (the authors' setting: alpha 0.6), its length counting the end token.
+
+    At each step every beam's continuations are ranked by that score and the best
+    `beam_size` kept; a beam that emitted `end_token` is finished: it stays as it is
+    (continued with padding at no cost) while it ranks among the best. With `beam_size=1`
+    this is greedy decoding. The loop stops after `length` tokens or when every beam of
+    every row has finished. `rng` draws the LSH rotations (nothing is sampled); an
+    encoder-decoder's source is encoded once for all beams.
+    """
+    if not (isinstance(beam_size, numbers.Integral) and beam_size >= 1):
+        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size}")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha (length penalty) must be a number >= 0, got {alpha}")
+    prompt_BxN, source_BxS = _prepare(cfg, prompt_BxN, length, source_BxS)
+    n = prompt_BxN.shape[1]
+    logits, caches = prefill(
+        cfg,
+        params,
+        prompt_BxN,
+        jax.random.split(rng)[1],
+        source_BxS,
+        total=n + length,
+        n_hashes=n_hashes or cfg.n_hashes,
+        copies=beam_size,
+    )
+    return _beam_loop(
+        cfg,
+        params,
+        logits,
+        caches,
+        jnp.int32(n),
+        length=length,
+        beam_size=beam_size,
+        alpha=float(alpha),
+        end_token=end_token,
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "n_hashes", "prefix"))
-def cached_logits(cfg: ModelConfig, params, tokens_BxL, hash_key, *, n_hashes: int, prefix: int):
+def cached_logits(
+    cfg: ModelConfig, params, tokens_BxL, hash_key, source_BxS=None, *, n_hashes: int, prefix: int
+):
     """Teacher-forced logits `[B, L, V]` of `tokens_BxL` through the cache: positions
-    `[0, prefix)` in one prefill, then one `decode_step` per position. `prefix = L` is one
-    pass; both give the same logits (the tests check it)."""
+    `[0, prefix)` in one prefill, then one cached step per position (an encoder-decoder's
+    target given its source). `prefix = L` is one pass; both give the same logits (the tests
+    check it)."""
     batch, length = tokens_BxL.shape
-    rotations = all_rotations(cfg, hash_key, n_hashes)
-    caches = init_cache(cfg, batch, length, n_hashes)
-    inputs = shift_right(tokens_BxL)
-    logits, caches = forward(cfg, params, inputs[:, :prefix], 0, caches, rotations)
+    caches = start_caches(cfg, params, batch, length, n_hashes, hash_key, source_BxS)
+    inputs = jnp.pad(tokens_BxL, ((0, 0), (1, 0)))[:, :-1]
+    logits, caches = forward(cfg, params, inputs[:, :prefix], 0, caches)
     if prefix == length:
         return logits
 
     def step(caches, t_and_token):
         t, token_B = t_and_token
-        out, caches = forward(cfg, params, token_B[:, None], t, caches, rotations)
+        out, caches = forward(cfg, params, token_B[:, None], t, caches)
         return caches, out[:, 0]
 
     xs = (jnp.arange(prefix, length), jnp.moveaxis(inputs[:, prefix:], 1, 0))

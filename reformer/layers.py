@@ -322,7 +322,8 @@ class AxialPositionalEmbedding(nn.Module):
     dims: tuple[int, int]
 
     @nn.compact
-    def __call__(self, length: int) -> jax.Array:
+    def __call__(self, length: int, start=None) -> jax.Array:
+        """Rows `[0, length)`; or, given `start` (decoding), rows `start + [0, length)`."""
         (a, b), (d1, d2) = self.shape, self.dims
         if length > a * b:
             raise ValueError(
@@ -332,6 +333,9 @@ class AxialPositionalEmbedding(nn.Module):
         init = nn.initializers.normal(1.0)
         e1_AxD1 = self.param("axial_0", init, (a, d1))
         e2_BxD2 = self.param("axial_1", init, (b, d2))
+        if start is not None:
+            pos_L = start + jnp.arange(length)
+            return jnp.concatenate([e1_AxD1[pos_L // b], e2_BxD2[pos_L % b]], axis=-1)
         # The rows in use as a broadcast of the two tables (no gather: the gradient is a sum
         # over the grid's other axis, not a scatter of [L, d] rows).
         rows = -(-length // b)

@@ -28,6 +28,7 @@ from reformer.blocks import (  # noqa: F401  (re-exported: the models' public na
     FeedForwardHalf,
     ModelConfig,
     OutputLayer,
+    decode_layers,
     embed,
     final_norm,
     layer_name,
@@ -63,11 +64,22 @@ class ReformerLM(nn.Module):
         deterministic: bool = True,
         n_hashes: int | None = None,
         weights_BxL: jax.Array | None = None,
+        caches: list[dict] | None = None,
+        start=None,
     ):
         """Logits `[B, L, vocab]`; or, given `weights_BxL`, `(loss, sums)` of
         `loss_and_metrics` with the tokens as targets, computed `model.loss_chunk_size`
-        positions at a time so that only one chunk's logits exist."""
+        positions at a time so that only one chunk's logits exist.
+
+        Decoding (`caches` from `blocks.init_caches`): `tokens_BxL` are the inputs of
+        positions `start + [0, L)` (each the token before its position, already shifted);
+        returns `(logits, caches with these positions written)`."""
         cfg = self.cfg
+        if caches is not None:
+            x_BxMxD = embed(self, cfg, tokens_BxL, True, start=start)
+            streams, caches = decode_layers(self, cfg, x_BxMxD, start, caches)
+            output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
+            return output(streams, normalize=final_norm(self, cfg)), caches
         x_BxLxD = embed(self, cfg, shift_right(tokens_BxL), deterministic)
         streams = layer_stack(self, cfg, x_BxLxD, mask_BxL, deterministic, n_hashes)
         normalize = final_norm(self, cfg)
@@ -132,7 +144,21 @@ class Tower(nn.Module):
         n_hashes: int | None,
         memory=None,
         memory_mask_BxS=None,
+        caches: list[dict] | None = None,
+        start=None,
     ):
+        """With decoding `caches`: `(streams, final LayerNorm, caches)` of positions
+        `start + [0, L)` (`blocks.decode_layers`; `tokens_BxL` None fills the cross-attention
+        caches from `memory` only)."""
+        if caches is not None:
+            x_BxMxD = None
+            if tokens_BxL is not None:
+                x_BxMxD = embed(self, self.cfg, tokens_BxL, True, table, start=start)
+            streams, caches = decode_layers(
+                self, self.cfg, x_BxMxD, start, caches, memory, memory_mask_BxS
+            )
+            norm = None if x_BxMxD is None else final_norm(self, self.cfg)
+            return streams, norm, caches
         x_BxLxD = embed(self, self.cfg, tokens_BxL, deterministic, table)
         streams = layer_stack(
             self, self.cfg, x_BxLxD, mask_BxL, deterministic, n_hashes, memory, memory_mask_BxS
@@ -188,6 +214,34 @@ class ReformerEncoderDecoder(nn.Module):
         return self.logits(
             streams, tokens_BxT, weights, self.cfg.loss_chunk_size, normalize=normalize
         )
+
+    def cache_source(self, memory, memory_mask_BxS, caches: list[dict]) -> list[dict]:
+        """The decoding `caches` with every cross-attention layer's keys and values (and LSH
+        buckets) of the encoded source: computed once per source."""
+        return self.decoder(
+            None,
+            self.embed,
+            None,
+            deterministic=True,
+            n_hashes=None,
+            memory=memory,
+            memory_mask_BxS=memory_mask_BxS,
+            caches=caches,
+        )[2]
+
+    def extend(self, inputs_BxM, start, caches: list[dict]):
+        """Decoding: logits `[B, M, vocab]` of target positions `start + [0, M)` whose inputs
+        (the tokens before them, 0 first) are `inputs_BxM`, and the caches with them."""
+        streams, normalize, caches = self.decoder(
+            inputs_BxM,
+            self.embed,
+            None,
+            deterministic=True,
+            n_hashes=None,
+            caches=caches,
+            start=start,
+        )
+        return self.logits(streams, normalize=normalize), caches
 
     def __call__(
         self,

@@ -58,6 +58,17 @@ def layer_rngs(rngs: dict[str, jax.Array], layer: jax.Array, n_halves: int = 2) 
     ]
 
 
+def half_input(a: jax.Array, b: jax.Array | None) -> jax.Array:
+    """What the next half reads: the second stream (two streams), or the one stream."""
+    return a if b is None else b
+
+
+def add_half(a: jax.Array, b: jax.Array | None, out: jax.Array):
+    """The streams after a half's output `out`: `(A, B) -> (B, A + out)`, or `x + out` for
+    one stream (B None)."""
+    return (a + out, None) if b is None else (b, a + out)
+
+
 def _n_repeats(params: Sequence) -> int:
     return jax.tree.leaves(params)[0].shape[0]
 
@@ -154,10 +165,8 @@ def plain_stack(
         for j, fns in enumerate(half_fns):
             p, rs = _at(params[j], r), layer_rngs(rngs, r * n_pattern + j, len(fns))
             for h, f in enumerate(fns):
-                out = on_grid(
-                    f(p[h], a if b is None else b, rs[h], None, context, memory)[0], spacing
-                )
-                a, b = (a + out, None) if b is None else (b, a + out)
+                out = f(p[h], half_input(a, b), rs[h], None, context, memory)[0]
+                a, b = add_half(a, b, on_grid(out, spacing))
         return (a, b), None
 
     x1, x2 = on_grid(x1, spacing), None if x2 is None else on_grid(x2, spacing)

@@ -265,12 +265,14 @@ def eval_step(params, batch: dict, *, model, n_hashes: int | None) -> dict:
 
 def cached_eval_step(params, batch: dict, *, model, n_hashes: int | None) -> dict:
     """`eval_step` through the decoding caches: the logits sampling would draw from."""
-    tokens = batch["tokens"]
+    tokens, source = batch["tokens"], batch.get("inputs")
+    source_len = 0 if source is None else source.shape[1]
     logits = decode.cached_logits(
-        decode.with_training_length(model.cfg, tokens.shape[1]),
+        decode.with_training_length(model.cfg, tokens.shape[1], source_len),
         params,
         tokens,
         jax.random.key(0),
+        source,
         n_hashes=n_hashes or model.cfg.n_hashes,
         prefix=tokens.shape[1],
     )
