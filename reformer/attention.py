@@ -649,6 +649,11 @@ def _cross_cached(module, x_BxTxD, memory_BxSxM, memory_mask_BxS, cache, normali
     out_kernel = _out_kernel(module, d_model)
     (q_BxHxTxK,) = _project_chunk(module, kernels, normalize, x_BxTxD)
     out = caches.cross_attention_step(
-        module.kind, q_BxHxTxK, cache, d_head=module.d_head, bucket_factors=factors
+        module.kind,
+        q_BxHxTxK,
+        cache,
+        d_head=module.d_head,
+        chunk_len=module.chunk_len,
+        bucket_factors=factors,
     )
     return _unproject_chunk(module, out_kernel, None, 0, out), cache

@@ -229,7 +229,8 @@ def cross_attention_cache(
 ) -> dict:
     """The cache of a cross-attention layer: the source's keys (unit length for LSH) and
     values, padding zeroed (a query with no real key gets a zero output), its mask and, for
-    LSH, its buckets under the decode's `rotations`."""
+    LSH, the keys' order by bucket per round under the decode's `rotations`
+    (`lsh.sort_keys`)."""
     if mask_BxS is None:
         mask_BxS = jnp.ones(k_BxHxSxK.shape[:1] + k_BxHxSxK.shape[2:3], bool)
     cache = {
@@ -238,31 +239,54 @@ def cross_attention_cache(
         "mask": mask_BxS,
     }
     if kind == "lsh":
+        n_buckets = lsh.n_buckets_bound(rotations[0], bucket_factors)
+
+        def one_head(k_SxK, mask_S, rotations_KxNxR):
+            buckets_NxS = lsh.hash_vectors(k_SxK, rotations_KxNxR, bucket_factors or None)
+            return lsh.sort_keys(buckets_NxS, mask_S, n_buckets)
+
+        per_head = jax.vmap(one_head, in_axes=(0, None, 0))
         cache["rotations"] = rotations
-        cache["buckets"] = hash_keys(k_BxHxSxK, rotations, bucket_factors)
+        cache["order"], cache["sorted"] = jax.vmap(per_head, in_axes=(0, 0, None))(
+            k_BxHxSxK, mask_BxS, rotations
+        )
     return cache
 
 
 def cross_attention_step(
-    kind: str, q_BxHxMxK: jax.Array, cache: dict, *, d_head: int, bucket_factors=()
+    kind: str,
+    q_BxHxMxK: jax.Array,
+    cache: dict,
+    *,
+    d_head: int,
+    chunk_len: int = 0,
+    bucket_factors: tuple[int, ...] = (),
 ) -> jax.Array:
     """Queries `[B, H, M, K]` over the cached source: full attention over every real source
-    key (scaled dot product), or LSH's one-query semantics (shared-QK logits, keys sharing a
-    bucket in some round, each once). A query that sees no real key gets zeros."""
-    pad = jnp.where(cache["mask"], 0.0, lsh.MASK_VALUE)[:, None, None, :]
+    key (scaled dot product), or LSH cross-attention's windows around each query's bucket in
+    the keys' sorted order (`lsh.cross_windows`, the training function: queries are
+    independent). A query that sees no real key gets zeros."""
     if kind == "full":
+        pad = jnp.where(cache["mask"], 0.0, lsh.MASK_VALUE)[:, None, None, :]
         q = q_BxHxMxK * jnp.asarray(d_head**-0.5, q_BxHxMxK.dtype)
+        return in_query_blocks(lambda q_block: attend(q_block, cache["k"], cache["v"], pad), q)
+    n_buckets = lsh.n_buckets_bound(cache["rotations"][0], bucket_factors)
 
-        def block(q_block):
-            return attend(q_block, cache["k"], cache["v"], pad)
+    def one_head(q_MxK, k_SxK, v_SxK, order_NxS, sorted_NxS, rotations_KxNxR):
+        q_buckets_NxM = lsh.hash_vectors(q_MxK, rotations_KxNxR, bucket_factors or None)
+        return lsh.cross_windows(
+            q_MxK,
+            q_buckets_NxM,
+            k_SxK,
+            v_SxK,
+            order_NxS,
+            sorted_NxS,
+            chunk_len=chunk_len,
+            n_buckets=n_buckets,
+        )
 
-        return in_query_blocks(block, q)
-    q_buckets = hash_keys(q_BxHxMxK, cache["rotations"], bucket_factors)
-
-    def lsh_block(q_block, q_buckets_block):
-        bias = pad + shared_bucket_bias(q_buckets_block, cache["buckets"])
-        out = attend(q_block, cache["k"], cache["v"], bias)
-        seen = jnp.max(bias, axis=-1, keepdims=True) > lsh.MASK_VALUE / 2
-        return jnp.where(seen, out, 0).astype(out.dtype)
-
-    return in_query_blocks(lsh_block, q_BxHxMxK, (q_buckets, 3))
+    per_head = jax.vmap(one_head, in_axes=(0, 0, 0, 0, 0, 0))
+    per_example = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, None))
+    return per_example(
+        q_BxHxMxK, cache["k"], cache["v"], cache["order"], cache["sorted"], cache["rotations"]
+    )

@@ -212,7 +212,7 @@ def local_attention(
     return out_LxV[:length]
 
 
-def _n_buckets_bound(rotations_DxNxR: jax.Array | None, factors: tuple[int, ...] | None):
+def n_buckets_bound(rotations_DxNxR: jax.Array | None, factors: tuple[int, ...] | None):
     """Number of buckets the hash gives (buckets are below it), or None if unknown."""
     if factors:
         return math.prod(factors)
@@ -255,7 +255,6 @@ def lsh_attention(
     buckets: jax.Array | None = None,
     bucket_factors: tuple[int, ...] | None = None,
     n_buckets: int | None = None,
-    key_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Reformer LSH self-attention on one head; returns `(out [L, V], buckets [N, L])`.
 
@@ -268,9 +267,7 @@ def lsh_attention(
     `allow_duplicate_attention=False` are the paper's Appendix A options. `bucket_factors`
     hashes into factorized buckets (`buckets_from_rotated`). `n_buckets` (optional; known from
     the rotations when they are given) bounds the bucket values, which lets the sort use one
-    key (`_sort_by_bucket`) when `buckets` are given without rotations. `key_mask` (`[L]`,
-    True = may be attended to) masks keys without moving them in the sort, as padding is
-    (`lsh_cross_attention`'s decoder queries).
+    key (`_sort_by_bucket`) when `buckets` are given without rotations.
     """
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
@@ -290,7 +287,7 @@ def lsh_attention(
     # Stable sort per round: ties keep position order, padding goes last.
     sort_key_NxL = buckets_NxL if valid_L is None else jnp.where(valid_L, buckets_NxL, _PAD_BUCKET)
     ticker_NxL = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), sort_key_NxL.shape)
-    bound = n_buckets or _n_buckets_bound(rotations_DxNxR, bucket_factors)
+    bound = n_buckets or n_buckets_bound(rotations_DxNxR, bucket_factors)
     perm_NxL = _sort_by_bucket(sort_key_NxL, ticker_NxL, bound)
 
     chunk_NxL = None
@@ -312,13 +309,9 @@ def lsh_attention(
         dropout_rate=dropout_rate,
         block_chunks=block_chunks(padded // chunk_len, chunk_len),
     )
-    keys_L = valid_L
-    if key_mask is not None:
-        keys_L = _pad_length(jnp.asarray(key_mask, bool), padded)
-        keys_L = keys_L if valid_L is None else keys_L & valid_L
     lay = Layout(
         pos_S=perm_NxL.reshape(-1),
-        valid_L=keys_L,
+        valid_L=valid_L,
         bucket_NxL=None if attend_across_buckets else sort_key_NxL,
         chunk_NxL=chunk_NxL,
     )
@@ -375,6 +368,86 @@ def cross_attention(
     return out_TxV.astype(v_SxV.dtype)
 
 
+def sort_keys(k_buckets_NxS: jax.Array, mask_S: jax.Array | None, n_buckets: int):
+    """Per round, the keys ordered by bucket (ties by position), padding (`mask_S` False)
+    last: `(order [N, S], the buckets in that order [N, S], padding as n_buckets)`."""
+    key_NxS = k_buckets_NxS if mask_S is None else jnp.where(mask_S, k_buckets_NxS, n_buckets)
+    ticker_NxS = jnp.broadcast_to(jnp.arange(key_NxS.shape[1], dtype=jnp.int32), key_NxS.shape)
+    order_NxS = _sort_by_bucket(key_NxS, ticker_NxS, n_buckets)
+    return order_NxS, jnp.take_along_axis(key_NxS, order_NxS, axis=1)
+
+
+def cross_windows(
+    q_TxD: jax.Array,
+    q_buckets_NxT: jax.Array,
+    k_unit_SxD: jax.Array,
+    v_SxV: jax.Array,
+    order_NxS: jax.Array,
+    sorted_NxS: jax.Array,
+    *,
+    chunk_len: int,
+    n_buckets: int,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    block_len: int = CAUSAL_BLOCK_LEN,
+) -> jax.Array:
+    """LSH cross-attention of queries over keys sorted by bucket (`sort_keys`): in each
+    round, a query sees the `2 * chunk_len` keys around where its bucket falls in the keys'
+    sorted order (`chunk_len` on either side); all rounds' windows share one softmax (a key
+    in several windows counts once per window), logits `q . k_unit`. Padded keys and slots
+    past either end are masked; a query that sees no real key gets a zero output. Queries are
+    independent of each other, so one query decodes exactly as in training. `block_len`
+    queries at a time."""
+    n_keys = k_unit_SxD.shape[0]
+    offsets_W = jnp.arange(2 * chunk_len) - chunk_len
+
+    def block(q_QxD, q_buckets_NxQ, rng):
+        pos_NxQ = jax.vmap(jnp.searchsorted)(sorted_NxS, q_buckets_NxQ)
+        slots_NxQxW = pos_NxQ[..., None] + offsets_W
+        inside = (slots_NxQxW >= 0) & (slots_NxQxW < n_keys)
+        slots_NxQxW = jnp.clip(slots_NxQxW, 0, n_keys - 1)
+        flat = slots_NxQxW.reshape(slots_NxQxW.shape[0], -1)
+        keys_NxQxW = jnp.take_along_axis(order_NxS, flat, axis=1).reshape(slots_NxQxW.shape)
+        real_NxQxW = inside & (
+            jnp.take_along_axis(sorted_NxS, flat, axis=1).reshape(slots_NxQxW.shape) < n_buckets
+        )
+        logits = jnp.einsum(
+            "qd,nqwd->qnw", q_QxD, k_unit_SxD[keys_NxQxW], preferred_element_type=jnp.float32
+        )
+        real_QxNxW = jnp.moveaxis(real_NxQxW, 0, 1)
+        logits = jnp.where(real_QxNxW, logits, MASK_VALUE).reshape(q_QxD.shape[0], -1)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if dropout_rate > 0.0:
+            keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, probs.shape)
+            probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        values = jnp.moveaxis(v_SxV[keys_NxQxW], 0, 1).reshape(q_QxD.shape[0], -1, v_SxV.shape[-1])
+        out = jnp.einsum(
+            "qe,qev->qv", probs.astype(v_SxV.dtype), values, preferred_element_type=jnp.float32
+        )
+        seen = jnp.any(real_QxNxW.reshape(q_QxD.shape[0], -1), axis=-1, keepdims=True)
+        return jnp.where(seen, out, 0.0).astype(v_SxV.dtype)
+
+    n_queries = q_TxD.shape[0]
+    if n_queries <= block_len:
+        return block(q_TxD, q_buckets_NxT, dropout_rng)
+    n_blocks = -(-n_queries // block_len)
+    padded = n_blocks * block_len
+    q_blocks = _pad_length(q_TxD, padded).reshape(n_blocks, block_len, -1)
+    b_blocks = _pad_length(q_buckets_NxT, padded, axis=1).reshape(-1, n_blocks, block_len)
+    rngs = (
+        jax.random.split(dropout_rng, n_blocks)
+        if dropout_rng is not None
+        else jnp.zeros((n_blocks,), jnp.int32)
+    )
+
+    def one(args):
+        q, b, r = args
+        return block(q, b, r if dropout_rng is not None else None)
+
+    out = jax.lax.map(jax.checkpoint(one), (q_blocks, jnp.moveaxis(b_blocks, 1, 0), rngs))
+    return out.reshape(padded, -1)[:n_queries]
+
+
 def lsh_cross_attention(
     q_TxD: jax.Array,
     k_SxD: jax.Array,
@@ -389,42 +462,44 @@ def lsh_cross_attention(
     bucket_factors: tuple[int, ...] | None = None,
     n_buckets: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """LSH cross-attention: T decoder queries over S encoder keys hashed into one shared-QK
-    space; returns `(out [T, V], buckets [N, T + S])`.
+    """LSH cross-attention: T decoder queries over S encoder keys hashed in one shared-QK
+    space (the same rotations); returns `(out [T, V], buckets [N, T + S])` (the queries'
+    then the keys'; given as `buckets`, they are used instead of hashing, as the reversible
+    backward pass does).
 
-    Queries and keys are laid end to end as one sequence of T + S items, hashed with the same
-    rotations, sorted by bucket per round and cut into chunks, as in `lsh_attention` (each
-    chunk sees itself and one chunk on either side); a query attends to the keys among
-    them, with the shared-QK logits `q . k / ||k||`. Queries are never keys (masked without
-    leaving their place in the sort), padded keys (`mask` `[S]` False) sort last and are
-    masked. A query whose chunks hold no real key in some round gets nothing from that
-    round (its entries are masked, the rounds share one softmax); in no round: a zero
-    output (the masked entries' values are zeros).
+    Per round the keys are sorted by bucket (`sort_keys`) and each query attends to the
+    `2 * chunk_len` keys around where its bucket falls in that order (`cross_windows`), with
+    the shared-QK logits `q . k / ||k||`. `mask` is `[S]`, True = a real source token.
+    Memory and work grow as `(T + S) * chunk_len` per round; decoding computes the same
+    function one query at a time (`caches.cross_attention_step`).
     """
+    _check_dropout(dropout_rate, dropout_rng)
     n_queries = q_TxD.shape[0]
-    items = jnp.concatenate([q_TxD, k_SxD.astype(q_TxD.dtype)], axis=0)
-    real_S = jnp.ones(k_SxD.shape[:1], bool) if mask is None else jnp.asarray(mask, bool)
-    values = jnp.concatenate(
-        [
-            jnp.zeros((n_queries,) + v_SxV.shape[1:], v_SxV.dtype),
-            jnp.where(real_S[:, None], v_SxV, 0),
-        ],
-        axis=0,
-    ).astype(v_SxV.dtype)
-    out, buckets_NxI = lsh_attention(
-        items,
-        values,
-        rotations_DxNxR,
+    n_buckets = n_buckets or n_buckets_bound(rotations_DxNxR, bucket_factors)
+    if buckets is None:
+        if rotations_DxNxR is None:
+            raise ValueError("lsh_cross_attention needs rotations_DxNxR or buckets")
+        buckets_NxI = jnp.concatenate(
+            [
+                hash_vectors(q_TxD, rotations_DxNxR, bucket_factors),
+                hash_vectors(k_SxD, rotations_DxNxR, bucket_factors),
+            ],
+            axis=1,
+        )
+    else:
+        buckets_NxI = lax.stop_gradient(buckets).astype(jnp.int32)
+    order_NxS, sorted_NxS = sort_keys(buckets_NxI[:, n_queries:], mask, n_buckets)
+    v_SxV = v_SxV if mask is None else jnp.where(mask[:, None], v_SxV, 0).astype(v_SxV.dtype)
+    out = cross_windows(
+        q_TxD,
+        buckets_NxI[:, :n_queries],
+        unit_keys(k_SxD),
+        v_SxV,
+        order_NxS,
+        sorted_NxS,
         chunk_len=chunk_len,
-        n_chunks_before=1,
-        n_chunks_after=1,
-        causal=False,
-        mask=None if mask is None else jnp.concatenate([jnp.ones((n_queries,), bool), real_S]),
-        key_mask=jnp.arange(items.shape[0]) >= n_queries,
+        n_buckets=n_buckets,
         dropout_rate=dropout_rate,
         dropout_rng=dropout_rng,
-        buckets=buckets,
-        bucket_factors=bucket_factors,
-        n_buckets=n_buckets,
     )
-    return out[:n_queries], buckets_NxI
+    return out, buckets_NxI
