@@ -154,6 +154,9 @@ def default_config() -> ml_collections.ConfigDict:
     e.split = "validation"  # Split evaluated on byte data: one of SPLITS.
     e.stride = 0  # Byte data: sliding windows advancing this many bytes; 0 = seq_len.
     e.cached = False  # Score through the decoding caches (reformer/decode.py) as sampling runs.
+    # Encoder-decoders (reformer.evaluate): also decode every source greedily through the
+    # caches, free-running, and report the share of targets reproduced exactly.
+    e.free_running = False  # Report exact_match of greedy decoding (model.kind encoder_decoder).
     return c
 
 
@@ -348,6 +351,12 @@ def _check_choices(r: Report) -> None:
     ):
         v = r.value(field)
         r.check(v in allowed, field, f"must be one of {allowed}, got {v!r}")
+    if r.config.eval.free_running and r.fine("model.kind"):
+        r.check(
+            r.config.model.kind == "encoder_decoder",
+            "eval.free_running",
+            f"decodes sources: needs model.kind = 'encoder_decoder', got {r.config.model.kind!r}",
+        )
     if r.config.eval.cached and r.fine("model.causal", "model.kind"):
         r.check(
             r.config.model.kind in ("lm", "encoder_decoder") and r.config.model.causal,

@@ -410,7 +410,8 @@ def _beam_loop(cfg, params, logits_BKxV, caches, start, *, length, beam_size, al
         frozen = jnp.where(jnp.arange(vocab) == 0, 0.0, -jnp.inf)
         logp_BxKxV = jnp.where(s["done"][..., None], frozen, logp_BxKxV)
         total = s["logp"][..., None] + logp_BxKxV
-        lengths = s["lengths"][..., None] + (~s["done"][..., None]).astype(jnp.int32)
+        grown = s["lengths"] + (~s["done"]).astype(jnp.int32)
+        lengths = jnp.broadcast_to(grown[..., None], total.shape)
         ranked = score(total, lengths).reshape(batch, -1)
         _, best = jax.lax.top_k(ranked, beam_size)  # [B, K] over (beam, token)
         parent, token = best // vocab, (best % vocab).astype(jnp.int32)
@@ -435,8 +436,9 @@ def _beam_loop(cfg, params, logits_BKxV, caches, start, *, length, beam_size, al
     def body(carry):
         i, s = carry
         s = {**s, **expand(s, i)}
+        # Token i sits at position start + i; the next step's logits are position i + 1's.
         logits, s["caches"] = forward(
-            cfg, params, s["tokens"][:, :, i].reshape(-1, 1), start + i, s["caches"]
+            cfg, params, s["tokens"][:, :, i].reshape(-1, 1), start + i + 1, s["caches"]
         )
         s["logits"] = logits[:, 0]
         return i + 1, s

@@ -22,9 +22,11 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, logging
+from jax.experimental import multihost_utils
 
-from reformer import checkpoints, data, sharding, trainer
+from reformer import checkpoints, data, decode, sharding, trainer
 from reformer.config import ConfigError, validate
 from reformer.metrics import log
 from reformer.optim import make_optimizer
@@ -76,6 +78,8 @@ def evaluate_params(
     result = trainer.evaluate(eval_fn, params, mesh, batches)
     if config.data.name in data.BYTE_DATASETS:
         result["bits_per_byte"] = result["bits_per_token"]
+    if config.eval.free_running:
+        result.update(free_running(config, params, batches))
     record = {
         "step": step,
         "split": config.eval.split,
@@ -88,6 +92,34 @@ def evaluate_params(
         "device": sharding.device_name(),
     }
     return record
+
+
+def free_running(config: ml_collections.ConfigDict, params, batches: list[dict]) -> dict:
+    """Greedy decoding of every source of `batches` through the caches (an encoder-decoder's
+    own outputs fed back, with `eval.n_hashes`), up to `data.seq_len` tokens or the end id:
+    `exact_match`, the share of targets reproduced exactly (every weighted token), and
+    `sequences`. All processes' rows are counted."""
+    d = config.data
+    cfg = decode.with_training_length(trainer.make_model(config).cfg, d.seq_len, d.source_len)
+    params = jax.device_get(params)
+    counts = np.zeros(2, np.int64)  # exact, sequences
+    for batch in batches:
+        source, target, weights = batch["inputs"], batch["tokens"], batch["weights"]
+        tokens = decode.generate(
+            cfg,
+            params,
+            np.zeros((len(source), 0), np.int32),
+            d.seq_len,
+            jax.random.key(0),
+            decode.Sampling(temperature=0.0),
+            n_hashes=config.eval.n_hashes or cfg.n_hashes,
+            source_BxS=source,
+        )
+        same = (np.asarray(tokens) == target) | (weights == 0)
+        counts += [int(np.all(same, axis=1).sum()), len(source)]
+    if jax.process_count() > 1:
+        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+    return {"exact_match": float(counts[0] / max(counts[1], 1)), "sequences": int(counts[1])}
 
 
 def main(argv: list[str]) -> None:
@@ -104,11 +136,16 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     hashes = f", {r['n_hashes']} hashes" if "n_hashes" in r else ""
     unit = "byte" if "bits_per_byte" in r else "token"
+    exact = (
+        f", exact match {r['exact_match']:.4f} of {r['sequences']} (greedy, free-running)"
+        if "exact_match" in r
+        else ""
+    )
     log(
         f"{r['split']} at step {r['step']}: {r['bits_per_token']:.4f} bits/{unit}, "
         f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f} over {r['tokens']:,} tokens "
         f"({'/'.join(r['attention_types'])} attention{hashes}"
-        f"{', through the decoding caches' if r.get('cached') else ''})"
+        f"{', through the decoding caches' if r.get('cached') else ''}){exact}"
     )
 
 

@@ -2,11 +2,16 @@
 
     python -m reformer.sample --config configs/X.py --workdir W --prompt "The " \\
         [--length 200 --temperature 0.8 --top_k 0 --top_p 1.0 --seed 0 --num_samples 1]
+    python -m reformer.sample --config configs/reverse.py --workdir W --source_ids 5,6,7 \\
+        [--beam_size 4 --alpha 0.6]
 
 Byte-level models (`data.name` enwik8 or text) take the prompt as text (its UTF-8 bytes)
-and print text; other models take `--prompt_ids 0,5,7` and print token ids. Only the
-parameters of the checkpoint are read. Decoding is cached (`reformer/decode.py`); LSH layers
-decode with `eval.n_hashes` hash rounds (or `--n_hashes`).
+and print text; other models take `--prompt_ids 0,5,7` and print token ids. An
+encoder-decoder decodes the target of `--source_ids` (the prompt, if any, starts the
+target). `--beam_size N` decodes with beam search (the authors' length penalty,
+`--alpha`) instead of sampling. Only the parameters of the checkpoint are read. Decoding is
+cached (`reformer/decode.py`); LSH layers decode with `eval.n_hashes` hash rounds (or
+`--n_hashes`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ _TOP_P = flags.DEFINE_float(
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the samples and the LSH rotations.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "How many samples (one batch).")
+_SOURCE_IDS = flags.DEFINE_string(
+    "source_ids", None, "Encoder-decoders: the source's token ids, comma-separated."
+)
+_BEAM_SIZE = flags.DEFINE_integer(
+    "beam_size", 0, "Beam search with this many beams (1 = greedy); 0 = sample."
+)
+_ALPHA = flags.DEFINE_float(
+    "alpha", decode.LENGTH_PENALTY, "Beam search's length penalty: score / ((5 + len) / 6)^alpha."
+)
 _N_HASHES = flags.DEFINE_integer(
     "n_hashes", 0, "LSH hash rounds when decoding; 0 = config.eval.n_hashes, else the model's."
 )
@@ -71,22 +85,24 @@ def prompt_tokens(config, prompt: str | None, prompt_ids: str | None) -> np.ndar
                 "token ids with --prompt_ids, e.g. --prompt_ids=0,5,7"
             )
         return text.bytes_to_ids(prompt.encode("utf-8"))
-    if prompt_ids is None or not prompt_ids.strip():
+    return parse_ids("--prompt_ids", prompt_ids, config.model.vocab_size)
+
+
+def parse_ids(flag: str, value: str | None, vocab: int) -> np.ndarray:
+    """Comma-separated token ids as int32 `[N]` (empty for None or ""), each checked
+    against the vocabulary."""
+    if value is None or not value.strip():
         return np.zeros((0,), np.int32)
     try:
-        ids = [int(s) for s in prompt_ids.split(",")]
+        ids = [int(s) for s in value.split(",")]
     except ValueError:
-        raise ConfigError(
-            f"--prompt_ids: expected comma-separated integers, got {prompt_ids!r}"
-        ) from None
-    vocab = config.model.vocab_size
+        raise ConfigError(f"{flag}: expected comma-separated integers, got {value!r}") from None
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:
         raise ConfigError(
-            f"--prompt_ids: ids must be in 0..{vocab - 1} (model.vocab_size={vocab}), got {bad[0]}"
+            f"{flag}: ids must be in 0..{vocab - 1} (model.vocab_size={vocab}), got {bad[0]}"
         )
-    ids = np.array(ids, np.int32)
-    return ids
+    return np.array(ids, np.int32)
 
 
 def sampling_settings() -> decode.Sampling:
@@ -96,23 +112,74 @@ def sampling_settings() -> decode.Sampling:
         raise ConfigError(re.sub(r"\b(temperature|top_k|top_p)\b", r"--\1", str(e))) from None
 
 
-def sample(config, workdir: str) -> list[np.ndarray]:
-    """Generates the samples the flags ask for; returns them as token id arrays."""
-    cfg = decode.with_training_length(steps.make_model(config).cfg, config.data.seq_len)
-    if cfg.kind != "lm":
+def _model_config(config):
+    """The decoding config of the model, with the flags that depend on its kind checked."""
+    d = config.data
+    cfg = decode.with_training_length(steps.make_model(config).cfg, d.seq_len, d.source_len)
+    if cfg.kind not in ("lm", "encoder_decoder"):
         raise ConfigError(
-            f"config.model.kind: sampling needs a language model ('lm'), got {cfg.kind!r}"
+            "config.model.kind: sampling needs a language model ('lm') or an encoder-decoder, "
+            f"got {cfg.kind!r}"
         )
     if not cfg.causal:
         raise ConfigError("config.model.causal: decoding needs a causal model (True)")
-    if _NUM_SAMPLES.value < 1:
-        raise ConfigError(f"--num_samples must be >= 1, got {_NUM_SAMPLES.value}")
-    if _N_HASHES.value < 0:
+    if (cfg.kind == "encoder_decoder") != (_SOURCE_IDS.value is not None):
         raise ConfigError(
-            f"--n_hashes must be >= 0 (0 = config.eval.n_hashes), got {_N_HASHES.value}"
+            "--source_ids: an encoder-decoder decodes from a source (give its ids); "
+            "other models take none"
         )
+    for flag, value, least in (
+        ("--num_samples", _NUM_SAMPLES.value, 1),
+        ("--n_hashes", _N_HASHES.value, 0),
+        ("--beam_size", _BEAM_SIZE.value, 0),
+    ):
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    return cfg
+
+
+def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token):
+    """The tokens `[B, length]` the flags ask for: beam search or sampling."""
+    rng = jax.random.key(_SEED.value)
+    if _BEAM_SIZE.value:
+        tokens, _ = decode.beam_search(
+            cfg,
+            params,
+            prompt_BxN,
+            _LENGTH.value,
+            rng,
+            beam_size=_BEAM_SIZE.value,
+            alpha=_ALPHA.value,
+            end_token=end_token,
+            n_hashes=n_hashes,
+            source_BxS=source_BxS,
+        )
+        return tokens, f"beam search, {_BEAM_SIZE.value} beams, alpha {_ALPHA.value}"
     sampling = sampling_settings()
+    tokens = decode.generate(
+        cfg,
+        params,
+        prompt_BxN,
+        _LENGTH.value,
+        rng,
+        sampling,
+        end_token=end_token,
+        n_hashes=n_hashes,
+        source_BxS=source_BxS,
+    )
+    return tokens, (
+        f"temperature {sampling.temperature}, top_k {sampling.top_k}, top_p {sampling.top_p}, "
+        f"seed {_SEED.value}"
+    )
+
+
+def sample(config, workdir: str) -> list[np.ndarray]:
+    """Generates the samples the flags ask for; returns them as token id arrays."""
+    cfg = _model_config(config)
     prompt = prompt_tokens(config, _PROMPT.value, _PROMPT_IDS.value)
+    source = parse_ids("--source_ids", _SOURCE_IDS.value, cfg.vocab_size)
+    if cfg.kind == "encoder_decoder" and not source.size:
+        raise ConfigError("--source_ids: give at least one source token id")
     try:
         decode.check_lengths(cfg, len(prompt), _LENGTH.value)
     except ValueError as e:
@@ -120,31 +187,27 @@ def sample(config, workdir: str) -> list[np.ndarray]:
     params, step = load_params(config, workdir)
     n_hashes = _N_HASHES.value or config.eval.n_hashes or cfg.n_hashes
     byte_model = config.data.name in data.BYTE_DATASETS
-    batch = np.broadcast_to(prompt, (_NUM_SAMPLES.value, len(prompt)))
+    ends = byte_model or cfg.kind == "encoder_decoder"
+    rows = _NUM_SAMPLES.value
     start = time.time()
-    tokens = decode.generate(
+    tokens, how = _decode(
         cfg,
         params,
-        jnp.asarray(batch),
-        _LENGTH.value,
-        jax.random.key(_SEED.value),
-        sampling,
-        end_token=decode.END_TOKEN if byte_model else None,
-        n_hashes=n_hashes,
+        jnp.asarray(np.broadcast_to(prompt, (rows, len(prompt)))),
+        jnp.asarray(np.broadcast_to(source, (rows, len(source)))) if source.size else None,
+        n_hashes,
+        decode.END_TOKEN if ends else None,
     )
     tokens = np.asarray(tokens)
-    seconds = time.time() - start
     hashes = f", {n_hashes} hashes" if "lsh" in cfg.attention_types else ""
     log(
         f"step {step} of {workdir}: {len(tokens)} sample(s) of up to {_LENGTH.value} tokens in "
-        f"{seconds:.1f} s (with compilation); temperature {sampling.temperature}, top_k "
-        f"{sampling.top_k}, top_p {sampling.top_p}, seed {_SEED.value}{hashes}"
+        f"{time.time() - start:.1f} s (with compilation); {how}{hashes}"
     )
     samples = []
     for i, row in enumerate(tokens):
-        if byte_model:
-            end = np.flatnonzero(row == decode.END_TOKEN)
-            row = row[: end[0] + 1] if end.size else row
+        end = np.flatnonzero(row == decode.END_TOKEN) if ends else np.zeros(0)
+        row = row[: end[0] + 1] if end.size else row
         samples.append(row)
         print(f"--- sample {i + 1} ---")
         if byte_model:
