@@ -249,9 +249,9 @@ class LayerNormWeights(nn.Module):
 
 
 def layer_norm(params: dict, x: jax.Array, epsilon: float, dtype=jnp.float32) -> jax.Array:
-    """`nn.LayerNorm` over the last axis with explicit parameters: the same function (float32
-    statistics, `E[x^2] - E[x]^2` variance clipped at 0, result in `dtype`) with a
-    hand-written backward pass.
+    """LayerNorm over the last axis with explicit parameters (`nn.LayerNorm`'s parameters and
+    function up to rounding: float32 statistics, the variance as the mean of squared
+    deviations, result in `dtype`) with a hand-written backward pass.
 
     Autodiff of `nn.LayerNorm` builds its reductions as `reduce(a * b)` fusions, which
     XLA:CPU runs many times slower than the equivalent contraction; here the same sums are

@@ -2,8 +2,8 @@
 
 Everything here works on a single head: no batch or head axes (the modules in
 `reformer/attention.py` `vmap` over them). The semantics are those of trax's
-`LSHSelfAttention` and HuggingFace's `ReformerAttention` (see "LSH attention semantics" in
-DESIGN.md):
+`LSHSelfAttention` and HuggingFace's `ReformerAttention` (docs/architecture.md records how
+this code realizes them):
 
 - shared QK: keys are `qk / ||qk||`, logits `q . k_hat` with no further scaling;
 - hashing: `argmax(concat([x R, -x R]))` per round; padding goes to an extra last bucket;

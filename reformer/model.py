@@ -274,14 +274,20 @@ def make_model(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown model kind {cfg.kind!r}")
 
 
-def example_batch(cfg: ModelConfig, batch_size: int, seq_len: int) -> dict[str, jax.Array]:
-    """A batch of zeros with the fields and shapes `batch_sums` reads for `cfg.kind`."""
+def example_batch(
+    cfg: ModelConfig, batch_size: int, seq_len: int, source_len: int = 0
+) -> dict[str, jax.Array]:
+    """A batch of zeros with the fields and shapes `batch_sums` reads for `cfg.kind` (an
+    encoder-decoder's sources of `source_len` tokens, 0 = `seq_len`)."""
     tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
     weights = jnp.zeros((batch_size, seq_len), jnp.float32)
     if cfg.kind == "lm":
         return {"tokens": tokens, "weights": weights}
-    if cfg.kind in ("masked_lm", "encoder_decoder"):
+    if cfg.kind == "masked_lm":
         return {"inputs": tokens, "tokens": tokens, "weights": weights}
+    if cfg.kind == "encoder_decoder":
+        source = jnp.zeros((batch_size, source_len or seq_len), jnp.int32)
+        return {"inputs": source, "tokens": tokens, "weights": weights}
     return {
         "tokens": tokens,
         "labels": jnp.zeros((batch_size,), jnp.int32),

@@ -70,7 +70,7 @@ def model_config(types: tuple[str, ...], max_context: int) -> ModelConfig:
 def cached_runner(cfg: ModelConfig, params, context: int):
     """A function that runs the timed part of a cached decode at `context`."""
     prompt = jax.random.randint(jax.random.key(1), (1, context - GENERATED), 2, 258)
-    logits, caches, rotations = decode.prefill(
+    logits, caches = decode.prefill(
         cfg, params, prompt, jax.random.key(2), total=context, n_hashes=cfg.n_hashes
     )
     start = jnp.int32(context - GENERATED)
@@ -81,7 +81,6 @@ def cached_runner(cfg: ModelConfig, params, context: int):
             params,
             logits,
             caches,
-            rotations,
             start,
             jax.random.key(3),
             length=GENERATED,

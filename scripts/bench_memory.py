@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from reformer import trainer
 from reformer.config import default_config, load_config_file
+from reformer.model import example_batch
 from reformer.optim import make_optimizer, make_schedule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,8 +58,9 @@ def step_memory(config) -> dict:
     tx = make_optimizer(config.optimizer)
     seq_len, batch = config.data.seq_len, config.train.batch_size
     state = jax.eval_shape(trainer.make_init_state(config, model, tx), jax.random.key(0))
-    tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
-    batch_spec = {"tokens": tokens, "weights": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}
+    batch_spec = jax.eval_shape(
+        lambda: example_batch(model.cfg, batch, seq_len, config.data.source_len)
+    )
     step = functools.partial(
         trainer.train_step, model=model, tx=tx, schedule=make_schedule(config.optimizer)
     )

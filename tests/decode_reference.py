@@ -7,12 +7,15 @@
 - lsh: to the positions j <= t that share its bucket in at least one hash round (each key
   once), with unit-length shared keys and itself at -1e5.
 
-It shares no code with `reformer/decode.py`; the LSH rotations are its input.
+It shares no code with the decoding path (only the layer-naming rule); the LSH rotations
+are its input.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from reformer.blocks import layer_name
 
 SELF_MASK = -1e5
 
@@ -107,7 +110,7 @@ def reference_logits(cfg, params, tokens_BxL, rotations_per_layer) -> np.ndarray
         x1 = x2 = params["embed"]["embedding"][row] + pos_LxD
         for i in range(cfg.n_layers):
             kind = cfg.attention_types[i % pattern]
-            layer = params["layers"][f"{i % pattern}_{kind}"]
+            layer = params["layers"][layer_name(i % pattern, kind)]
             at = {k: v for k, v in _leaf_map(layer, lambda a, r=i // pattern: a[r]).items()}
             h = layer_norm(x2, at["attention"]["norm"])
             rot = None if rotations_per_layer[i] is None else np.asarray(rotations_per_layer[i])
