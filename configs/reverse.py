@@ -39,7 +39,7 @@ def get_config(variant: str = "lsh"):
     c.data.name = "reverse"
     c.data.source_len = 128
     c.data.seq_len = 144
-    c.train.num_steps = 2000
+    c.train.num_steps = 3000
     c.train.batch_size = 16
     c.train.log_every = 50
     c.train.eval_every = 500
@@ -48,5 +48,5 @@ def get_config(variant: str = "lsh"):
     c.optimizer.warmup_steps = 100
     c.eval.num_batches = 4
     c.eval.batch_size = 32
-    c.eval.n_hashes = 4
+    c.eval.n_hashes = 8  # Evaluated (and decoded) with more hashes than trained with.
     return c

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,8 +72,9 @@ class ModelConfig:
     encoder_attention_types: tuple[str, ...] = ()
     n_encoder_layers: int = 0
     share_embeddings: bool = True
-    # Decoding only: the LSH cross-attention buckets when `n_buckets` is automatic, as
-    # training used them (`decode.with_training_length`); 0 = not resolved.
+    # Decoding only: with automatic `n_buckets`, the LSH self- and cross-attention buckets
+    # training used (`decode.with_training_length`); 0 = not resolved.
+    decode_n_buckets: int = 0
     cross_n_buckets: int = 0
 
     @classmethod
@@ -221,6 +223,19 @@ def _dropout_key(module: nn.Module, rate: float, deterministic: bool):
     return rate, module.make_rng("dropout")
 
 
+def _norm_and_dropout(module: nn.Module, deterministic: bool):
+    """A half's LayerNorm (its `norm` parameters, as a function) and the dropout of its
+    output (`finish(chunk_index, y)`), whose result joins the float32 residual stream."""
+    cfg = module.cfg
+    norm = LayerNormWeights(name="norm")(cfg.d_model)
+    rate, key = _dropout_key(module, cfg.dropout, deterministic)
+
+    def finish(index, y):
+        return dropout(y, rate, key, index).astype(jnp.float32)
+
+    return (lambda x: layer_norm(norm, x, cfg.layer_norm_eps)), finish
+
+
 class AttentionHalf(nn.Module):
     """F of a layer: LayerNorm -> attention -> dropout. Returns (out, buckets or None).
 
@@ -246,20 +261,14 @@ class AttentionHalf(nn.Module):
         start=None,
     ):
         """With a decoding `cache`, positions `start + [0, L)` over it: `(out, cache)`."""
-        cfg = self.cfg
-        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
-        rate, key = _dropout_key(self, cfg.dropout, deterministic)
-
-        def finish(index, y):  # The branch's result joins the float32 residual stream.
-            return dropout(y, rate, key, index).astype(x_BxLxD.dtype)
-
-        return make_attention(cfg, self.kind, "attention")(
+        normalize, finish = _norm_and_dropout(self, deterministic)
+        return make_attention(self.cfg, self.kind, "attention")(
             x_BxLxD,
             mask_BxL,
             deterministic=deterministic,
             n_hashes=n_hashes,
             buckets=buckets,
-            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
+            normalize=normalize,
             finish=finish,
             **({} if cache is None else {"cache": cache, "start": start}),
         )
@@ -286,12 +295,7 @@ class CrossAttentionHalf(nn.Module):
         """With a decoding `cache`: `(out, cache)`, the cache filled from `memory_BxSxM`
         first when it is given (`x_BxTxD` may then be None)."""
         cfg = self.cfg
-        norm = LayerNormWeights(name="norm")(cfg.d_model)
-        rate, key = _dropout_key(self, cfg.dropout, deterministic)
-
-        def finish(index, y):
-            return dropout(y, rate, key, index).astype(jnp.float32)
-
+        normalize, finish = _norm_and_dropout(self, deterministic)
         module = attention.CrossAttention(
             n_heads=cfg.n_heads,
             d_head=cfg.d_head,
@@ -312,7 +316,7 @@ class CrossAttentionHalf(nn.Module):
             deterministic=deterministic,
             n_hashes=n_hashes,
             buckets=buckets,
-            normalize=lambda x: layer_norm(norm, x, cfg.layer_norm_eps),
+            normalize=normalize,
             finish=finish,
             cache=cache,
         )
@@ -327,14 +331,11 @@ class FeedForwardHalf(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, *, deterministic: bool):
         cfg = self.cfg
-        norm = LayerNormWeights(name="norm")(x_BxLxD.shape[-1])
-        ff = FeedForwardWeights(cfg.d_ff, name="ff")(x_BxLxD.shape[-1])
-        rate, key = _dropout_key(self, cfg.dropout, deterministic)
+        normalize, finish = _norm_and_dropout(self, deterministic)
+        ff = FeedForwardWeights(cfg.d_ff, name="ff")(cfg.d_model)
 
         def chunk(index, x):
-            h = layer_norm(norm, x, cfg.layer_norm_eps)
-            h = feed_forward(ff, h, cfg.jnp_dtype, cfg.ff_activation)
-            return dropout(h, rate, key, index).astype(x.dtype)
+            return finish(index, feed_forward(ff, normalize(x), cfg.jnp_dtype, cfg.ff_activation))
 
         return sequence_map(chunk, (x_BxLxD,), cfg.position_chunk_size)
 
@@ -406,6 +407,98 @@ def _stack_rngs(module: nn.Module, deterministic: bool, uses_lsh: bool) -> dict:
     return rngs
 
 
+class _LayerDefs(NamedTuple):
+    """The halves of a layer as unbound modules, applied as pure functions."""
+
+    attention: list  # one AttentionHalf per pattern position
+    cross: CrossAttentionHalf
+    feed_forward: FeedForwardHalf
+
+
+def _layer_defs(cfg: ModelConfig) -> _LayerDefs:
+    return _LayerDefs(
+        [AttentionHalf(cfg, kind, parent=None) for kind in cfg.attention_types],
+        CrossAttentionHalf(cfg, parent=None),
+        FeedForwardHalf(cfg, parent=None),
+    )
+
+
+def _layers_init(cfg, defs: _LayerDefs, x_BxLxD, mask_BxL, memory, memory_mask_BxS):
+    """`rng -> layers`: every pattern position's halves initialized, stacked over the
+    repeats."""
+    n_repeats = cfg.n_layers // len(cfg.attention_types)
+
+    def init_layer(rng, j):
+        r_attention, r_hash, r_ff = jax.random.split(rng, 3)
+        params = {
+            "attention": defs.attention[j].init(
+                {"params": r_attention, "hash": r_hash}, x_BxLxD, mask_BxL, deterministic=True
+            )["params"],
+            "feed_forward": defs.feed_forward.init(r_ff, x_BxLxD, deterministic=True)["params"],
+        }
+        if memory is not None:
+            params["cross_attention"] = defs.cross.init(
+                {"params": jax.random.fold_in(rng, 3), "hash": r_hash},
+                x_BxLxD,
+                memory,
+                memory_mask_BxS,
+                deterministic=True,
+            )["params"]
+        return params
+
+    def init_layers(rng):
+        keys = jax.random.split(rng, (len(cfg.attention_types), n_repeats))
+        return {
+            name: jax.vmap(lambda k, j=j: init_layer(k, j))(keys[j])
+            for j, name in enumerate(layer_names(cfg))
+        }
+
+    return init_layers
+
+
+def _half_fns(defs: _LayerDefs, halves, deterministic: bool, n_hashes: int | None) -> list:
+    """Per pattern position, its halves as `reversible.HalfFn`s (context: the self-attention
+    mask and the memory's mask)."""
+
+    def attention_fn(j):
+        def f(p, x, r, buckets, context, memory):
+            del memory
+            return defs.attention[j].apply(
+                {"params": p},
+                x,
+                context[0],
+                deterministic=deterministic,
+                n_hashes=n_hashes,
+                buckets=buckets,
+                rngs=r,
+            )
+
+        return f
+
+    def cross_fn(p, x, r, buckets, context, memory):
+        return defs.cross.apply(
+            {"params": p},
+            x,
+            memory,
+            context[1],
+            deterministic=deterministic,
+            n_hashes=n_hashes,
+            buckets=buckets,
+            rngs=r,
+        )
+
+    def feed_forward_fn(p, x, r, aux, context, memory):
+        del aux, context, memory
+        out = defs.feed_forward.apply({"params": p}, x, deterministic=deterministic, rngs=r)
+        return out, None
+
+    fns = {"cross_attention": cross_fn, "feed_forward": feed_forward_fn}
+    return [
+        tuple(attention_fn(j) if h == "attention" else fns[h] for h in halves)
+        for j in range(len(defs.attention))
+    ]
+
+
 def layer_stack(
     module: nn.Module,
     cfg: ModelConfig,
@@ -422,79 +515,14 @@ def layer_stack(
     axis over the `n_layers / len(pattern)` repeats; a decoder (given the encoder output
     `memory`) has the cross-attention half. The halves run as pure functions of explicit
     parameters (`reformer/reversible.py`)."""
-    pattern = cfg.attention_types
-    n_repeats = cfg.n_layers // len(pattern)
-    attention_defs = [AttentionHalf(cfg, kind, parent=None) for kind in pattern]
-    cross_def = CrossAttentionHalf(cfg, parent=None)
-    feed_forward_def = FeedForwardHalf(cfg, parent=None)
-    names = layer_names(cfg)
+    defs = _layer_defs(cfg)
     halves = ("attention", "feed_forward") if memory is None else HALVES
-
-    def init_layer(rng, j):
-        r_attention, r_hash, r_ff, r_cross = jax.random.split(rng, 4)
-        params = {
-            "attention": attention_defs[j].init(
-                {"params": r_attention, "hash": r_hash}, x_BxLxD, mask_BxL, deterministic=True
-            )["params"],
-            "feed_forward": feed_forward_def.init(r_ff, x_BxLxD, deterministic=True)["params"],
-        }
-        if memory is not None:
-            params["cross_attention"] = cross_def.init(
-                {"params": r_cross, "hash": r_hash},
-                x_BxLxD,
-                memory,
-                memory_mask_BxS,
-                deterministic=True,
-            )["params"]
-        return params
-
-    def init_layers(rng):
-        keys = jax.random.split(rng, (len(pattern), n_repeats))
-        return {
-            name: jax.vmap(lambda k, j=j: init_layer(k, j))(keys[j]) for j, name in enumerate(names)
-        }
-
-    layers = module.param("layers", init_layers)
-    params = tuple(tuple(layers[n][h] for h in halves) for n in names)
-    uses_lsh = "lsh" in pattern or (memory is not None and cfg.cross_attention == "lsh")
+    init = _layers_init(cfg, defs, x_BxLxD, mask_BxL, memory, memory_mask_BxS)
+    layers = module.param("layers", init)
+    params = tuple(tuple(layers[n][h] for h in halves) for n in layer_names(cfg))
+    uses_lsh = "lsh" in cfg.attention_types or (memory is not None and cfg.cross_attention == "lsh")
     rngs = _stack_rngs(module, deterministic, uses_lsh)
-
-    def attention_fn(j):
-        def f(p, x, r, buckets, context, memory):
-            del memory
-            return attention_defs[j].apply(
-                {"params": p},
-                x,
-                context[0],
-                deterministic=deterministic,
-                n_hashes=n_hashes,
-                buckets=buckets,
-                rngs=r,
-            )
-
-        return f
-
-    def cross_fn(p, x, r, buckets, context, memory):
-        return cross_def.apply(
-            {"params": p},
-            x,
-            memory,
-            context[1],
-            deterministic=deterministic,
-            n_hashes=n_hashes,
-            buckets=buckets,
-            rngs=r,
-        )
-
-    def feed_forward_fn(p, x, r, aux, context, memory):
-        del aux, context, memory
-        return feed_forward_def.apply({"params": p}, x, deterministic=deterministic, rngs=r), None
-
-    fns = {"attention": None, "cross_attention": cross_fn, "feed_forward": feed_forward_fn}
-    half_fns = [
-        tuple(attention_fn(j) if h == "attention" else fns[h] for h in halves)
-        for j in range(len(pattern))
-    ]
+    half_fns = _half_fns(defs, halves, deterministic, n_hashes)
     context = (mask_BxL, memory_mask_BxS)
     if cfg.residual == "reversible":
         return reversible.reversible_stack(

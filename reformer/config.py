@@ -388,7 +388,13 @@ def _check_layers(r: Report) -> None:
             f"{types} repeats over the layers), got {m.n_layers}",
         )
     eval_types = tuple(r.config.eval.attention_types)
-    if eval_types:
+    if eval_types and m.kind == "encoder_decoder":
+        r.add(
+            "eval.attention_types",
+            "retyping layers at evaluation is for one stack of layers (model.kind 'lm', "
+            "'masked_lm', 'classifier'); leave it () for an encoder-decoder",
+        )
+    elif eval_types:
         bad = [a for a in eval_types if a not in ATTENTION_TYPES]
         r.check(
             len(eval_types) == len(types) and not bad,

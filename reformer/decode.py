@@ -74,11 +74,13 @@ def max_positions(cfg: ModelConfig) -> int | None:
 
 
 def lsh_n_buckets(cfg: ModelConfig) -> int:
-    """Buckets per round of LSH self-attention when decoding: `model.n_buckets`, else
-    trax's automatic count at `model.max_len`. Callers that know the training length resolve
-    the automatic count at it first (`with_training_length`), as `reformer.sample` and
-    cached evaluation do."""
-    return cfg.lsh_n_buckets or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
+    """Buckets per round of LSH self-attention when decoding: `model.n_buckets`, the count
+    `with_training_length` resolved, else trax's automatic count at `model.max_len`."""
+    return (
+        cfg.lsh_n_buckets
+        or cfg.decode_n_buckets
+        or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
+    )
 
 
 def cross_n_buckets(cfg: ModelConfig) -> int:
@@ -92,17 +94,20 @@ def cross_n_buckets(cfg: ModelConfig) -> int:
 
 
 def with_training_length(cfg: ModelConfig, seq_len: int, source_len: int = 0) -> ModelConfig:
-    """`cfg` with automatic bucket counts (`n_buckets = 0`) fixed to those training used at
-    sequences of `seq_len` tokens (and sources of `source_len`: LSH cross-attention hashes
-    `seq_len + source_len` items), so decoding hashes into as many buckets as training."""
+    """`cfg` with the bucket counts decoding uses fixed to those training used with
+    automatic `n_buckets` at sequences of `seq_len` tokens (and sources of `source_len`:
+    LSH cross-attention hashes `seq_len + source_len` items), so decoding hashes into as many
+    buckets as training. Training's own fields (and so an encoder's buckets) are unchanged."""
     if cfg.lsh_n_buckets:
         return cfg
+    if "lsh" in cfg.attention_types:
+        cfg = dataclasses.replace(
+            cfg, decode_n_buckets=lsh.default_n_buckets(seq_len, cfg.lsh_chunk_len)
+        )
     if cfg.kind == "encoder_decoder" and cfg.cross_attention == "lsh":
         total = lsh.default_n_buckets(seq_len + source_len, cfg.lsh_chunk_len)
         cfg = dataclasses.replace(cfg, cross_n_buckets=total)
-    if "lsh" not in cfg.attention_types:
-        return cfg
-    return dataclasses.replace(cfg, n_buckets=lsh.default_n_buckets(seq_len, cfg.lsh_chunk_len))
+    return cfg
 
 
 def all_rotations(cfg: ModelConfig, hash_key: jax.Array, n_hashes: int) -> list:

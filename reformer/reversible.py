@@ -173,6 +173,70 @@ def plain_stack(
     return jax.lax.scan(repeat, (x1, x2), jnp.arange(_n_repeats(params)))[0]
 
 
+def _backward(half_fns, spacing, residuals, cotangents):
+    """The reversible stack's backward pass: a reverse scan over the layers that undoes each
+    half from the layer's outputs (`(A, B) -> (B, A + H(B))` inverted as `A = B' - H(A')`),
+    recomputes it under `jax.vjp` with the forward pass's aux (buckets) and keys, and
+    returns the gradients of the parameters, both input streams and the memory."""
+    params, y1, y2, rngs, context, memory, auxes = residuals
+    n_pattern, n_halves = len(half_fns), len(half_fns[0])
+
+    # Each half's parameter gradients leave the scan as one flat row (padded to the
+    # largest of its position in the layer), so XLA stacks them in place instead of
+    # copying an accumulator.
+    ravels = [
+        [ravel_pytree(half) for half in _at(params[j], 0)] for j in range(n_pattern)
+    ]  # [j][h] -> (flat, unravel)
+    widths = [max(ravels[j][h][0].size for j in range(n_pattern)) for h in range(n_halves)]
+
+    def row(grads, h):
+        flat = ravel_pytree(grads)[0]
+        return jnp.pad(flat, (0, widths[h] - flat.size))
+
+    # One `lax.switch` over the pattern position per half, the streams updated outside:
+    # a branch's outputs get fresh buffers, so a switch over the whole layer would hold
+    # the old streams and the new ones at once.
+    def half_part(j, h, x, d_out, i):  # H(x), its vjp, with the forward pass's aux.
+        p = _at(params[j][h], i // n_pattern)
+        r = layer_rngs(rngs, i, n_halves)[h]
+        aux_in = jax.tree.map(lambda a: a[i], auxes[j][h])
+        out, vjp, _ = jax.vjp(
+            lambda p, x, m: half_fns[j][h](p, x, r, aux_in, context, m),
+            p,
+            x,
+            memory,
+            has_aux=True,
+        )
+        dp, dx, dm = vjp(d_out)
+        return out, dx, dm, row(dp, h)
+
+    def step(carry, i):
+        a, b, da, db, dmem = carry  # a layer's outputs and their cotangents
+        rows = [None] * n_halves
+        for h in reversed(range(n_halves)):  # undo (A, B) -> (B, A + H(B))
+            branches = [functools.partial(half_part, j, h) for j in range(n_pattern)]
+            out, dx, dm, rows[h] = jax.lax.switch(i % n_pattern, branches, a, db, i)
+            a, b = b - on_grid(out, spacing), a
+            da, db = db, da + dx
+            dmem = None if dmem is None else dmem + dm
+        return (a, b, da, db, dmem), tuple(rows)
+
+    n_repeats = _n_repeats(params)
+    dmem0 = None if memory is None else jax.tree.map(jnp.zeros_like, memory)
+    (_, _, dx1, dx2, dmem), rows = jax.lax.scan(
+        step, (y1, y2, *cotangents, dmem0), jnp.arange(n_repeats * n_pattern), reverse=True
+    )
+    rows = [r.reshape(n_repeats, n_pattern, -1) for r in rows]
+    dparams = [
+        type(params[j])(
+            jax.vmap(ravels[j][h][1])(rows[h][:, j, : ravels[j][h][0].size])
+            for h in range(n_halves)
+        )
+        for j in range(n_pattern)
+    ]
+    return type(params)(dparams), dx1, dx2, None, None, dmem
+
+
 def reversible_stack(
     half_fns: Sequence[Sequence[HalfFn]],
     params: Sequence,
@@ -205,7 +269,6 @@ def reversible_stack(
       spacing: keep the streams on this fixed-point grid (`on_grid`; None: plain float32).
     """
     half_fns = tuple(tuple(fns) for fns in half_fns)
-    n_pattern = len(half_fns)
     n_halves = len(half_fns[0])
     if any(len(fns) != n_halves for fns in half_fns):
         raise ValueError("every layer of a reversible stack needs the same number of halves")
@@ -219,62 +282,7 @@ def reversible_stack(
         return (y1, y2), (params, y1, y2, rngs, context, memory, auxes)
 
     def stack_bwd(residuals, cotangents):
-        params, y1, y2, rngs, context, memory, auxes = residuals
-
-        # Each half's parameter gradients leave the scan as one flat row (padded to the
-        # largest of its position in the layer), so XLA stacks them in place instead of
-        # copying an accumulator.
-        ravels = [
-            [ravel_pytree(half) for half in _at(params[j], 0)] for j in range(n_pattern)
-        ]  # [j][h] -> (flat, unravel)
-        widths = [max(ravels[j][h][0].size for j in range(n_pattern)) for h in range(n_halves)]
-
-        def row(grads, h):
-            flat = ravel_pytree(grads)[0]
-            return jnp.pad(flat, (0, widths[h] - flat.size))
-
-        # One `lax.switch` over the pattern position per half, the streams updated outside:
-        # a branch's outputs get fresh buffers, so a switch over the whole layer would hold
-        # the old streams and the new ones at once.
-        def half_part(j, h, x, d_out, i):  # H(x), its vjp, with the forward pass's aux.
-            p = _at(params[j][h], i // n_pattern)
-            r = layer_rngs(rngs, i, n_halves)[h]
-            aux_in = jax.tree.map(lambda a: a[i], auxes[j][h])
-            out, vjp, _ = jax.vjp(
-                lambda p, x, m: half_fns[j][h](p, x, r, aux_in, context, m),
-                p,
-                x,
-                memory,
-                has_aux=True,
-            )
-            dp, dx, dm = vjp(d_out)
-            return out, dx, dm, row(dp, h)
-
-        def step(carry, i):
-            a, b, da, db, dmem = carry  # a layer's outputs and their cotangents
-            rows = [None] * n_halves
-            for h in reversed(range(n_halves)):  # undo (A, B) -> (B, A + H(B))
-                branches = [functools.partial(half_part, j, h) for j in range(n_pattern)]
-                out, dx, dm, rows[h] = jax.lax.switch(i % n_pattern, branches, a, db, i)
-                a, b = b - on_grid(out, spacing), a
-                da, db = db, da + dx
-                dmem = None if dmem is None else dmem + dm
-            return (a, b, da, db, dmem), tuple(rows)
-
-        n_repeats = _n_repeats(params)
-        dmem0 = None if memory is None else jax.tree.map(jnp.zeros_like, memory)
-        (_, _, dx1, dx2, dmem), rows = jax.lax.scan(
-            step, (y1, y2, *cotangents, dmem0), jnp.arange(n_repeats * n_pattern), reverse=True
-        )
-        rows = [r.reshape(n_repeats, n_pattern, -1) for r in rows]
-        dparams = [
-            type(params[j])(
-                jax.vmap(ravels[j][h][1])(rows[h][:, j, : ravels[j][h][0].size])
-                for h in range(n_halves)
-            )
-            for j in range(n_pattern)
-        ]
-        return type(params)(dparams), dx1, dx2, None, None, dmem
+        return _backward(half_fns, spacing, residuals, cotangents)
 
     stack.defvjp(stack_fwd, stack_bwd)
     return stack(params, x1, x2, rngs, context, memory)

@@ -156,7 +156,7 @@ def test_automatic_buckets_follow_the_training_length():
     length (`2 * seq_len / lsh_chunk_len`), not at the positions the model could hold."""
     cfg = model_config(("lsh", "local"), n_buckets=0)
     resolved = decode.with_training_length(cfg, 32)
-    assert resolved.n_buckets == 8
+    assert decode.lsh_n_buckets(resolved) == 8 and resolved.n_buckets == 0
     rotations = decode.all_rotations(resolved, jax.random.key(0), 2)
     assert rotations[0].shape == (cfg.n_heads, cfg.d_head, 2, 4)
     assert decode.with_training_length(LSH, 32) == LSH  # explicit buckets stay

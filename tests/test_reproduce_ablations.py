@@ -118,7 +118,7 @@ def test_toy_run_end_to_end(tmp_path):
     assert len(xz) == 1 and xz[0]["bytes"] == test_bytes.pop()
     assert (tmp_path / "ablations.png").stat().st_size > 20_000
     table = (tmp_path / "ablations.md").read_text()
-    assert "| 4 | lsh2 | 256 | no | 2 / 8 |" in table
+    assert "| 4 | lsh2 | 256 | standard | 2 / 8 |" in table
     assert "xz -9e" in table
 
 
