@@ -10,7 +10,9 @@ data the split is covered exactly once by contiguous windows (see `reformer/data
 number is exact over the whole split; on the synthetic duplication task `eval.num_batches`
 batches drawn with `eval.seed` are scored and `eval.split` only names the file. With
 `eval.cached` the tokens are scored through the decoding caches of `reformer/decode.py`
-(the logits sampling draws from) instead of the training forward pass.
+(the logits sampling draws from) instead of the training forward pass. An encoder-decoder
+with `eval.free_running` also decodes every source greedily through the caches and reports
+`exact_match`, the share of targets reproduced exactly (`free_running`).
 """
 
 from __future__ import annotations

@@ -368,6 +368,11 @@ def cross_attention(
     return out_TxV.astype(v_SxV.dtype)
 
 
+# Queries per step of LSH cross-attention: each gathers `n_hashes * 2 * chunk_len` keys and
+# values, which a step holds for all heads at once (they are mapped outside the loop).
+CROSS_BLOCK_LEN = 64
+
+
 def sort_keys(k_buckets_NxS: jax.Array, mask_S: jax.Array | None, n_buckets: int):
     """Per round, the keys ordered by bucket (ties by position), padding (`mask_S` False)
     last: `(order [N, S], the buckets in that order [N, S], padding as n_buckets)`."""
@@ -389,7 +394,7 @@ def cross_windows(
     n_buckets: int,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
-    block_len: int = CAUSAL_BLOCK_LEN,
+    block_len: int = CROSS_BLOCK_LEN,
 ) -> jax.Array:
     """LSH cross-attention of queries over keys sorted by bucket (`sort_keys`): in each
     round, a query sees the `2 * chunk_len` keys around where its bucket falls in the keys'

@@ -7,7 +7,7 @@ axial positions, no dropout) is built in each implementation and one whole optim
 - `ours`: this project's train step as `reformer/trainer.py` runs it (`steps.jit_train_step`,
   compiled ahead of time by `steps.compile_train_step`: state donated, batch sharded over
   the mesh, the compiler's freed heap returned to the OS); reversible layers. `ours_plain` is the
-  same with `model.reversible = False` (only when asked for).
+  same with `model.residual = "two_stream"` (only when asked for).
 - `hf`: `transformers.ReformerModelWithLMHead` (reversible in training), `torch.optim.Adam`.
 - `lucidrains`: `reformer_pytorch.ReformerLM` (reversible at every length with
   `reverse_thres=0`), `torch.optim.Adam`.

@@ -5,7 +5,7 @@
 
 Trains `configs/enwik8.py:cpu` twice through the normal trainer, with the same data, seed
 and steps: as configured (reversible local + LSH layers) and as the baseline
-(`attention_types=("full",)`, `reversible=False`). Then scores the held-out test split
+(`attention_types=("full",)`, `residual="two_stream"`). Then scores the held-out test split
 (every byte once, `reformer.evaluate`): the Reformer with 2, 4 and 8 hashes, the Transformer
 once; and `xz -9e` on the same bytes, for scale. Writes `--out` (JSON, one record per row:
 model, split, bpc, n_hashes, steps, train_minutes, device), a loss-curve PNG beside it and a

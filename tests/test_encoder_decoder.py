@@ -56,11 +56,12 @@ def test_parameters_of_the_encoder_decoder(full_cross):
     assert "embed" not in p and "embed" in p["encoder"] and "embed" in p["decoder"]
 
 
-@pytest.mark.parametrize("self_types", [("full",), ("full_shared_qk",), ("local",)])
-def test_cached_decoding_equals_the_forward_pass_with_full_cross_attention(self_types):
+def test_cached_decoding_equals_the_forward_pass_with_full_cross_attention():
     """Logits at every target position through the caches (prefill of 5, then one step per
-    position; the source encoded once) equal the training forward pass's, 1e-5."""
-    cfg = encdec_config(cross_attention="full", attention_types=self_types, n_layers=2)
+    position; the source encoded once) equal the training forward pass's, 1e-5, with full,
+    full shared-QK and local self-attention in the decoder."""
+    types = ("full", "full_shared_qk", "local")
+    cfg = encdec_config(cross_attention="full", attention_types=types, n_layers=3)
     model = ReformerEncoderDecoder(cfg)
     params = init_params(model, jax.random.key(1), 1, SOURCE)
     source, target = source_and_target()
@@ -121,7 +122,12 @@ def test_reversible_gradients_equal_two_stream_gradients_through_the_encoder():
     the decoder layers: the reversible custom_vjp gives autodiff's gradients, with LSH
     self- and cross-attention and dropout."""
     rev = encdec_config(
-        residual="reversible", cross_attention="lsh", attention_types=("lsh",), dropout=0.1
+        residual="reversible",
+        cross_attention="lsh",
+        attention_types=("lsh",),
+        encoder_attention_types=("lsh",),
+        n_encoder_layers=1,
+        dropout=0.1,
     )
     plain = dataclasses.replace(rev, residual="two_stream")
     source, target = source_and_target(5)
@@ -252,11 +258,12 @@ def test_train_evaluate_and_decode_from_the_command_line(tmp_path):
     with open(os.path.join(workdir, "eval_validation.json")) as f:
         record = json.load(f)
     assert record["sequences"] == 4 and 0.0 <= record["exact_match"] <= 1.0 and record["cached"]
-    for extra in (["--beam_size=2"], ["--temperature=0"]):
-        run = run_module(["reformer.sample", *args, "--source_ids=5,6,7", "--length=6", *extra])
-        assert run.returncode == 0, run.stderr[-3000:]
-        ids = run.stdout.strip().splitlines()[-1].split(",")
-        assert 1 <= len(ids) <= 6 and all(0 <= int(t) < 16 for t in ids), run.stdout
+    run = run_module(
+        ["reformer.sample", *args, "--source_ids=5,6,7", "--length=6", "--beam_size=2"]
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ids = run.stdout.strip().splitlines()[-1].split(",")
+    assert 1 <= len(ids) <= 6 and all(0 <= int(t) < 16 for t in ids), run.stdout
     run = run_module(["reformer.sample", *args, "--length=6"])
     assert run.returncode == 2 and "--source_ids" in run.stderr
 
