@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import attention, checkpoints, data, sample, steps
+from reformer import attention, checkpoints, data, decode, sample, steps
 from reformer import config as config_lib
 from reformer.blocks import AttentionHalf, FeedForwardHalf, layer_params
 from reformer.layers import layer_norm
@@ -294,3 +294,15 @@ def test_encoder_learns_a_task_that_needs_a_far_token(variant, accuracy, tmp_pat
     config = load_config("encoder", variant)
     result = train_and_evaluate(config, str(tmp_path))
     assert result["accuracy"] >= accuracy, result
+
+
+def test_standard_decodes_through_the_caches_as_its_forward_pass():
+    """The one-stream Transformer decodes with the same caches: logits through them equal
+    the forward pass's (full and local layers, a prefill of 5 and then one step each)."""
+    cfg = model_config(residual="standard")
+    model = ReformerLM(cfg)
+    params = init_params(model, jax.random.key(3), 1, 32)
+    toks = tokens((2, 32), seed=4)
+    want = model.apply({"params": params}, toks)
+    got = decode.cached_logits(cfg, params, toks, jax.random.key(5), n_hashes=1, prefix=5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
