@@ -1,7 +1,7 @@
 """An encoder-decoder on a synthetic task: the source's symbols reversed and shifted
-(reformer/data/duplication.py, `reverse`). Sources of 64..128 symbols (left-padded to 128),
-targets of 65..129 tokens with the end id (padded to 144), so every target token needs the
-source token at the mirrored position, up to 128 positions away.
+(reformer/data/duplication.py, `reverse`). Sources of 64..127 symbols (left-padded to 128),
+targets of 65..128 tokens with the end id (padded to 144), so every target token needs the
+source token at the mirrored position, up to 127 positions away.
 
 python -m reformer.train --config configs/reverse.py --workdir W
     Reversible encoder (local and LSH layers) and decoder (local self-attention), LSH

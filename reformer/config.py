@@ -524,10 +524,11 @@ def _check_data(r: Report) -> None:
         )
     if d.name == "reverse" and r.fine("data.source_len", "data.seq_len"):
         r.check(
-            d.seq_len >= d.source_len + 1,
+            d.source_len >= 2 and d.seq_len >= d.source_len,
             "data.seq_len",
-            f"the reverse task's target is the source's {d.source_len} symbols and the end id, "
-            f"so data.seq_len >= data.source_len + 1 = {d.source_len + 1}; got {d.seq_len}",
+            f"the reverse task's target is up to data.source_len - 1 symbols and the end id, "
+            f"so data.source_len >= 2 and data.seq_len >= data.source_len = {d.source_len}; "
+            f"got {d.seq_len}",
         )
     elif d.name in SYNTHETIC_VOCAB:
         if r.check(

@@ -47,9 +47,11 @@ def duplication_batch(
 MASK_RATE = 0.25  # per word index and copy (masked_duplication), per symbol (match)
 
 
-def _encoder_words(rng, batch_size: int, word_len: int, low: int, high: int):
-    """Words `[B, word_len]` of symbols in `[low, high)` and each row's length."""
-    lengths_B = rng.integers(max(1, word_len // 2), word_len + 1, size=batch_size)
+def _encoder_words(rng, batch_size: int, word_len: int, low: int, high: int, longest: int = 0):
+    """Words `[B, word_len]` of symbols in `[low, high)` and each row's length, drawn from
+    `word_len // 2 .. longest` (0: `word_len`)."""
+    longest = longest or word_len
+    lengths_B = rng.integers(max(1, word_len // 2), longest + 1, size=batch_size)
     w_BxW = rng.integers(low, high, size=(batch_size, word_len), dtype=np.int32)
     return w_BxW, lengths_B
 
@@ -104,13 +106,14 @@ def reverse_batch(
 ) -> dict[str, np.ndarray]:
     """The `index`-th global batch of `reverse` (encoder-decoder): the source (`inputs`,
     `word_len` = `data.source_len` tokens) is a word `w` of |w| symbols in
-    `2..vocab_size-1`, |w| drawn from `word_len // 2 .. word_len`, padded with 0 at its
-    start; the target (`tokens`, `target_len` = `data.seq_len` tokens) is `w` reversed with
-    every symbol shifted to the next one (the last to 2), then the end id 1, padded with 0 at
-    its end and weighted 1 up to the end id. Target position t reads source position
-    `word_len - 1 - t`, whatever |w|."""
+    `2..vocab_size-1`, |w| drawn from `word_len // 2 .. word_len - 1`, padded with 0 at its
+    start (at least one 0); the target (`tokens`, `target_len` = `data.seq_len` tokens) is
+    `w` reversed with every symbol shifted to the next one (the last to 2), then the end id
+    1, padded with 0 at its end and weighted 1 up to the end id. Target position t reads
+    source position `word_len - 1 - t`, whatever |w|, and the end id's position reads
+    padding."""
     rng = np.random.default_rng([seed, index, 3])
-    w_BxW, lengths_B = _encoder_words(rng, batch_size, word_len, 2, vocab_size)
+    w_BxW, lengths_B = _encoder_words(rng, batch_size, word_len, 2, vocab_size, word_len - 1)
     shifted_BxW = (w_BxW - 1) % (vocab_size - 2) + 2
     inputs = np.zeros((batch_size, word_len), np.int32)
     tokens = np.zeros((batch_size, target_len), np.int32)
