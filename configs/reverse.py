@@ -1,5 +1,6 @@
 """An encoder-decoder on a synthetic task: the source's symbols reversed and shifted
-(reformer/data/duplication.py, `reverse`). Sources of 64..127 symbols (left-padded to 128),
+(reformer/data/duplication.py, `reverse`). Sources of a start id and 64..127 symbols
+(left-padded to 128),
 targets of 65..128 tokens with the end id (padded to 144), so every target token needs the
 source token at the mirrored position, up to 127 positions away.
 

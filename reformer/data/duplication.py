@@ -105,20 +105,19 @@ def reverse_batch(
     seed: int, index: int, batch_size: int, word_len: int, vocab_size: int, target_len: int = 0
 ) -> dict[str, np.ndarray]:
     """The `index`-th global batch of `reverse` (encoder-decoder): the source (`inputs`,
-    `word_len` = `data.source_len` tokens) is a word `w` of |w| symbols in
-    `2..vocab_size-1`, |w| drawn from `word_len // 2 .. word_len - 1`, padded with 0 at its
-    start (at least one 0); the target (`tokens`, `target_len` = `data.seq_len` tokens) is
-    `w` reversed with every symbol shifted to the next one (the last to 2), then the end id
-    1, padded with 0 at its end and weighted 1 up to the end id. Target position t reads
-    source position `word_len - 1 - t`, whatever |w|, and the end id's position reads
-    padding."""
+    `word_len` = `data.source_len` tokens) is the start id 1 and a word `w` of |w| symbols
+    in `2..vocab_size-1`, |w| drawn from `word_len // 2 .. word_len - 1`, padded with 0 at
+    its start; the target (`tokens`, `target_len` = `data.seq_len` tokens) is `w` reversed
+    with every symbol shifted to the next one (the last to 2), then the end id 1, padded with
+    0 at its end and weighted 1 up to the end id. Target position t reads source position
+    `word_len - 1 - t`, whatever |w|: the end id's position reads the start id."""
     rng = np.random.default_rng([seed, index, 3])
     w_BxW, lengths_B = _encoder_words(rng, batch_size, word_len, 2, vocab_size, word_len - 1)
     shifted_BxW = (w_BxW - 1) % (vocab_size - 2) + 2
     inputs = np.zeros((batch_size, word_len), np.int32)
     tokens = np.zeros((batch_size, target_len), np.int32)
     for b, n in enumerate(lengths_B):
-        inputs[b, word_len - n :] = w_BxW[b, :n]
+        inputs[b, word_len - n - 1 :] = np.concatenate([[1], w_BxW[b, :n]])
         tokens[b, : n + 1] = np.concatenate([shifted_BxW[b, :n][::-1], [1]])
     return {
         "inputs": inputs,
