@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from reformer import checkpoints, data, decode, steps
+from reformer import beam, checkpoints, data, decode, steps
 from reformer.config import ConfigError
 from reformer.data import text
 from reformer.metrics import log
@@ -49,7 +49,7 @@ _BEAM_SIZE = flags.DEFINE_integer(
     "beam_size", 0, "Beam search with this many beams (1 = greedy); 0 = sample."
 )
 _ALPHA = flags.DEFINE_float(
-    "alpha", decode.LENGTH_PENALTY, "Beam search's length penalty: score / ((5 + len) / 6)^alpha."
+    "alpha", beam.LENGTH_PENALTY, "Beam search's length penalty: score / ((5 + len) / 6)^alpha."
 )
 _N_HASHES = flags.DEFINE_integer(
     "n_hashes", 0, "LSH hash rounds when decoding; 0 = config.eval.n_hashes, else the model's."
@@ -142,7 +142,7 @@ def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token):
     """The tokens `[B, length]` the flags ask for: beam search or sampling."""
     rng = jax.random.key(_SEED.value)
     if _BEAM_SIZE.value:
-        tokens, _ = decode.beam_search(
+        tokens, _ = beam.beam_search(
             cfg,
             params,
             prompt_BxN,

@@ -16,7 +16,7 @@ random weights: speed does not depend on them; no end token), for the same model
 local self-attention decoder (chunk 64) and LSH cross-attention: `cached` (the source
 encoded once, each token one cached step: `decode.generate`), `uncached` (the source
 encoded once, each token a forward pass of the decoder over the whole target buffer, timed
-over `--uncached_tokens` tokens), `beam4` (`decode.beam_search` with 4 beams; tokens of the
+over `--uncached_tokens` tokens), `beam4` (`beam.beam_search` with 4 beams; tokens of the
 best beam per second) and `greedy` (= cached). Medians of `--repeats` timed runs after a
 compiling one. Records: {"mode", "source_len", "target_len", "tokens_per_sec",
 "ms_per_token", "device"}.
@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_memory import device_name, step_memory  # noqa: E402
 
-from reformer import decode, steps  # noqa: E402
+from reformer import beam, decode, steps  # noqa: E402
 from reformer.config import default_config  # noqa: E402
 from reformer.model import ReformerEncoderDecoder  # noqa: E402
 
@@ -110,7 +110,7 @@ def decoding(source_len: int, target_len: int, repeats: int, uncached_tokens: in
             target_len,
         ),
         "beam4": (
-            lambda: decode.beam_search(
+            lambda: beam.beam_search(
                 cfg, params, prompt, target_len, key, beam_size=4, end_token=None,
                 source_BxS=source,
             )[0],

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import caches, decode, lsh
+from reformer import beam, caches, decode, lsh
 from reformer.evaluate import evaluate_checkpoint
 from reformer.layers import layer_norm
 from reformer.model import ModelConfig, ReformerEncoderDecoder, ReformerLM, init_params
@@ -192,12 +192,12 @@ def test_beam_search_finds_a_better_sequence_than_greedy():
     prompt, key = jnp.zeros((1, 0), jnp.int32), jax.random.key(0)
     greedy = decode.generate(cfg, params, prompt, 4, key, decode.Sampling(temperature=0.0))
     np.testing.assert_array_equal(greedy, [[2, 1, 0, 0]])  # ends at the end id
-    tokens, score = decode.beam_search(cfg, params, prompt, 4, key, beam_size=4)
+    tokens, score = beam.beam_search(cfg, params, prompt, 4, key, beam_size=4)
     np.testing.assert_array_equal(tokens, [[3, 1, 0, 0]])
-    penalty = decode.length_penalty(2, decode.LENGTH_PENALTY)
+    penalty = beam.length_penalty(2, beam.LENGTH_PENALTY)
     np.testing.assert_allclose(score, [(logp[0, 3] + logp[3, 1]) / penalty], rtol=1e-3)
     assert float(score[0]) > (logp[0, 2] + logp[2, 1]) / penalty
-    one, _ = decode.beam_search(cfg, params, prompt, 4, key, beam_size=1)
+    one, _ = beam.beam_search(cfg, params, prompt, 4, key, beam_size=1)
     np.testing.assert_array_equal(one, greedy)
 
 
@@ -208,9 +208,9 @@ def test_beam_size_one_is_greedy_for_the_encoder_decoder(full_cross):
     greedy = decode.generate(
         cfg, params, prompt, 10, key, decode.Sampling(temperature=0.0), source_BxS=source
     )
-    beam, _ = decode.beam_search(cfg, params, prompt, 10, key, beam_size=1, source_BxS=source)
-    np.testing.assert_array_equal(beam, greedy)
-    four, scores = decode.beam_search(cfg, params, prompt, 10, key, beam_size=4, source_BxS=source)
+    one, _ = beam.beam_search(cfg, params, prompt, 10, key, beam_size=1, source_BxS=source)
+    np.testing.assert_array_equal(one, greedy)
+    four, scores = beam.beam_search(cfg, params, prompt, 10, key, beam_size=4, source_BxS=source)
     assert four.shape == (2, 10) and np.all(np.isfinite(scores))
     with pytest.raises(ValueError, match="decodes from a source"):
         decode.generate(cfg, params, prompt, 3, key)
