@@ -1,25 +1,19 @@
-"""The blocks every model is built from: the model's frozen config, the self-attention half,
-the feed-forward half, the input embeddings, the layer stack with its residual kind, and the
-output layer with its chunked loss.
-
-Layers repeat `model.attention_types`; the parameters of pattern position `j` live under
-`layers/<layer_name(j, type)>/{attention,feed_forward}`, stacked over the repeats. That name
-is made in one place, `layer_name`, for the models, decoding and checkpoint conversion.
+"""The blocks every model is built from: the self-attention, cross-attention and
+feed-forward halves, the input embeddings, the layer stack of each residual kind and its
+decoding loop, and the output layer with its chunked loss. The config they read and the
+layer-naming rule are in `reformer/model_config.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import linen as nn
 
-from reformer import attention, lsh, reversible
+from reformer import attention, cross_attention, lsh, reversible
 from reformer import caches as caches_lib
 from reformer.layers import (
     AxialPositionalEmbedding,
@@ -31,153 +25,15 @@ from reformer.layers import (
     matmul,
     sequence_map,
 )
-
-# In mixed precision the residual streams hold multiples of this (see `stream_spacing`).
-STREAM_SPACING = 2.0**-16
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The model's fields of `config.model`, frozen so modules can hold them."""
-
-    vocab_size: int
-    d_model: int
-    d_ff: int
-    n_heads: int
-    d_head: int
-    n_layers: int
-    attention_types: tuple[str, ...]
-    lsh_chunk_len: int
-    local_chunk_len: int
-    n_buckets: int
-    n_hashes: int
-    causal: bool
-    residual: str
-    position_chunk_size: int
-    positional: str
-    max_len: int
-    axial_shape: tuple[int, ...]
-    axial_dims: tuple[int, ...]
-    dropout: float
-    attention_dropout: float
-    dtype: str
-    loss_chunk_size: int = 0
-    ff_activation: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    bucket_factors: tuple[int, ...] = ()
-    lsh_heads_per_step: int = 0
-    kind: str = "lm"
-    n_classes: int = 2
-    cross_attention: str = "full"
-    encoder_attention_types: tuple[str, ...] = ()
-    n_encoder_layers: int = 0
-    share_embeddings: bool = True
-    # Decoding only: with automatic `n_buckets`, the LSH self- and cross-attention buckets
-    # training used (`decode.with_training_length`); 0 = not resolved.
-    decode_n_buckets: int = 0
-    cross_n_buckets: int = 0
-
-    @classmethod
-    def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
-        """From `config.model` (legacy field names are migrated, `config.migrate`)."""
-        from reformer.config import migrate  # config imports nothing of the model
-
-        group = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
-        migrate({"model": group})
-        names = {f.name for f in dataclasses.fields(cls)}
-        fields = {name: value for name, value in group.items() if name in names}
-        for name in (
-            "attention_types",
-            "axial_shape",
-            "axial_dims",
-            "bucket_factors",
-            "encoder_attention_types",
-        ):
-            fields[name] = tuple(fields[name])
-        return cls(**fields)
-
-    def attention_type(self, layer: int) -> str:
-        return self.attention_types[layer % len(self.attention_types)]
-
-    @property
-    def lsh_n_buckets(self) -> int:
-        """`n_buckets`, or the product of `bucket_factors`; 0 = automatic."""
-        return math.prod(self.bucket_factors) if self.bucket_factors else self.n_buckets
-
-    @property
-    def causal_attention(self) -> bool:
-        """Whether self-attention is causal: the LM's and the decoder's `causal`; encoders
-        are bidirectional."""
-        return self.causal and self.kind in ("lm", "decoder", "encoder_decoder")
-
-    def encoder(self) -> ModelConfig:
-        """The encoder tower of an encoder-decoder: bidirectional, with its own pattern and
-        depth (`encoder_attention_types`, `n_encoder_layers`; empty or 0: the decoder's)."""
-        return dataclasses.replace(
-            self,
-            kind="encoder",
-            attention_types=self.encoder_attention_types or self.attention_types,
-            n_layers=self.n_encoder_layers or self.n_layers,
-        )
-
-    def decoder(self) -> ModelConfig:
-        """The decoder tower of an encoder-decoder: causal self-attention, cross-attention
-        (`cross_attention`), feed-forward."""
-        return dataclasses.replace(self, kind="decoder")
-
-    @property
-    def n_streams(self) -> int:
-        """Residual streams: two (reversible, two_stream) or one (standard)."""
-        return 1 if self.residual == "standard" else 2
-
-    @property
-    def jnp_dtype(self):
-        return jnp.dtype(self.dtype)
-
-    @property
-    def stream_spacing(self) -> float | None:
-        """The fixed-point grid of the two residual streams (`reversible.on_grid`): 2^-16 in
-        mixed precision, so the reversible backward pass reconstructs the inputs that the
-        bfloat16 roundings saw, exactly; none in float32, whose reconstruction is exact to
-        its last bits already, and none for the one stream of `standard`, which is never
-        reconstructed."""
-        if self.jnp_dtype == jnp.float32 or self.n_streams == 1:
-            return None
-        return STREAM_SPACING
-
-
-# The halves of a decoder layer, in order; other layers have the first and the last.
-HALVES = ("attention", "cross_attention", "feed_forward")
-
-
-def layer_name(j: int, kind: str) -> str:
-    """The parameter group of pattern position `j` with attention type `kind`."""
-    return f"{j}_{kind}"
-
-
-def layer_names(cfg: ModelConfig) -> list[str]:
-    """The parameter groups of the pattern positions, in order."""
-    return [layer_name(j, kind) for j, kind in enumerate(cfg.attention_types)]
-
-
-def layer_params(layers: dict, cfg: ModelConfig, i: int) -> dict:
-    """Layer `i`'s parameters (`attention`, `feed_forward`) out of the stacked `layers`."""
-    pattern = len(cfg.attention_types)
-    group = layers[layer_name(i % pattern, cfg.attention_type(i))]
-    return jax.tree.map(lambda a: a[i // pattern], group)
-
-
-def retype_layers(params: dict, old_types: tuple[str, ...], new_types: tuple[str, ...]) -> dict:
-    """The same weights under the layer names of another attention pattern.
-
-    Evaluating an "lsh" model with "full_shared_qk" attention (paper, Table 2) renames
-    `0_lsh` to `0_full_shared_qk`. The caller checks that the new attention types have the
-    parameters of the old ones.
-    """
-    layers = dict(params["layers"])
-    for j, (old, new) in enumerate(zip(old_types, new_types, strict=True)):
-        layers[layer_name(j, new)] = layers.pop(layer_name(j, old))
-    return {**params, "layers": layers}
+from reformer.model_config import (  # noqa: F401  (re-exported: the blocks' config and names)
+    HALVES,
+    STREAM_SPACING,
+    ModelConfig,
+    layer_name,
+    layer_names,
+    layer_params,
+    retype_layers,
+)
 
 
 def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
@@ -296,7 +152,7 @@ class CrossAttentionHalf(nn.Module):
         first when it is given (`x_BxTxD` may then be None)."""
         cfg = self.cfg
         normalize, finish = _norm_and_dropout(self, deterministic)
-        module = attention.CrossAttention(
+        module = cross_attention.CrossAttention(
             n_heads=cfg.n_heads,
             d_head=cfg.d_head,
             kind=cfg.cross_attention,
