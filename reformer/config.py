@@ -7,13 +7,14 @@ work starts and turns a bad value into one clear error that names the field.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import math
 import os
 
 import ml_collections
 from absl import logging
+
+from reformer.legacy import LEGACY_FIELDS, migrate  # noqa: F401  (re-exported)
 
 ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
 # "lm": causal language model; "masked_lm": bidirectional encoder predicting masked tokens;
@@ -158,56 +159,6 @@ def default_config() -> ml_collections.ConfigDict:
     # caches, free-running, and report the share of targets reproduced exactly.
     e.free_running = False  # Report exact_match of greedy decoding (model.kind encoder_decoder).
     return c
-
-
-# Fields that were renamed or replaced. Config files and saved workdirs (`config.json`) that
-# still name them load: `migrate` rewrites them into today's fields.
-LEGACY_FIELDS = {
-    "model.reversible": "model.residual ('reversible' for True, 'two_stream' for False)",
-    "model.ff_chunk_size": "model.position_chunk_size (it chunks all position-wise work)",
-}
-
-
-def _migrate_model(model, unlocked) -> list[str]:
-    """Rewrites the legacy fields of one `model` group (a dict or a ConfigDict) in place."""
-    notes = []
-    if "reversible" in model:
-        old = bool(model["reversible"])
-        residual = model.get("residual", "two_stream")
-        if old and residual not in ("two_stream", "reversible"):
-            raise ConfigError(
-                f"config.model.reversible=True (legacy) contradicts "
-                f"config.model.residual={residual!r}; set only model.residual"
-            )
-        with unlocked():
-            del model["reversible"]
-            model["residual"] = "reversible" if old else residual
-        notes.append(f"model.reversible={old} is now model.residual={model['residual']!r}")
-    if "ff_chunk_size" in model:
-        old, new = model["ff_chunk_size"], model.get("position_chunk_size", 0)
-        if new and old and new != old:
-            raise ConfigError(
-                f"config.model.ff_chunk_size={old} (legacy) contradicts "
-                f"config.model.position_chunk_size={new}; set only model.position_chunk_size"
-            )
-        with unlocked():
-            del model["ff_chunk_size"]
-            model["position_chunk_size"] = new or old
-        notes.append(f"model.ff_chunk_size={old} is now model.position_chunk_size")
-    return notes
-
-
-def migrate(config) -> list[str]:
-    """Rewrites `LEGACY_FIELDS` of `config` (a ConfigDict, locked or not, or the dict of a
-    saved `config.json`) into today's fields, in place; returns one note per rewritten field
-    (empty when there was nothing to do). A legacy value that contradicts the new field is a
-    ConfigError."""
-    model = config.get("model") if isinstance(config, dict) else config.get("model", None)
-    if model is None:
-        return []
-    if isinstance(model, ml_collections.ConfigDict):
-        return _migrate_model(model, model.unlocked)
-    return _migrate_model(model, contextlib.nullcontext)
 
 
 def load_config_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
