@@ -3,19 +3,21 @@
 A checkpoint is written under `WORKDIR/checkpoints/<step>/` with two items: `state` (the
 train state pytree) and `data` (the JSON position of the training stream). The model part
 of the config is written beside them (`WORKDIR/config.json`), so that a run whose model no
-longer matches the checkpoint stops with a clear error instead of overwriting it.
+longer matches the checkpoint stops with a clear error instead of overwriting it. WORKDIR may
+be local or `gs://BUCKET/...` (`reformer/storage.py`).
 
-After a hard kill: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it
-when complete, so a half-written step is never listed (`restore_latest` warns about such
-directories and leaves them). A listed step that cannot be read (a truncated file) is moved
-to `WORKDIR/corrupt_checkpoints/` with a warning and the step before it is restored.
+After a hard kill: on a local disk orbax writes a step into
+`<step>.orbax-checkpoint-tmp-*` and renames it when complete; on Cloud Storage, which cannot
+rename, it writes `<step>/` in place and marks it complete with a last object,
+`commit_success.txt`. Either way a half-written step is never listed (`restore_latest` warns
+about it, and orbax replaces it when that step is saved again). A listed step that cannot be
+read (a truncated file) is moved to `WORKDIR/corrupt_checkpoints/` with a warning (on Cloud
+Storage: copied, then deleted once the copy is complete) and the step before it is restored.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 
 import jax
@@ -23,6 +25,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from reformer import storage
 from reformer.config import ConfigError, migrate
 from reformer.metrics import log
 
@@ -32,14 +35,14 @@ CORRUPT_DIR = "corrupt_checkpoints"
 
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager | None:
     """The workdir's manager; None when `create` is False and there are no checkpoints."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not create and not os.path.isdir(directory):
+    directory = storage.join(workdir, "checkpoints")
+    if not create and not storage.isdir(directory):
         return None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=create, enable_async_checkpointing=True
     )
     return ocp.CheckpointManager(
-        directory,
+        storage.path(directory),
         options=options,
         item_names=("state", "data"),
     )
@@ -99,11 +102,26 @@ def _barrier(name: str) -> None:
 
 
 def incomplete_dirs(manager: ocp.CheckpointManager) -> list[str]:
-    """Directories of saves that never finished (a process killed while writing)."""
-    directory = str(manager.directory)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(d for d in os.listdir(directory) if ".orbax-checkpoint-tmp" in d)
+    """Directories of saves that never finished (a process killed while writing): temporary
+    directories on a local disk, steps without their commit marker on Cloud Storage."""
+    directory = manager.directory
+    return [
+        name
+        for name in storage.listdir(directory)
+        if ".orbax-checkpoint-tmp" in name
+        or (
+            storage.is_remote(directory)
+            and name.isdigit()
+            and not storage.exists(storage.join(directory, name, _commit_file()))
+        )
+    ]
+
+
+def _commit_file() -> str:
+    """The object orbax writes last into a complete step on Cloud Storage."""
+    from orbax.checkpoint._src.path import atomicity_types
+
+    return atomicity_types.COMMIT_SUCCESS_FILE
 
 
 def _is_structure_mismatch(error: Exception) -> bool:
@@ -240,11 +258,10 @@ def _set_aside(manager: ocp.CheckpointManager, workdir: str, steps: list[int], m
     if not steps or not move:
         return
     for step in steps:
-        target = os.path.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
+        target = storage.join(workdir, CORRUPT_DIR, f"{step}-{int(time.time())}")
         log(f"WARNING: moved the unreadable checkpoint {step} to {target}.")
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(os.path.join(str(manager.directory), str(step)), target)
+            storage.move_tree(storage.join(manager.directory, str(step)), target)
     _barrier("reformer_set_aside_corrupt")
     manager.reload()
 
@@ -283,11 +300,10 @@ EXECUTION_FIELDS = (
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses to resume a checkpoint written by a model of a different shape or kind, or
     with an optimizer whose state has another structure (`EXECUTION_FIELDS` may differ)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, CONFIG_FILE)
+    if not storage.exists(path):
         return
-    with open(path) as f:
-        saved = json.load(f)
+    saved = json.loads(storage.read_text(path))
     migrate(saved)  # Workdirs written before a field was renamed resume under the new name.
     old = {**_flatten(saved.get("model", {}), "model."), **_state_structure(saved)}
     new = {
@@ -308,11 +324,5 @@ def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> Non
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes `config.json` atomically (a temporary file renamed over it)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json(indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Writes `config.json` whole or not at all (`storage.write_text`)."""
+    storage.write_text(storage.join(workdir, CONFIG_FILE), config.to_json(indent=2))

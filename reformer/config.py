@@ -7,13 +7,15 @@ work starts and turns a bad value into one clear error that names the field.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
+import types
 
 import ml_collections
 from absl import logging
 
+from reformer import storage
+from reformer.errors import ConfigError  # noqa: F401  (re-exported)
 from reformer.legacy import LEGACY_FIELDS, migrate  # noqa: F401  (re-exported)
 
 ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
@@ -47,10 +49,6 @@ SYNTHETIC_VOCAB = {
 }
 # "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
 FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
-
-
-class ConfigError(ValueError):
-    """A configuration field holds a value the project cannot run with."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -110,8 +108,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.seq_len = 128  # Tokens per training sequence (encoder_decoder: per target).
     d.source_len = 0  # encoder_decoder: tokens per source sequence.
     d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
-    d.path = ""  # Local file (raw or zip) for "enwik8" (optional) and "text" (required).
-    d.tfds_dir = ""  # Where TFDS writes prepared data; "" = TFDS's default directory.
+    d.path = ""  # File (raw or zip; local or gs://) for "enwik8" (optional) and "text" (required).
+    d.tfds_dir = ""  # Where TFDS writes prepared data (local); "" = TFDS's default directory.
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
@@ -164,10 +162,10 @@ def default_config() -> ml_collections.ConfigDict:
 def load_config_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
     """`get_config([variant])` of a config file, as `--config path[:variant]` loads it, with
     legacy fields migrated (`migrate`)."""
-    name = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(f"reformer_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+    module = types.ModuleType(f"reformer_configs_{name}")
+    module.__file__ = str(path)
+    exec(compile(storage.read_text(path), str(path), "exec"), module.__dict__)  # Local or gs://.
     config = module.get_config() if variant is None else module.get_config(variant)
     migrate(config)
     return config
@@ -511,9 +509,17 @@ def _check_data(r: Report) -> None:
             f"byte-level data uses ids 0..257 (byte + 2), so vocab_size >= 258; got {m.vocab_size}",
         )
     if d.name == "text":
-        r.check(bool(d.path), "data.path", 'data.name="text" reads a local file; give its path')
-    if d.path:
-        r.check(os.path.isfile(d.path), "data.path", f"no such file: {d.path}")
+        r.check(bool(d.path), "data.path", 'data.name="text" reads a file; give its path')
+    if d.path and _check_path(r, "data.path"):
+        r.check(storage.isfile(d.path), "data.path", f"no such file: {d.path}")
+    if d.tfds_dir and _check_path(r, "data.tfds_dir"):
+        r.check(
+            not storage.is_remote(d.tfds_dir),
+            "data.tfds_dir",
+            f"{d.tfds_dir}: prepared TFDS records are read through local files (array_record), "
+            "so this must be a local directory; data.path may be on gs:// and every host "
+            "prepares its own copy from it",
+        )
     if r.fine("eval.stride", "data.seq_len"):
         r.check(
             e.stride <= d.seq_len,
@@ -527,11 +533,19 @@ def _check_init_from(r: Report) -> None:
     if not path:
         return
     if r.check(isinstance(path, str), "train.init_from", f"must be a path, got {path!r}"):
-        r.check(
-            os.path.isdir(os.path.join(path, "checkpoints")),
-            "train.init_from",
-            f"{path} is not a workdir with checkpoints (no {os.path.join(path, 'checkpoints')})",
-        )
+        if _check_path(r, "train.init_from"):
+            checkpoints = storage.join(path, "checkpoints")
+            r.check(
+                storage.isdir(checkpoints),
+                "train.init_from",
+                f"{path} is not a workdir with checkpoints (no {checkpoints})",
+            )
+
+
+def _check_path(r: Report, field: str) -> bool:
+    """A local or gs:// path (`storage.problem`); False after reporting one that is not."""
+    message = storage.problem(r.value(field))
+    return r.check(message is None, field, message or "")
 
 
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:

@@ -18,9 +18,9 @@ names the HF field.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from collections.abc import Mapping
 
 import jax
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from reformer import storage
 from reformer.blocks import layer_name
 from reformer.config import ConfigError, default_config, load_config_file
 
@@ -170,20 +171,21 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
     """The weights of a `save_pretrained` directory as NumPy arrays (safetensors needs the
     `safetensors` package, `pytorch_model.bin` needs torch)."""
     for name in WEIGHT_FILES:
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
+        path = storage.join(directory, name)
+        if not storage.exists(path):
             continue
         if name.endswith(".safetensors"):
             try:
-                from safetensors.numpy import load_file
+                from safetensors.numpy import load
             except ImportError as e:
                 raise ConfigError(f"reading {path} needs `pip install safetensors`") from e
-            return dict(load_file(path))
+            return dict(load(storage.read_bytes(path)))
         try:
             import torch
         except ImportError as e:
             raise ConfigError(f"reading {path} needs torch (pip install torch==2.13.0)") from e
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        raw = io.BytesIO(storage.read_bytes(path))
+        state = torch.load(raw, map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in state.items()}
     raise ConfigError(
         f"{directory} holds none of {', '.join(WEIGHT_FILES)} (a save_pretrained directory)"
@@ -322,18 +324,18 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
     (the parameters only). Returns the config file's path."""
     from reformer import checkpoints, steps  # Not at the top: steps imports the model.
 
-    if os.path.isdir(os.path.join(out, "checkpoints")):
+    storage.check(hf_dir, "--hf_dir")
+    if storage.isdir(storage.join(storage.check(out, "--out"), "checkpoints")):
         raise ConfigError(f"--out {out} already holds checkpoints; give a new directory")
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(hf_dir, "config.json")
+    if not storage.isfile(path):
         raise ConfigError(f"--hf_dir {hf_dir}: no config.json (a save_pretrained directory)")
-    with open(path) as f:
-        hf_config = json.load(f)
+    hf_config = json.loads(storage.read_text(path))
     config = config_from_hf(hf_config, seq_len)
-    os.makedirs(out, exist_ok=True)
-    config_path = os.path.join(out, "config.py")
-    with open(config_path, "w") as f:
-        f.write(config_source(config, os.path.abspath(hf_dir)))
+    storage.prepare_dir(out, "--out")
+    config_path = storage.join(out, "config.py")
+    source = str(storage.path(hf_dir))
+    storage.write_text(config_path, config_source(config, source))
     config = load_config_file(config_path)  # What users will load.
 
     params = params_from_hf(read_state_dict(hf_dir), config)
@@ -346,7 +348,7 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
         raise AssertionError("converted parameters do not fit the model: " + "; ".join(problems))
 
     manager = checkpoints.make_manager(out, config.train.keep_checkpoints)
-    checkpoints.save(manager, 0, {"params": params}, {"converted_from": os.path.abspath(hf_dir)})
+    checkpoints.save(manager, 0, {"params": params}, {"converted_from": source})
     manager.wait_until_finished()
     manager.close()
     checkpoints.write_config(out, config)

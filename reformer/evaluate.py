@@ -18,18 +18,15 @@ with `eval.free_running` also decodes every source greedily through the caches a
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, logging
 from jax.experimental import multihost_utils
 
-from reformer import checkpoints, data, decode, sharding, trainer
-from reformer.config import ConfigError, validate
+from reformer import checkpoints, data, decode, sharding, storage, trainer
+from reformer.config import validate
 from reformer.metrics import log
 from reformer.optim import make_optimizer
 
@@ -53,9 +50,8 @@ def evaluate_checkpoint(
     params, step = load_params(config, workdir, mesh)
     record = evaluate_params(config, params, step, mesh)
     if write and jax.process_index() == 0:
-        path = os.path.join(workdir, f"eval_{config.eval.split}.json")
-        with open(path, "w") as f:
-            json.dump(record, f, indent=2)
+        path = storage.join(workdir, f"eval_{config.eval.split}.json")
+        storage.write_text(path, json.dumps(record, indent=2))
         log(f"Wrote {path}")
     return record
 
@@ -124,18 +120,8 @@ def free_running(config: ml_collections.ConfigDict, params, batches: list[dict])
     return {"exact_match": float(counts[0] / max(counts[1], 1)), "sequences": int(counts[1])}
 
 
-def main(argv: list[str]) -> None:
-    from reformer.train import _CONFIG, _WORKDIR, initialize_distributed  # Training's flags.
-
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
-    initialize_distributed()
-    try:
-        r = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(config: ml_collections.ConfigDict, workdir: str) -> None:
+    r = evaluate_checkpoint(config, workdir)
     hashes = f", {r['n_hashes']} hashes" if "n_hashes" in r else ""
     unit = "byte" if "bits_per_byte" in r else "token"
     exact = (
@@ -152,6 +138,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from reformer.train import parse_flags
+    from reformer import cli
 
-    app.run(main, flags_parser=parse_flags)
+    cli.run("evaluate", main)

@@ -1,13 +1,23 @@
-"""Metrics: JSON lines (the source of truth), TensorBoard events and a progress line."""
+"""Metrics: JSON lines (the source of truth), TensorBoard events and a progress line.
+
+In a Cloud Storage workdir nothing can be appended to (an append overwrites), so each write
+uploads the whole file: `metrics.jsonl` as kept in memory, and this writer's TensorBoard event
+file, written locally and copied after every flush. Each writer (each run segment) has its own
+event file, so a restart never replaces the events of an earlier segment.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 
 from tensorboard.summary import Writer
+
+from reformer import storage
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -23,25 +33,21 @@ def keep_records_up_to(path: str, step: int) -> int:
     """Drops the records of steps after `step` (and a torn last line) from a JSON-lines file,
     atomically; returns how many were dropped. A run resumed from the checkpoint of `step`
     writes those steps again, so each step stays in the file once."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return 0
     kept, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                dropped += 1
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
+    for line in storage.read_text(path).splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        else:
+            dropped += 1
     if dropped:
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        storage.write_text(path, "".join(kept))
     return dropped
 
 
@@ -54,30 +60,57 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
-        if enabled:
-            path = os.path.join(workdir, "metrics.jsonl")
-            dropped = keep_records_up_to(path, start_step)
-            if dropped:
-                log(f"metrics.jsonl: dropped {dropped} record(s) after step {start_step}.")
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self._tb = Writer(os.path.join(workdir, "tb"))
+        if not enabled:
+            return
+        self._path = storage.join(workdir, "metrics.jsonl")
+        dropped = keep_records_up_to(self._path, start_step)
+        if dropped:
+            log(f"metrics.jsonl: dropped {dropped} record(s) after step {start_step}.")
+        self._tb_dir = storage.join(workdir, "tb")
+        self._remote = storage.is_remote(workdir)
+        if self._remote:
+            self._lines = storage.read_text(self._path) if storage.exists(self._path) else ""
+            self._tb_local = tempfile.mkdtemp(prefix="reformer_tb_")
+            self._tb = Writer(self._tb_local)
+        else:
+            self._jsonl = open(self._path, "a")  # noqa: SIM115
+            self._tb = Writer(self._tb_dir)
 
     def write(self, record: dict) -> None:
         """One record: `step`, `split` and scalar values."""
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record) + "\n"
+        if self._remote:
+            self._lines += line
+            storage.write_text(self._path, self._lines)
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for k, v in record.items():
             if k not in ("step", "split", "time") and isinstance(v, int | float):
                 self._tb.add_scalar(f"{record['split']}/{k}", float(v), record["step"])
         self._tb.flush()
+        self._upload_events()
+
+    def _upload_events(self) -> None:
+        """Copies this writer's event file(s), whole, to WORKDIR/tb (Cloud Storage only)."""
+        if self._remote:
+            for name in os.listdir(self._tb_local):
+                local = os.path.join(self._tb_local, name)
+                with open(local, "rb") as f:
+                    storage.path(storage.join(self._tb_dir, name)).write_bytes(f.read())
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        self._tb.close()
+        if self._remote:
+            self._upload_events()
+            shutil.rmtree(self._tb_local, ignore_errors=True)
+        else:
             self._jsonl.close()
-            self._tb.close()
 
 
 def progress_line(record: dict, num_steps: int) -> str:

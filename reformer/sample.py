@@ -23,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
 from reformer import beam, checkpoints, data, decode, steps
 from reformer.config import ConfigError
@@ -219,20 +219,7 @@ def sample(config, workdir: str) -> list[np.ndarray]:
     return samples
 
 
-def main(argv: list[str]) -> None:
-    from reformer.train import _CONFIG, _WORKDIR
-
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
-    try:
-        sample(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    from reformer.train import parse_flags
+    from reformer import cli
 
-    app.run(main, flags_parser=parse_flags)
+    cli.run("sample", sample, distributed=False)

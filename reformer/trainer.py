@@ -8,13 +8,12 @@ the device except to log: it dispatches step N before it reads step N-1's metric
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import ml_collections
 
-from reformer import checkpoints, data, sharding
+from reformer import checkpoints, data, sharding, storage
 from reformer.config import ConfigError, validate
 from reformer.metrics import MetricsWriter, log, progress_line
 from reformer.optim import make_optimizer
@@ -52,17 +51,6 @@ def _check_finite(metrics: list[tuple[int, dict]]) -> None:
         )
 
 
-def _prepare_workdir(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test.{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"--workdir {workdir!r} is not writable: {e}") from e
-
-
 def _describe_process(mesh) -> str:
     devices = jax.local_devices()
     return (
@@ -77,7 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Returns the last evaluation's metrics ({} when the run had already finished).
     """
     validate(config, num_devices=jax.device_count())
-    _prepare_workdir(workdir)
+    storage.prepare_dir(workdir, "--workdir", f".write_test.{jax.process_index()}")
     checkpoints.check_config_matches(workdir, config)
     is_main = jax.process_index() == 0
     t = config.train

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import zipfile
 
 import grain
 import numpy as np
 
+from reformer import storage
 from reformer.config import SPLITS as SPLITS  # The split names, re-exported.
 from reformer.config import ConfigError
 
@@ -48,10 +48,12 @@ def read_file(path: str, field: str = "data.path") -> bytes:
     """The bytes of a raw file, or of the single member of a zip archive."""
     if not path:
         raise DataError(f"config.{field}: no file given")
-    if not os.path.isfile(path):
+    problem = storage.problem(path)
+    if problem:
+        raise DataError(f"config.{field}: {problem}")
+    if not storage.isfile(path):
         raise DataError(f"config.{field}: no such file: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = storage.read_bytes(path)
     if raw[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(raw)) as z:
