@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from tests import gcs_emulator
 from tests.conftest import REPO, run_module
+from tests.test_multihost import finish, small_overrides, start_processes
 from tests.test_recovery import PROGRESS, Training, assert_trees_equal, final_params, resumed_at
 
 # Seed 3 kills while the save of step 10 is unfinished, so the restart meets an uncommitted step.
@@ -246,3 +247,19 @@ def test_a_missing_bucket_is_refused_before_anything_is_written(emulator, bucket
     ), result.stderr
     assert "Traceback" not in result.stderr
     assert "Compiled" not in result.stdout
+
+
+def test_two_processes_train_and_resume_in_one_bucket_workdir(emulator, bucket):
+    """Two processes (two CPU devices each) write one checkpoint together into the bucket;
+    only process 0 writes metrics and events; both resume from it."""
+    workdir, prefix = f"gs://{emulator.bucket}/two", "two"
+    outs = finish(start_processes("reformer.train", workdir, 2, small_overrides(3), emulator.env))
+    assert "step       3/3" in outs[0] and "step       3/3" not in outs[1]
+    assert complete_steps(bucket, prefix) == [3]
+    outs = finish(start_processes("reformer.train", workdir, 2, small_overrides(6), emulator.env))
+    assert all(f"Resumed from {workdir} at step 3." in out for out in outs), outs
+    assert complete_steps(bucket, prefix) == [3, 6]
+    assert [r["step"] for r in metrics(bucket, prefix)] == [1, 2, 3, 4, 5, 6]
+    events = [n for n in names(bucket, prefix) if n.startswith("tb/")]
+    assert len(events) == 2, events  # One writer per run, in process 0 only.
+    assert not [n for n in names(bucket, prefix) if ".write_test" in n]

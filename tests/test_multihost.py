@@ -62,11 +62,14 @@ def small_overrides(num_steps: int) -> list[str]:
     ]
 
 
-def start_processes(module: str, workdir: str, n: int, args: list[str]) -> list[subprocess.Popen]:
+def start_processes(
+    module: str, workdir: str, n: int, args: list[str], env: dict | None = None
+) -> list[subprocess.Popen]:
     """`n` processes of `python -m module` joined through a coordinator on localhost, two
-    CPU devices each, with short timeouts so a dead peer fails the others quickly."""
+    CPU devices each, with short timeouts so a dead peer fails the others quickly (`env`:
+    variables added to this process's environment)."""
     port = free_port()
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, **(env or {}), "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     return [
         subprocess.Popen(
