@@ -19,11 +19,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reformer import sharding, storage
+from reformer import sharding, storage, supervise
 from reformer.errors import ConfigError
 
 CONFIG = config_flags.DEFINE_config_file(
@@ -54,6 +55,9 @@ INIT_TIMEOUT = flags.DEFINE_integer(
 HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 100, "Seconds after which a silent process counts as dead."
 )
+
+# A collective that failed because a peer process is gone (Gloo on CPU).
+PEER_FAILURE = re.compile(r"Connection (closed|reset) by peer|Gloo .* failed")
 
 # What each entry point needs besides the shared flags, for its usage line.
 USAGE_EXTRA = {"train": "", "evaluate": "", "sample": " --prompt TEXT"}
@@ -143,6 +147,13 @@ def initialize_distributed(program: str) -> None:
         exit_with_error(program, str(e))
 
 
+def _multi_process() -> bool:
+    """Whether this command is one process of several (from the flags or a detected cluster)."""
+    if NUM_PROCESSES.value is not None:
+        return NUM_PROCESSES.value > 1
+    return sharding.detected_process_count() > 1
+
+
 def run(
     program: str,
     body: Callable[[ml_collections.ConfigDict, str], object],
@@ -154,6 +165,17 @@ def run(
     def main(argv: list[str]) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        if distributed and not os.environ.get(supervise.ENV) and _multi_process():
+            # This process becomes the thin parent of the real one (reformer/supervise.py).
+            sys.exit(
+                supervise.supervise(
+                    f"reformer.{program}",
+                    sys.argv[1:],
+                    PROCESS_ID.value,
+                    NUM_PROCESSES.value,
+                    WORKDIR.value,
+                )
+            )
         logging.set_verbosity(logging.WARNING)  # Keep library INFO logs (orbax) quiet.
         if distributed:
             initialize_distributed(program)
@@ -162,5 +184,13 @@ def run(
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except jax.errors.JaxRuntimeError as e:
+            if not (os.environ.get(supervise.ENV) and PEER_FAILURE.search(str(e))):
+                raise
+            # A collective whose peer is gone. JAX's coordination service ends this process
+            # shortly (at exit, in its shutdown barrier), and the parent names the lost one.
+            first = str(e).strip().splitlines()[0][:200]
+            print(f"error: a collective between processes failed ({first})", file=sys.stderr)
+            sys.exit(1)
 
     app.run(main, flags_parser=flags_parser(program))

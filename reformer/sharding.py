@@ -57,7 +57,7 @@ def initialize_distributed(
             heartbeat_timeout_seconds=heartbeat_timeout,
         )
         return True
-    if _detected_process_count() > 1:
+    if detected_process_count() > 1:
         jax.distributed.initialize(
             initialization_timeout=initialization_timeout,
             heartbeat_timeout_seconds=heartbeat_timeout,
@@ -66,7 +66,7 @@ def initialize_distributed(
     return False
 
 
-def _detected_process_count() -> int:
+def detected_process_count() -> int:
     """Processes of the cluster JAX would detect (Cloud TPU, SLURM, Open MPI); 1 if none."""
     try:  # JAX's own detection; a private module, so fall back quietly if it moves.
         from jax._src.clusters import ClusterEnv

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -301,3 +302,49 @@ def test_a_stop_request_to_one_process_stops_both_at_the_same_step(sig, tmp_path
         stops.append(int(line.rsplit(" ", 1)[1].rstrip(".")))
     assert stops[0] == stops[1], stops
     assert checkpoint_steps(workdir) == [stops[0]]
+
+
+# Losing process 0 (the coordinator) ends the survivor at once, by another message.
+@pytest.mark.parametrize("lost", [1, pytest.param(0, marks=pytest.mark.slow)])
+def test_a_process_killed_hard_is_named_in_one_line_by_the_survivor(lost, tmp_path):
+    """kill -9 of one process (its command, the thin parent of reformer/supervise.py, and with
+    it the training process): the other ends non-zero within the heartbeat timeout with one
+    line naming the lost process, the last complete checkpoint and how to resume, and no
+    stack dumps."""
+    workdir = str(tmp_path / "w")
+    procs = start_processes(
+        "reformer.train",
+        workdir,
+        2,
+        [
+            "--config.train.num_steps=100000",
+            "--config.train.log_every=1",
+            "--config.train.checkpoint_every=5",
+            "--config.train.eval_every=0",
+        ],
+    )
+    survivor = procs[1 - lost]
+    try:
+        for line in procs[0].stdout:  # Until a checkpoint exists and training goes on.
+            if re.search(r"step +(1[2-9]|[2-9]\d)/100000", line):
+                break
+        procs[lost].send_signal(signal.SIGKILL)
+        out = survivor.communicate(timeout=TIMEOUT)[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert survivor.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    who = "process 0 of 2 \\(the coordinator\\)" if lost == 0 else "process 1 of 2"
+    m = re.fullmatch(
+        rf"error: {who} was lost \(it stopped sending heartbeats to the coordination "
+        rf"service\); this process \({1 - lost}\) stopped too\. Last complete checkpoint: step "
+        rf"(\d+) in {re.escape(workdir)}\. Restart all processes with the same command to "
+        r"resume from it\.",
+        last,
+    )
+    assert m, out[-3000:]
+    assert int(m[1]) == max(checkpoint_steps(workdir)) >= 5
+    assert "Check failure stack trace" not in out and "Fatal Python error" not in out
