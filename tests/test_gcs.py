@@ -7,11 +7,15 @@ emulator; checkpoints are compared after copying them to a local directory."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 import re
 import signal
+import subprocess
+import sys
+import zipfile
 
 import jax
 import pytest
@@ -263,3 +267,56 @@ def test_two_processes_train_and_resume_in_one_bucket_workdir(emulator, bucket):
     events = [n for n in names(bucket, prefix) if n.startswith("tb/")]
     assert len(events) == 2, events  # One writer per run, in process 0 only.
     assert not [n for n in names(bucket, prefix) if ".write_test" in n]
+
+
+def test_config_file_init_from_and_data_files_on_the_bucket(emulator, bucket, interrupted_run):
+    """`--config gs://...`, `train.init_from=gs://...`, and a text file and an enwik8 zip on
+    the bucket (the zip prepared by TFDS into a local data_dir)."""
+    env, tmp = interrupted_run["env"], interrupted_run["tmp"]
+    with open(os.path.join(REPO, "configs", "tiny.py")) as f:
+        bucket.blob("configs/tiny.py").upload_from_string(f.read())
+    local = str(tmp / "from_bucket")
+    result = run_module(
+        [
+            "reformer.train",
+            "--config",
+            f"gs://{emulator.bucket}/configs/tiny.py",
+            "--workdir",
+            local,
+            f"--config.train.init_from={interrupted_run['workdir']}",
+            "--config.train.num_steps=2",
+        ],
+        env=env,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (
+        f"from the parameters of {interrupted_run['workdir']} (its step {NUM_STEPS})"
+        in result.stdout
+    ), result.stdout
+
+    with open(os.path.join(REPO, "..", "shared", "data", "enwik8_prefix_4154399"), "rb") as f:
+        prefix = f.read(200_000)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("enwik8", prefix)
+    bucket.blob("data/enwik8.zip").upload_from_string(archive.getvalue())
+    bucket.blob("data/text.txt").upload_from_string(prefix[:50_000])
+    script = (
+        "import sys; from reformer.data import enwik8, text; "
+        f"assert text.read_file('gs://{emulator.bucket}/data/text.txt') == "
+        f"open(sys.argv[1], 'rb').read(50_000); "
+        f"s = enwik8.load_splits('gs://{emulator.bucket}/data/enwik8.zip', sys.argv[2]); "
+        "print({k: len(v) for k, v in sorted(s.items())})"
+    )
+    data = os.path.join(REPO, "..", "shared", "data", "enwik8_prefix_4154399")
+    result = subprocess.run(
+        [sys.executable, "-c", script, data, str(tmp / "tfds")],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "{'test': 10000, 'train': 180000, 'validation': 10000}" in result.stdout
