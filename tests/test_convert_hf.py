@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,8 @@ from reformer.convert_hf import config_from_hf, convert  # noqa: E402
 from reformer.evaluate import evaluate_checkpoint  # noqa: E402
 from reformer.model import shift_right  # noqa: E402
 from reformer.trainer import train_and_evaluate  # noqa: E402
+from tests import gcs_emulator  # noqa: E402
+from tests.conftest import REPO, run_module  # noqa: E402
 from tests.test_text_data import PREFIX  # noqa: E402
 
 HASH_SEED = 7
@@ -263,3 +267,34 @@ def test_resuming_a_converted_workdir_points_to_init_from(converted):
     with pytest.raises(ConfigError, match="parameters only.*init_from"):
         train_and_evaluate(config, workdir)
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["0"]
+
+
+def test_convert_into_a_bucket_and_sample_from_it(converted, tmp_path):
+    """scripts/convert_hf_checkpoint.py with `--out gs://...` (Cloud Storage emulator), then
+    `reformer.sample --config gs://.../config.py --workdir gs://...`: the greedy sample of
+    the local conversion."""
+    hf, workdir, config_path = converted
+    hf_dir = str(tmp_path / "hf")
+    hf.float().save_pretrained(hf_dir)
+    hf.double()
+    sample = ["--prompt", "ab", "--length", "6", "--temperature", "0"]
+    with gcs_emulator.running() as emulator:
+        out = f"gs://{emulator.bucket}/hf"
+        env = {**emulator.env, "JAX_PLATFORMS": "cpu"}
+        result = subprocess.run(
+            [sys.executable, "scripts/convert_hf_checkpoint.py", "--hf_dir", hf_dir, "--out", out],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        remote = run_module(
+            ["reformer.sample", "--config", f"{out}/config.py", "--workdir", out, *sample], env=env
+        )
+        assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-3000:]
+    local = run_module(["reformer.sample", "--config", config_path, "--workdir", workdir, *sample])
+    assert local.returncode == 0, local.stderr[-3000:]
+    body = lambda out: out[out.index("--- sample 1 ---") :]  # noqa: E731
+    assert body(remote.stdout) == body(local.stdout)
