@@ -131,6 +131,19 @@ def read_bytes(p) -> bytes:
     return path(p).read_bytes()
 
 
+def write_bytes(p, data: bytes) -> None:
+    """Writes `p` whole or not at all (as `write_text`)."""
+    if is_remote(p):
+        path(p).write_bytes(data)
+        return
+    tmp = f"{p}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
 def write_text(p, text: str) -> None:
     """Writes `p` whole or not at all: one upload on Cloud Storage; locally a temporary file
     synced and renamed over it."""

@@ -1,0 +1,209 @@
+"""Parallel text for translation: two aligned files (one sentence a line), encoded with the
+shared subword vocabulary (`reformer/data/tokenizer.py`), filtered by length, and batched by a
+token budget over a few fixed lengths.
+
+- Reading: the two files must have as many lines; a pair with an empty side is skipped and
+  counted, never an error.
+- Encoding: the source is its ids and the end id 1; the target (`tokens`) is its ids and the
+  end id, weighted 1 up to and including the end id (the decoder's input is `tokens` shifted
+  right behind the start input 0). A pair longer than the limits on either side (end id
+  included) is dropped and counted.
+- Batches: every pair goes to the shortest length bucket `L` (`bucket_lengths`: 8, 16, 32, ...
+  up to the limit) that holds both sides; a batch of bucket `L` is `rows(L)` pairs of `L`
+  positions each (source and target), `rows(L)` the token budget over `L`, rounded down to a
+  multiple of `row_multiple` (the devices the batch is split over). So a batch holds about the
+  same number of tokens whatever its length, pairs of similar length share a batch (little
+  padding), and the train step compiles once per bucket. An epoch shuffles the pairs within
+  each bucket and then the order of all batches, with `(seed, epoch)`; every pair is in
+  exactly one batch of the epoch (a bucket's last batch is filled with weight-0 rows).
+- Position: `(epoch, index)`, two integers, saved in each checkpoint; every host computes the
+  same global batches and keeps its rows (`rows_fn`), so resuming, on any number of hosts,
+  continues the same stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from reformer import storage
+from reformer.data.text import DataError
+from reformer.data.tokenizer import END_ID, Tokenizer
+
+SMALLEST_BUCKET = 8
+
+
+@dataclasses.dataclass
+class ParallelText:
+    sources: list[str]
+    targets: list[str]
+    skipped_empty: int  # Pairs with an empty side, left out.
+
+
+def read_parallel(source_path: str, target_path: str, field: str = "data") -> ParallelText:
+    """The aligned sentences of two files (one a line)."""
+    texts = []
+    for path in (source_path, target_path):
+        if not storage.isfile(path):
+            raise DataError(f"config.{field}: no such file: {path}")
+        texts.append(storage.read_text(path).split("\n"))
+    for lines in texts:  # A final newline is not an extra (empty) line.
+        if lines and lines[-1] == "":
+            lines.pop()
+    sources, targets = texts
+    if len(sources) != len(targets):
+        raise DataError(
+            f"config.{field}: {source_path} has {len(sources):,} lines but {target_path} has "
+            f"{len(targets):,}; the two files must be aligned, one sentence pair a line"
+        )
+    keep = [
+        i for i, (s, t) in enumerate(zip(sources, targets, strict=True)) if s.strip() and t.strip()
+    ]
+    return ParallelText(
+        [sources[i].strip() for i in keep],
+        [targets[i].strip() for i in keep],
+        len(sources) - len(keep),
+    )
+
+
+@dataclasses.dataclass
+class EncodedPairs:
+    sources: list[np.ndarray]  # Ids and the end id, int32.
+    targets: list[np.ndarray]
+    too_long: int  # Pairs dropped for a side longer than its limit.
+    kept: np.ndarray  # Index of each kept pair in the text.
+
+
+def encode_pairs(
+    tokenizer: Tokenizer, text: ParallelText, max_source_len: int, max_target_len: int
+) -> EncodedPairs:
+    """The pairs as ids with the end id; pairs over the limits (end id included) dropped."""
+    sources = tokenizer.encode_batch(text.sources)
+    targets = tokenizer.encode_batch(text.targets)
+    kept = [
+        i
+        for i, (s, t) in enumerate(zip(sources, targets, strict=True))
+        if len(s) + 1 <= max_source_len and len(t) + 1 <= max_target_len
+    ]
+    return EncodedPairs(
+        [np.asarray([*sources[i], END_ID], np.int32) for i in kept],
+        [np.asarray([*targets[i], END_ID], np.int32) for i in kept],
+        len(sources) - len(kept),
+        np.asarray(kept, np.int64),
+    )
+
+
+def bucket_lengths(max_len: int, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:
+    """8, 16, 32, ... below `max_len`, and `max_len`."""
+    lengths, n = [], smallest
+    while n < max_len:
+        lengths.append(n)
+        n *= 2
+    return (*lengths, max_len)
+
+
+def bucket_rows(length: int, token_budget: int, row_multiple: int) -> int:
+    """Pairs per batch of bucket `length`: the budget's worth, a multiple of `row_multiple`."""
+    return max(row_multiple, token_budget // length // row_multiple * row_multiple)
+
+
+def assign_buckets(pairs: EncodedPairs, lengths: Sequence[int]) -> np.ndarray:
+    """The bucket (an index into `lengths`) of every pair: the shortest holding both sides."""
+    longest = np.asarray(
+        [max(len(s), len(t)) for s, t in zip(pairs.sources, pairs.targets, strict=True)]
+    )
+    return np.searchsorted(np.asarray(lengths), longest, side="left")
+
+
+def epoch_batches(
+    buckets: np.ndarray,
+    lengths: Sequence[int],
+    token_budget: int,
+    row_multiple: int,
+    seed: int | None,
+    epoch: int = 0,
+) -> list[tuple[int, np.ndarray]]:
+    """`(length, pair indices)` of every batch of an epoch; with `seed` None nothing is
+    shuffled (evaluation: the pairs in order within each bucket, buckets in order)."""
+    rng = None if seed is None else np.random.default_rng([seed, epoch, 7])
+    batches = []
+    for b, length in enumerate(lengths):
+        members = np.flatnonzero(buckets == b)
+        if rng is not None:
+            members = rng.permutation(members)
+        rows = bucket_rows(length, token_budget, row_multiple)
+        batches += [(length, members[i : i + rows]) for i in range(0, len(members), rows)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def make_batch(
+    pairs: EncodedPairs, indices: np.ndarray, length: int, rows: int
+) -> dict[str, np.ndarray]:
+    """`inputs` (sources), `tokens` (targets) and `weights` of `rows` x `length`; rows past
+    `indices` are padding with weight 0."""
+    inputs = np.zeros((rows, length), np.int32)
+    tokens = np.zeros((rows, length), np.int32)
+    for row, i in enumerate(indices):
+        source, target = pairs.sources[i], pairs.targets[i]
+        inputs[row, : len(source)] = source
+        tokens[row, : len(target)] = target
+    return {"inputs": inputs, "tokens": tokens, "weights": (tokens != 0).astype(np.float32)}
+
+
+class TokenBudgetStream:
+    """The endless training stream (see the module docstring); `get_state` / `set_state`
+    give its position for checkpoints."""
+
+    def __init__(
+        self,
+        pairs: EncodedPairs,
+        *,
+        max_len: int,
+        token_budget: int,
+        seed: int,
+        row_multiple: int = 1,
+        rows_fn: Callable[[int], slice] | None = None,
+    ):
+        if not pairs.sources:
+            raise DataError("config.data: no sentence pair is left to train on")
+        self.pairs, self.seed = pairs, seed
+        self.lengths = bucket_lengths(max_len)
+        self.token_budget, self.row_multiple = token_budget, row_multiple
+        self._rows_fn = rows_fn or (lambda n: slice(0, n))
+        self._buckets = assign_buckets(pairs, self.lengths)
+        self.epoch, self.index = 0, 0
+        self._batches = self._epoch(0)
+
+    def _epoch(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        return epoch_batches(
+            self._buckets, self.lengths, self.token_budget, self.row_multiple, self.seed, epoch
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.index == len(self._batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._batches = self._epoch(self.epoch)
+        length, indices = self._batches[self.index]
+        self.index += 1
+        rows = bucket_rows(length, self.token_budget, self.row_multiple)
+        batch = make_batch(self.pairs, indices, length, rows)
+        mine = self._rows_fn(rows)
+        return {k: v[mine] for k, v in batch.items()}
+
+    def get_state(self) -> dict:
+        return {"name": "translation", "seed": self.seed, "epoch": self.epoch, "index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        if state.get("name") != "translation" or state.get("seed") != self.seed:
+            raise ValueError(
+                f"data state {state} does not belong to a translation stream with seed {self.seed}"
+            )
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._batches = self._epoch(self.epoch)
