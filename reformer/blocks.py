@@ -561,11 +561,12 @@ class OutputLayer(nn.Module):
 def loss_and_metrics(
     logits_BxLxV: jax.Array, tokens_BxL: jax.Array, weights_BxL: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted mean cross-entropy (nats per target) and the sums the metrics are made from.
-    Any leading axes: `[B, L, V]` logits with `[B, L]` targets, or `[B, C]` with `[B]`."""
-    logp_BxL = jnp.take_along_axis(
-        jax.nn.log_softmax(logits_BxLxV, axis=-1), tokens_BxL[..., None], axis=-1
-    )[..., 0]
+    """Weighted mean cross-entropy (nats per target) and the sums the metrics are made from;
+    `smooth_sum` is the summed mean of -log p over the vocabulary, the part of the loss that
+    label smoothing mixes in (`steps.loss_sums_and_grads`). Any leading axes: `[B, L, V]`
+    logits with `[B, L]` targets, or `[B, C]` with `[B]`."""
+    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
+    logp_BxL = jnp.take_along_axis(logp_BxLxV, tokens_BxL[..., None], axis=-1)[..., 0]
     correct_BxL = (jnp.argmax(logits_BxLxV, axis=-1) == tokens_BxL).astype(jnp.float32)
     denom = jnp.maximum(weights_BxL.sum(), 1.0)
     loss = -(logp_BxL * weights_BxL).sum() / denom
@@ -573,5 +574,6 @@ def loss_and_metrics(
         "loss_sum": -(logp_BxL * weights_BxL).sum(),
         "correct_sum": (correct_BxL * weights_BxL).sum(),
         "weight_sum": weights_BxL.sum(),
+        "smooth_sum": -(logp_BxLxV.mean(axis=-1) * weights_BxL).sum(),
     }
     return loss, sums

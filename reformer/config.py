@@ -30,7 +30,15 @@ RESIDUALS = ("reversible", "two_stream", "standard")
 SPLITS = ("train", "validation", "test")
 OPTIMIZERS = ("adam", "adafactor")
 SCHEDULES = ("rsqrt", "constant")
-DATASETS = ("duplication", "enwik8", "text", "masked_duplication", "match", "reverse")
+DATASETS = (
+    "duplication",
+    "enwik8",
+    "text",
+    "masked_duplication",
+    "match",
+    "reverse",
+    "translation",
+)
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
 # The data each model kind trains on.
@@ -38,7 +46,7 @@ KIND_DATASETS = {
     "lm": ("duplication", "enwik8", "text"),
     "masked_lm": ("masked_duplication",),
     "classifier": ("match",),
-    "encoder_decoder": ("reverse",),
+    "encoder_decoder": ("reverse", "translation"),
 }
 # Synthetic tasks (reformer/data/duplication.py): the least vocab_size, and why.
 SYNTHETIC_VOCAB = {
@@ -110,6 +118,15 @@ def default_config() -> ml_collections.ConfigDict:
     d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
     d.path = ""  # File (raw or zip; local or gs://) for "enwik8" (optional) and "text" (required).
     d.tfds_dir = ""  # Where TFDS writes prepared data (local); "" = TFDS's default directory.
+    # "translation" (encoder_decoder): aligned text files, one sentence a line, in a shared
+    # SentencePiece vocabulary of model.vocab_size pieces (reformer/data/translation.py).
+    d.train_files = ""  # translation: the training pair, "{lang}" = data.source_lang / target_lang
+    d.validation_files = ""  # translation: the validation pair, the same way (e.g. DIR/val.{lang})
+    d.test_files = ""  # translation: the test pair, the same way
+    d.source_lang = "en"  # translation: the source language ("{lang}" in its file names)
+    d.target_lang = "de"  # translation: the target language
+    d.vocab_path = ""  # translation: SentencePiece model ("" = WORKDIR/vocab.model, made)
+    d.batch_tokens = 4096  # translation: padded positions per training batch (sets pairs per batch)
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
@@ -122,6 +139,7 @@ def default_config() -> ml_collections.ConfigDict:
     # The global batch is split into this many micro-batches whose gradients are summed
     # inside the step (same result as the whole batch, less activation memory).
     t.grad_accum_steps = 1  # Micro-batches per optimizer step.
+    t.label_smoothing = 0.0  # Targets mixed with this much of a uniform distribution (0..1).
     # Fine-tuning: a workdir (e.g. one written by scripts/convert_hf_checkpoint.py) whose
     # latest checkpoint's parameters start this run, with fresh optimizer state at step 0.
     # Used only when --workdir has no checkpoint yet (resuming comes first).
@@ -270,7 +288,13 @@ def _check_numbers(r: Report) -> None:
         f"must be a number in (0, 1), got {eps!r}",
     )
     o = r.config.optimizer
-    for field in ("model.dropout", "model.attention_dropout", "optimizer.b1", "optimizer.b2"):
+    for field in (
+        "model.dropout",
+        "model.attention_dropout",
+        "optimizer.b1",
+        "optimizer.b2",
+        "train.label_smoothing",
+    ):
         v = r.value(field)
         r.check(isinstance(v, int | float) and 0 <= v < 1, field, f"must be in [0, 1), got {v!r}")
     r.check(
@@ -491,6 +515,9 @@ def _check_data(r: Report) -> None:
                 f"the {d.name} task (two copies of a word, each after a separator) needs "
                 f"seq_len = 2 * data.word_len + 2 = {2 * d.word_len + 2}, got {d.seq_len}",
             )
+    if d.name == "translation":
+        _check_translation(r)
+        return
     if d.name in SYNTHETIC_VOCAB:
         least, why = SYNTHETIC_VOCAB[d.name]
         if r.fine("model.vocab_size"):
@@ -526,6 +553,44 @@ def _check_data(r: Report) -> None:
             "eval.stride",
             f"must be at most data.seq_len={d.seq_len} (0 = seq_len), got {e.stride}",
         )
+
+
+def _check_translation(r: Report) -> None:
+    m, d = r.config.model, r.config.data
+    if r.check(bool(d.train_files), "data.train_files", "translation needs its training files"):
+        for field in ("data.train_files", "data.validation_files", "data.test_files"):
+            pattern = r.value(field)
+            if pattern and r.check(
+                "{lang}" in pattern,
+                field,
+                f'{pattern!r} must hold "{{lang}}" (data.source_lang / data.target_lang)',
+            ):
+                for lang in (d.source_lang, d.target_lang):
+                    path = pattern.replace("{lang}", lang)
+                    message = storage.problem(path) or f"no such file: {path}"
+                    r.check(not storage.problem(path) and storage.isfile(path), field, message)
+    split = r.config.eval.split
+    r.check(
+        split == "train" or bool(r.value(f"data.{split}_files")),
+        "eval.split",
+        f"{split!r} has no files (data.{split}_files is empty)",
+    )
+    if d.vocab_path:
+        _check_path(r, "data.vocab_path")
+    r.check(
+        _is_int(d.batch_tokens) and d.batch_tokens >= max(d.seq_len, d.source_len),
+        "data.batch_tokens",
+        f"must hold at least one pair of the longest length {max(d.seq_len, d.source_len)} "
+        f"(data.seq_len, data.source_len); got {d.batch_tokens!r}",
+    )
+    bad = [a for a in (*m.attention_types, *m.encoder_attention_types) if a in ("lsh", "local")]
+    r.check(
+        not bad,
+        "model.attention_types",
+        f"translation batches sentences of several lengths, which {bad[0] if bad else ''} "
+        "attention's chunks do not divide; use full or full_shared_qk (sentences are shorter "
+        "than a chunk, as in the paper's WMT runs)",
+    )
 
 
 def _check_init_from(r: Report) -> None:

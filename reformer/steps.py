@@ -76,6 +76,7 @@ def jit_train_step(config: ml_collections.ConfigDict, model, tx, mesh, state_sha
         accum_steps=config.train.grad_accum_steps,
         batch_sharding=batch_sharding,
         grad_sharding=state_sharding.params if fsdp else None,
+        label_smoothing=config.train.label_smoothing,
     )
     rep = sharding.replicated(mesh)
     return jax.jit(
@@ -169,8 +170,11 @@ def loss_sums_and_grads(
     accum_steps: int = 1,
     batch_sharding=None,
     grad_sharding=None,
+    label_smoothing: float = 0.0,
 ) -> tuple[dict, Any]:
-    """Metric sums and the gradient of `loss_sum / weight_sum` over the whole batch.
+    """Metric sums and the gradient of `loss_sum / weight_sum` over the whole batch; with
+    `label_smoothing` e, of `((1 - e) loss_sum + e smooth_sum) / weight_sum` (the targets
+    mixed with a uniform distribution over the vocabulary; the metrics stay the plain loss).
 
     With `accum_steps > 1` the batch is split into that many micro-batches whose gradients
     are summed in a `lax.scan`, so only one micro-batch's activations exist at a time. LSH
@@ -184,7 +188,10 @@ def loss_sums_and_grads(
             sums = models.batch_sums(
                 model, p, mb, deterministic=False, rngs={"dropout": rng, "hash": hash_rng}
             )
-            return sums["loss_sum"] / total_weight, sums
+            objective = sums["loss_sum"]
+            if label_smoothing:
+                objective = (1 - label_smoothing) * objective + label_smoothing * sums["smooth_sum"]
+            return objective / total_weight, sums
 
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return sums, grads
@@ -227,6 +234,7 @@ def train_step(
     accum_steps: int = 1,
     batch_sharding=None,
     grad_sharding=None,
+    label_smoothing: float = 0.0,
 ) -> tuple[TrainState, dict]:
     """One optimizer step. Dropout and hash keys are `fold_in(rng, step)`.
 
@@ -243,6 +251,7 @@ def train_step(
         accum_steps=accum_steps,
         batch_sharding=batch_sharding,
         grad_sharding=grad_sharding,
+        label_smoothing=label_smoothing,
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

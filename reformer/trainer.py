@@ -8,6 +8,7 @@ the device except to log: it dispatches step N before it reads step N-1's metric
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -83,7 +84,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rep = sharding.replicated(mesh)
 
     manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
-    stream = data.make_train_stream(config, rows=sharding.process_rows(mesh, t.batch_size))
+    rows_fn = functools.partial(sharding.process_rows, mesh)
+    stream = data.make_train_stream(
+        config, rows=rows_fn(t.batch_size), rows_fn=rows_fn, workdir=workdir
+    )
     restored = checkpoints.restore_latest(manager, abstract, workdir)
     if restored is not None:
         latest, state, data_state = restored
@@ -123,12 +127,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         out_shardings=rep,
     )
     eval_batches = data.make_eval_batches(
-        config, rows=sharding.process_rows(mesh, config.eval.batch_size)
+        config, rows=rows_fn(config.eval.batch_size), rows_fn=rows_fn, workdir=workdir
     )
 
     step = int(state.step)
     writer = MetricsWriter(workdir, enabled=is_main, start_step=step)
-    tokens_per_step = t.batch_size * config.data.seq_len
     last_eval: dict = {}
 
     def run_eval(step: int) -> dict:
@@ -144,13 +147,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return record
 
     pending: list[tuple[int, dict]] = []  # (step, device metrics) of steps not yet logged.
-    ready: tuple[int, list, int] | None = None  # A log interval to write.
+    ready: tuple[int, list, int, int] | None = None  # A log interval to write.
     # Steps run asynchronously: an interval ends when its last step's metrics arrive on the
     # host, not when that step is dispatched. Evaluations and saves are not training time.
     clock = {"last_done": time.time(), "paused": 0.0}
-    interval_first_step, compiled_step = step, None
+    interval_first_step, interval_tokens = step, 0
+    # The train step compiled for each batch shape met (one, or one per length bucket).
+    compiled_steps: dict[tuple, object] = {}
 
-    def write_train_record(end_step: int, metrics: list, n_steps: int) -> None:
+    def write_train_record(end_step: int, metrics: list, n_steps: int, tokens: int) -> None:
         host_metrics = jax.device_get(metrics)  # One transfer for the whole interval.
         now = time.time()
         seconds = now - clock["last_done"] - clock["paused"]
@@ -168,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "grad_norm": float(host[-1]["grad_norm"]),
             "learning_rate": float(host[-1]["learning_rate"]),
             "steps_per_sec": sps,
-            "tokens_per_sec": sps * tokens_per_step,
+            "tokens_per_sec": tokens / max(seconds, 1e-9),
         }
         writer.write(record)
         if is_main:
@@ -182,14 +187,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         try:
             while step < t.num_steps:
                 batch = sharding.global_batch(mesh, next(stream))
-                if compiled_step is None:
-                    compiled_step, compile_s = compile_train_step(
+                shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
+                if shape not in compiled_steps:
+                    compiled_steps[shape], compile_s = compile_train_step(
                         p_train_step, state, batch, step_rng
                     )
                     clock["paused"] += compile_s
                     if is_main:
-                        log(f"Compiled the train step in {compile_s:.1f} s.")
-                state, metrics = compiled_step(state, batch, step_rng)
+                        rows, length = batch["tokens"].shape[:2]
+                        of = f" for batches of {rows} x {length}" if len(compiled_steps) > 1 else ""
+                        log(f"Compiled the train step{of} in {compile_s:.1f} s.")
+                state, metrics = compiled_steps[shape](state, batch, step_rng)
+                interval_tokens += batch["tokens"].size
                 step += 1
                 pending.append((step, metrics))
                 if ready is not None:  # Step N is dispatched; now read the interval before it.
@@ -200,8 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 evaluate_now = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
                 save_now = step % t.checkpoint_every == 0 or done
                 if step % t.log_every == 0 or step == t.num_steps:
-                    ready = (step, pending, step - interval_first_step)
-                    pending, interval_first_step = [], step
+                    ready = (step, pending, step - interval_first_step, interval_tokens)
+                    pending, interval_first_step, interval_tokens = [], step, 0
                 if ready is not None and (evaluate_now or save_now):
                     write_train_record(*ready)  # Never save a state whose metrics are unchecked.
                     ready = None

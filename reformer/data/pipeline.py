@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from reformer.data import text
+from reformer.data import text, translation
 from reformer.data.duplication import TASKS, DuplicationStream
 
 BYTE_DATASETS = ("enwik8", "text")
@@ -44,15 +44,29 @@ def _task_lengths(config: ml_collections.ConfigDict) -> dict:
     return {"word_len": d.word_len}
 
 
+def _rows_fn(rows_fn, pi: int, pc: int):
+    """`global rows -> this host's slice`: `rows_fn` (e.g. `sharding.process_rows` of the
+    mesh), or the process index's block."""
+    return rows_fn or (lambda n: slice(pi * n // pc, (pi + 1) * n // pc))
+
+
 def make_train_stream(
     config: ml_collections.ConfigDict,
     process_index: int | None = None,
     process_count: int | None = None,
     rows: slice | None = None,
+    *,
+    rows_fn=None,
+    workdir: str | None = None,
 ):
     """The endless training stream of this host's rows of each global batch (`rows`, e.g.
-    `sharding.process_rows`, or the block of the process index)."""
+    `sharding.process_rows`, or the block of the process index). Translation batches vary in
+    size: their rows come from `rows_fn(global rows)`, and the vocabulary from `workdir`."""
     pi, pc = _hosts(process_index, process_count)
+    if config.data.name == "translation":
+        return translation.train_stream(
+            config, workdir, jax.device_count(), _rows_fn(rows_fn, pi, pc)
+        )
     if config.data.name in TASKS:
         return DuplicationStream(
             task=config.data.name,
@@ -84,6 +98,8 @@ def make_eval_batches(
     *,
     rows: slice | None = None,
     whole_split: bool = False,
+    rows_fn=None,
+    workdir: str | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Evaluation batches (this host's rows), the same at every evaluation.
 
@@ -93,6 +109,14 @@ def make_eval_batches(
     """
     pi, pc = _hosts(process_index, process_count)
     e = config.eval
+    if config.data.name == "translation":
+        return translation.eval_batches(
+            config,
+            workdir,
+            jax.device_count(),
+            _rows_fn(rows_fn, pi, pc),
+            0 if whole_split else e.num_batches,
+        )
     if config.data.name in TASKS:
         stream = DuplicationStream(
             task=config.data.name,

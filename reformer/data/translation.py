@@ -24,11 +24,13 @@ token budget over a few fixed lengths.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from reformer import storage
+from reformer.data import tokenizer as vocab
 from reformer.data.text import DataError
 from reformer.data.tokenizer import END_ID, Tokenizer
 
@@ -207,3 +209,120 @@ class TokenBudgetStream:
             )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._batches = self._epoch(self.epoch)
+
+
+# ---- From a config (`data.name = "translation"`) ----
+
+
+def split_files(config, split: str) -> tuple[str, str]:
+    """The (source, target) files of `split` ("train", "validation", "test")."""
+    d = config.data
+    pattern = d[f"{split}_files"]
+    if not pattern:
+        raise DataError(f"config.data.{split}_files: no files for the {split} split")
+    return pattern.replace("{lang}", d.source_lang), pattern.replace("{lang}", d.target_lang)
+
+
+def vocab_path(config, workdir: str | None) -> str:
+    if config.data.vocab_path:
+        return config.data.vocab_path
+    if not workdir:
+        raise DataError("config.data.vocab_path: none given and no workdir to find it in")
+    return storage.join(workdir, VOCAB_FILE)
+
+
+VOCAB_FILE = "vocab.model"
+
+
+def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
+    """The shared vocabulary (`data.vocab_path`, or WORKDIR/vocab.model). With `create`, one
+    missing is trained on the training files of both languages first (process 0 writes it,
+    the others wait for it)."""
+    import jax
+
+    from reformer.metrics import log
+
+    path = vocab_path(config, workdir)
+    if create and not storage.isfile(path):
+        if jax.process_index() == 0:
+            text = read_parallel(*split_files(config, "train"), field="data.train_files")
+            start = time.time()
+            tokenizer = vocab.train(text.sources + text.targets, config.model.vocab_size)
+            tokenizer.save(path)
+            log(
+                f"Trained a {tokenizer.vocab_size:,}-piece SentencePiece vocabulary on "
+                f"{2 * len(text.sources):,} sentences in {time.time() - start:.1f} s: {path}"
+            )
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("reformer_vocabulary")
+    if not storage.isfile(path):
+        raise DataError(
+            f"config.data.vocab_path: no vocabulary at {path} (reformer.train makes it from "
+            "data.train_files when it starts)"
+        )
+    tokenizer = Tokenizer.load(path)
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise DataError(
+            f"config.model.vocab_size: {config.model.vocab_size:,}, but the vocabulary {path} "
+            f"has {tokenizer.vocab_size:,} pieces"
+        )
+    return tokenizer
+
+
+_CACHE: dict[tuple, tuple[ParallelText, EncodedPairs]] = {}
+
+
+def load_split(config, split: str, tokenizer: Tokenizer) -> tuple[ParallelText, EncodedPairs]:
+    """The text and encoded pairs of `split`, length-filtered (once per process)."""
+    from reformer.metrics import log
+
+    d = config.data
+    files = split_files(config, split)
+    key = (files, d.source_len, d.seq_len, tokenizer.model_proto)
+    if key not in _CACHE:
+        text = read_parallel(*files, field=f"data.{split}_files")
+        pairs = encode_pairs(tokenizer, text, d.source_len, d.seq_len)
+        log(
+            f"translation {split}: {len(pairs.sources):,} pairs from {files[0]} and "
+            f"{files[1]}; left out {text.skipped_empty:,} with an empty side and "
+            f"{pairs.too_long:,} longer than data.source_len={d.source_len} / "
+            f"data.seq_len={d.seq_len} (end id included)"
+        )
+        _CACHE[key] = text, pairs
+    return _CACHE[key]
+
+
+def train_stream(config, workdir: str | None, row_multiple: int, rows_fn) -> TokenBudgetStream:
+    tokenizer = vocabulary(config, workdir, create=True)
+    _, pairs = load_split(config, "train", tokenizer)
+    return TokenBudgetStream(
+        pairs,
+        max_len=max(config.data.seq_len, config.data.source_len),
+        token_budget=config.data.batch_tokens,
+        seed=config.train.seed,
+        row_multiple=row_multiple,
+        rows_fn=rows_fn,
+    )
+
+
+def eval_batches(
+    config, workdir: str | None, row_multiple: int, rows_fn, max_batches: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Every pair of `eval.split` once, in length buckets of `eval.batch_size` rows (the
+    first `max_batches`, or all with 0); padding rows have weight 0."""
+    tokenizer = vocabulary(config, workdir)
+    _, pairs = load_split(config, config.eval.split, tokenizer)
+    lengths = bucket_lengths(max(config.data.seq_len, config.data.source_len))
+    rows = max(row_multiple, config.eval.batch_size // row_multiple * row_multiple)
+    buckets = assign_buckets(pairs, lengths)
+    batches = epoch_batches(buckets, lengths, rows * max(lengths), row_multiple, None)
+    out = []
+    for length, indices in batches[: max_batches or None]:
+        batch = make_batch(
+            pairs, indices, length, bucket_rows(length, rows * max(lengths), row_multiple)
+        )
+        mine = rows_fn(len(batch["tokens"]))
+        out.append({k: v[mine] for k, v in batch.items()})
+    return out
