@@ -60,7 +60,12 @@ HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 PEER_FAILURE = re.compile(r"Connection (closed|reset) by peer|Gloo .* failed")
 
 # What each entry point needs besides the shared flags, for its usage line.
-USAGE_EXTRA = {"train": "", "evaluate": "", "sample": " --prompt TEXT"}
+USAGE_EXTRA = {
+    "train": "",
+    "evaluate": "",
+    "sample": " --prompt TEXT",
+    "translate": " --text SENTENCE",
+}
 
 
 def exit_with_error(program: str, message: str) -> None:
