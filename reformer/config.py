@@ -174,6 +174,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Encoder-decoders (reformer.evaluate): also decode every source greedily through the
     # caches, free-running, and report the share of targets reproduced exactly.
     e.free_running = False  # Report exact_match of greedy decoding (model.kind encoder_decoder).
+    # Translation (reformer.evaluate): the split decoded with beam search and scored with
+    # sacreBLEU, cased and uncased; the translations are written beside the JSON.
+    e.beam_size = 4  # Beams when decoding a translation split; 0 = token metrics only.
+    e.alpha = 0.6  # Beam search's length penalty (the authors' value).
     return c
 
 

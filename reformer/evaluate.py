@@ -17,6 +17,7 @@ with `eval.free_running` also decodes every source greedily through the caches a
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -48,12 +49,48 @@ def evaluate_checkpoint(
     validate(config, num_devices=jax.device_count())
     mesh = sharding.make_mesh(config.mesh)
     params, step = load_params(config, workdir, mesh)
-    record = evaluate_params(config, params, step, mesh)
+    record = evaluate_params(config, params, step, mesh, workdir=workdir)
+    hypotheses = None
+    if config.data.name == "translation" and config.eval.beam_size:
+        hypotheses, scores = translation_bleu(config, params, workdir)
+        record.update(scores)
     if write and jax.process_index() == 0:
         path = storage.join(workdir, f"eval_{config.eval.split}.json")
+        if hypotheses is not None:
+            record["hypotheses"] = storage.join(workdir, f"eval_{config.eval.split}.hyp.txt")
+            storage.write_text(record["hypotheses"], "\n".join(hypotheses) + "\n")
         storage.write_text(path, json.dumps(record, indent=2))
         log(f"Wrote {path}")
     return record
+
+
+def translation_bleu(config: ml_collections.ConfigDict, params, workdir: str):
+    """`(translations, scores)` of every pair of `eval.split` (beam search with `eval.beam_size`
+    and `eval.alpha`): sacreBLEU cased and uncased against the references, with signatures."""
+    from reformer import translate
+    from reformer.bleu import corpus_bleu
+    from reformer.data import translation
+
+    tokenizer = translation.vocabulary(config, workdir)
+    text, _ = translation.load_split(config, config.eval.split, tokenizer)
+    start = time.time()
+    hypotheses = translate.translate(
+        config,
+        jax.device_get(params),
+        tokenizer,
+        text.sources,
+        beam_size=config.eval.beam_size,
+        alpha=config.eval.alpha,
+        batch_size=config.eval.batch_size,
+    )
+    scores = corpus_bleu(hypotheses, text.targets)
+    scores.update(
+        beam_size=config.eval.beam_size,
+        alpha=config.eval.alpha,
+        sentences=len(hypotheses),
+        decode_seconds=time.time() - start,
+    )
+    return hypotheses, scores
 
 
 def jitted_eval_fn(config: ml_collections.ConfigDict, params, mesh):
@@ -65,14 +102,20 @@ def jitted_eval_fn(config: ml_collections.ConfigDict, params, mesh):
 
 
 def evaluate_params(
-    config: ml_collections.ConfigDict, params, step: int, mesh, eval_fn=None
+    config: ml_collections.ConfigDict, params, step: int, mesh, eval_fn=None, workdir=None
 ) -> dict:
     """The evaluation record of `params` (trained with `config.model`) under `config.eval`;
     `eval_fn` (`jitted_eval_fn` of the same eval settings) reuses a compiled function."""
     eval_fn = eval_fn or jitted_eval_fn(config, params, mesh)
     start = time.time()
-    rows = sharding.process_rows(mesh, config.eval.batch_size)
-    batches = data.make_eval_batches(config, rows=rows, whole_split=True)
+    rows_fn = functools.partial(sharding.process_rows, mesh)
+    batches = data.make_eval_batches(
+        config,
+        rows=rows_fn(config.eval.batch_size),
+        whole_split=True,
+        rows_fn=rows_fn,
+        workdir=workdir,
+    )
     result = trainer.evaluate(eval_fn, params, mesh, batches)
     if config.data.name in data.BYTE_DATASETS:
         result["bits_per_byte"] = result["bits_per_token"]
@@ -135,6 +178,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"({'/'.join(r['attention_types'])} attention{hashes}"
         f"{', through the decoding caches' if r.get('cached') else ''}){exact}"
     )
+    if "bleu_cased" in r:
+        log(
+            f"{r['split']} BLEU (sacreBLEU, beam {r['beam_size']}, {r['sentences']:,} "
+            f"sentences): {r['bleu_cased']:.2f} cased [{r['signature_cased']}], "
+            f"{r['bleu_uncased']:.2f} uncased [{r['signature_uncased']}]"
+        )
 
 
 if __name__ == "__main__":

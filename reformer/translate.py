@@ -30,12 +30,22 @@ from reformer.data.text import DataError
 from reformer.data.tokenizer import END_ID, Tokenizer
 from reformer.metrics import log
 
-_TEXT = flags.DEFINE_string("text", None, "One sentence to translate.")
-_INPUT = flags.DEFINE_string("input", None, "A file of sentences, one a line (local or gs://).")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the translations of --input.")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "Beams of beam search; 1 = greedy.")
-_ALPHA = flags.DEFINE_float("alpha", beam.LENGTH_PENALTY, "Beam search's length penalty.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Sentences decoded together.")
+_FLAGS: dict = {}  # Defined only when this module is the command (evaluate imports it too).
+
+
+def _define_flags() -> None:
+    _FLAGS["text"] = flags.DEFINE_string("text", None, "One sentence to translate.")
+    _FLAGS["input"] = flags.DEFINE_string(
+        "input", None, "A file of sentences, one a line (local or gs://)."
+    )
+    _FLAGS["output"] = flags.DEFINE_string(
+        "output", None, "Where to write the translations of --input."
+    )
+    _FLAGS["beam_size"] = flags.DEFINE_integer("beam_size", 4, "Beams; 1 = greedy.")
+    _FLAGS["alpha"] = flags.DEFINE_float(
+        "alpha", beam.LENGTH_PENALTY, "Beam search's length penalty."
+    )
+    _FLAGS["batch_size"] = flags.DEFINE_integer("batch_size", 64, "Sentences decoded together.")
 
 
 def output_length(source_bucket: int, seq_len: int) -> int:
@@ -93,26 +103,28 @@ def translate(
 
 
 def main(config, workdir: str) -> None:
+    text, input_path, output = (_FLAGS[k].value for k in ("text", "input", "output"))
+    beam_size, alpha, batch_size = (_FLAGS[k].value for k in ("beam_size", "alpha", "batch_size"))
     if config.data.name != "translation":
         raise ConfigError(
             f"config.data.name: reformer.translate needs a translation model, got "
             f"{config.data.name!r}"
         )
-    if (_TEXT.value is None) == (_INPUT.value is None):
+    if (text is None) == (input_path is None):
         raise ConfigError("give --text SENTENCE or --input FILE (one of them)")
-    if _BEAM_SIZE.value < 1 or _BATCH_SIZE.value < 1:
+    if beam_size < 1 or batch_size < 1:
         raise ConfigError("--beam_size and --batch_size must be at least 1")
     try:
         tokenizer = translation.vocabulary(config, workdir)
     except DataError as e:
         raise ConfigError(str(e)) from e
-    if _INPUT.value is not None:
-        storage.check(_INPUT.value, "--input")
-        if not storage.isfile(_INPUT.value):
-            raise ConfigError(f"--input: no such file: {_INPUT.value}")
-        sentences = storage.read_text(_INPUT.value).splitlines()
+    if input_path is not None:
+        storage.check(input_path, "--input")
+        if not storage.isfile(input_path):
+            raise ConfigError(f"--input: no such file: {input_path}")
+        sentences = storage.read_text(input_path).splitlines()
     else:
-        sentences = [_TEXT.value]
+        sentences = [text]
     params, step = evaluate.load_params(config, workdir, sharding.make_mesh(config.mesh))
     start = time.time()
     outputs = translate(
@@ -120,18 +132,18 @@ def main(config, workdir: str) -> None:
         params,
         tokenizer,
         sentences,
-        beam_size=_BEAM_SIZE.value,
-        alpha=_ALPHA.value,
-        batch_size=min(_BATCH_SIZE.value, len(sentences)),
+        beam_size=beam_size,
+        alpha=alpha,
+        batch_size=min(batch_size, len(sentences)),
     )
     seconds = time.time() - start
     log(
         f"step {step} of {workdir}: {len(sentences):,} sentence(s) in {seconds:.1f} s "
-        f"({len(sentences) / seconds:.1f}/s with compilation), beam {_BEAM_SIZE.value}"
+        f"({len(sentences) / seconds:.1f}/s with compilation), beam {beam_size}"
     )
-    if _OUTPUT.value:
-        storage.write_text(storage.check(_OUTPUT.value, "--output"), "\n".join(outputs) + "\n")
-        log(f"Wrote {_OUTPUT.value}")
+    if output:
+        storage.write_text(storage.check(output, "--output"), "\n".join(outputs) + "\n")
+        log(f"Wrote {output}")
     else:
         for line in outputs:
             print(line)
@@ -141,4 +153,5 @@ def main(config, workdir: str) -> None:
 if __name__ == "__main__":
     from reformer import cli
 
+    _define_flags()
     cli.run("translate", main, distributed=False)
