@@ -16,7 +16,11 @@ import os
 
 from reformer.config import default_config
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "multi30k")
+DATA = os.path.normpath(
+    os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "multi30k"
+    )
+)
 
 
 def get_config(variant: str = "base"):
