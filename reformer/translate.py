@@ -93,8 +93,8 @@ def translate(
             source_BxS=source_BxS,
         )
         tokens = np.asarray(tokens)
-        for row, i in enumerate(rows):
-            out[i] = tokenizer.decode(tokens[row])
+        for row, i in enumerate(rows):  # One line each, whatever bytes were decoded.
+            out[i] = " ".join(tokenizer.decode(tokens[row]).splitlines())
         done = first + len(rows)
         if time.time() - last > progress_every and done < len(order):
             last = time.time()

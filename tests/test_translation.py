@@ -108,3 +108,20 @@ def test_translation_config_errors_name_the_field(tmp_path):
     assert f"config.data.train_files: no such file: {tmp_path}/train.en" in text
     assert "config.data.batch_tokens: must hold at least one pair" in text
     assert "config.model.attention_types: translation batches sentences" in text
+
+
+def test_label_smoothing_term_is_the_mean_negative_log_probability():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from reformer.blocks import loss_and_metrics
+
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
+    tokens = jnp.asarray([[1, 2, 0], [4, 0, 0]])
+    weights = (tokens != 0).astype(jnp.float32)
+    _, sums = loss_and_metrics(logits, tokens, weights)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    np.testing.assert_allclose(sums["smooth_sum"], -(logp.mean(-1) * weights).sum(), rtol=1e-6)
+    picked = np.take_along_axis(logp, np.asarray(tokens)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(sums["loss_sum"], -(picked * weights).sum(), rtol=1e-6)
