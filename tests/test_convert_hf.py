@@ -269,6 +269,7 @@ def test_resuming_a_converted_workdir_points_to_init_from(converted):
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["0"]
 
 
+@pytest.mark.slow  # Three commands; conversion and gs:// config files are also fast-tested.
 def test_convert_into_a_bucket_and_sample_from_it(converted, tmp_path):
     """scripts/convert_hf_checkpoint.py with `--out gs://...` (Cloud Storage emulator), then
     `reformer.sample --config gs://.../config.py --workdir gs://...`: the greedy sample of
