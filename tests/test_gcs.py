@@ -253,7 +253,6 @@ def test_a_missing_bucket_is_refused_before_anything_is_written(emulator, bucket
     assert "Compiled" not in result.stdout
 
 
-@pytest.mark.slow  # About a minute; the local two-process test runs in the fast suite.
 def test_two_processes_train_and_resume_in_one_bucket_workdir(emulator, bucket):
     """Two processes (two CPU devices each) write one checkpoint together into the bucket;
     only process 0 writes metrics and events; both resume from it."""
