@@ -17,6 +17,11 @@ with `eval.free_running` also decodes every source greedily through the caches a
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # One process of several: become its thin parent before JAX loads.
+    from reformer import supervise
+
+    supervise.exit_if_parent("evaluate")
+
 import functools
 import json
 import time

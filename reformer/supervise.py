@@ -111,6 +111,41 @@ def last_checkpoint(workdir: str | None) -> str:
     return f"Last complete checkpoint: step {max(steps)} in {workdir}."
 
 
+def _flag_values(argv: list[str]) -> dict[str, str]:
+    """`--name=value` and `--name value` pairs of `argv` (the last of a repeated flag)."""
+    values = {}
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+        values[name] = value
+    return values
+
+
+def exit_if_parent(program: str) -> None:
+    """Before the command imports JAX: when its flags make it one process of several
+    (`--num_processes` > 1) and it is not yet the supervised child, run it as the child of
+    this process and exit with the child's status (`supervise`). Jobs whose processes are
+    found by JAX's cluster detection (no flags) are supervised by `cli.run` instead."""
+    if os.environ.get(ENV):
+        return
+    values = _flag_values(sys.argv[1:])
+    count, own = values.get("num_processes", ""), values.get("process_id", "")
+    if not (count.isdigit() and int(count) > 1):
+        return
+    sys.exit(
+        supervise(
+            f"reformer.{program}",
+            sys.argv[1:],
+            int(own) if own.isdigit() else None,
+            int(count),
+            values.get("workdir"),
+        )
+    )
+
+
 def _die_with_parent() -> None:
     """In the child, before it runs: SIGKILL when the parent dies (Linux)."""
     if sys.platform.startswith("linux"):

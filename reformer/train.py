@@ -8,6 +8,11 @@ it shares with `reformer.evaluate` and `reformer.sample`, multi-process ones inc
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # One process of several: become its thin parent before JAX loads.
+    from reformer import supervise
+
+    supervise.exit_if_parent("train")
+
 import jax
 
 from reformer import cli, trainer

@@ -253,17 +253,42 @@ def test_a_missing_bucket_is_refused_before_anything_is_written(emulator, bucket
     assert "Compiled" not in result.stdout
 
 
-def test_two_processes_train_and_resume_in_one_bucket_workdir(emulator, bucket):
-    """Two processes (two CPU devices each) write one checkpoint together into the bucket;
-    only process 0 writes metrics and events; both resume from it."""
+def test_two_processes_in_one_bucket_workdir_lose_one_and_resume(emulator, bucket):
+    """Two processes (two CPU devices each) train into the bucket; kill -9 of process 1 ends
+    process 0 with the one line naming it and the last complete checkpoint; both restarted
+    resume from that checkpoint and finish. Only process 0 writes metrics and events."""
     workdir, prefix = f"gs://{emulator.bucket}/two", "two"
-    outs = finish(start_processes("reformer.train", workdir, 2, small_overrides(3), emulator.env))
-    assert "step       3/3" in outs[0] and "step       3/3" not in outs[1]
-    assert complete_steps(bucket, prefix) == [3]
-    outs = finish(start_processes("reformer.train", workdir, 2, small_overrides(6), emulator.env))
-    assert all(f"Resumed from {workdir} at step 3." in out for out in outs), outs
-    assert complete_steps(bucket, prefix) == [3, 6]
-    assert [r["step"] for r in metrics(bucket, prefix)] == [1, 2, 3, 4, 5, 6]
+    # The survivor ends within the heartbeat timeout of the kill (start_processes: 15 s).
+    args = [*small_overrides(60), "--config.train.checkpoint_every=5", "--heartbeat_timeout=8"]
+    procs = start_processes("reformer.train", workdir, 2, args, emulator.env)
+    try:
+        for line in procs[0].stdout:  # Until a checkpoint is written and training goes on.
+            if re.search(r"step +(1[2-9]|[2-5]\d)/60", line):
+                break
+        procs[1].send_signal(signal.SIGKILL)
+        out = procs[0].communicate(timeout=TIMEOUT)[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == 1, out[-3000:]
+    m = re.fullmatch(
+        r"error: process 1 of 2 was lost \(it stopped sending heartbeats to the coordination "
+        r"service\); this process \(0\) stopped too\. Last complete checkpoint: step (\d+) in "
+        rf"{workdir}\. Restart all processes with the same command to resume from it\.",
+        out.strip().splitlines()[-1],
+    )
+    assert m, out[-3000:]
+    latest = int(m[1])
+    assert latest == max(complete_steps(bucket, prefix)) >= 5
+    assert "Check failure stack trace" not in out and "Fatal Python error" not in out
+
+    outs = finish(start_processes("reformer.train", workdir, 2, args, emulator.env))
+    assert all(f"Resumed from {workdir} at step {latest}." in out for out in outs), outs
+    assert "step      60/60" in outs[0] and "step      60/60" not in outs[1]
+    assert max(complete_steps(bucket, prefix)) == 60
+    assert [r["step"] for r in metrics(bucket, prefix)] == list(range(1, 61))
     events = [n for n in names(bucket, prefix) if n.startswith("tb/")]
     assert len(events) == 2, events  # One writer per run, in process 0 only.
     assert not [n for n in names(bucket, prefix) if ".write_test" in n]

@@ -304,8 +304,10 @@ def test_a_stop_request_to_one_process_stops_both_at_the_same_step(sig, tmp_path
     assert checkpoint_steps(workdir) == [stops[0]]
 
 
-# Losing process 0 (the coordinator) ends the survivor at once, by another message.
-@pytest.mark.parametrize("lost", [1, pytest.param(0, marks=pytest.mark.slow)])
+# On a local workdir with the slow tests (the fast suite loses process 1 with a bucket
+# workdir: tests/test_gcs.py); losing process 0, the coordinator, ends the other at once.
+@pytest.mark.slow
+@pytest.mark.parametrize("lost", [1, 0])
 def test_a_process_killed_hard_is_named_in_one_line_by_the_survivor(lost, tmp_path):
     """kill -9 of one process (its command, the thin parent of reformer/supervise.py, and with
     it the training process): the other ends non-zero within the heartbeat timeout with one
