@@ -132,7 +132,7 @@ def read_bytes(p) -> bytes:
 
 
 def write_bytes(p, data: bytes) -> None:
-    """Writes `p` whole or not at all (as `write_text`)."""
+    """Writes `p` whole or not at all (see `write_text`)."""
     if is_remote(p):
         path(p).write_bytes(data)
         return
@@ -147,15 +147,7 @@ def write_bytes(p, data: bytes) -> None:
 def write_text(p, text: str) -> None:
     """Writes `p` whole or not at all: one upload on Cloud Storage; locally a temporary file
     synced and renamed over it."""
-    if is_remote(p):
-        path(p).write_text(text)
-        return
-    tmp = f"{p}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    write_bytes(p, text.encode())
 
 
 def prepare_dir(p, field: str, probe_name: str = ".write_test") -> None:
