@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_script
 
 
+# A minute or two of compiling benchmark shapes; the encoder-decoder's memory and decoding
+# themselves are tested in tests/test_encoder_decoder.py.
+@pytest.mark.slow
 def test_memory_and_decoding_records(tmp_path):
     out = tmp_path / "memory.json"
     run = run_script(
