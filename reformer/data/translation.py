@@ -35,6 +35,7 @@ from reformer.data.text import DataError
 from reformer.data.tokenizer import END_ID, Tokenizer
 
 SMALLEST_BUCKET = 8
+VOCAB_FILE = "vocab.model"  # The vocabulary in the workdir when data.vocab_path is "".
 
 
 @dataclasses.dataclass
@@ -229,9 +230,6 @@ def vocab_path(config, workdir: str | None) -> str:
     if not workdir:
         raise DataError("config.data.vocab_path: none given and no workdir to find it in")
     return storage.join(workdir, VOCAB_FILE)
-
-
-VOCAB_FILE = "vocab.model"
 
 
 def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
