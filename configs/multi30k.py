@@ -58,6 +58,6 @@ def get_config(variant: str = "base"):
         m.d_model, m.d_ff, m.n_heads, m.d_head = 256, 1024, 4, 64
         m.n_layers = m.n_encoder_layers = 3
         d.batch_tokens = 2048
-        o.learning_rate, o.warmup_steps = 1e-3, 1000
-        t.num_steps, t.log_every, t.eval_every, t.checkpoint_every = 6000, 50, 500, 500
+        o.learning_rate, o.warmup_steps = 1e-3, 500
+        t.num_steps, t.log_every, t.eval_every, t.checkpoint_every = 3000, 50, 500, 500
     return c

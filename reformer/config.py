@@ -127,6 +127,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.target_lang = "de"  # translation: the target language
     d.vocab_path = ""  # translation: SentencePiece model ("" = WORKDIR/vocab.model, made)
     d.batch_tokens = 4096  # translation: padded positions per training batch (sets pairs per batch)
+    # translation: a TFDS dataset in place of the files (e.g. "wmt14_translate/de-en"; its
+    # splits train / validation / test), prepared into data.tfds_dir on first use.
+    d.tfds_name = ""
 
     c.train = t = ml_collections.ConfigDict()
     t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
@@ -543,14 +546,7 @@ def _check_data(r: Report) -> None:
         r.check(bool(d.path), "data.path", 'data.name="text" reads a file; give its path')
     if d.path and _check_path(r, "data.path"):
         r.check(storage.isfile(d.path), "data.path", f"no such file: {d.path}")
-    if d.tfds_dir and _check_path(r, "data.tfds_dir"):
-        r.check(
-            not storage.is_remote(d.tfds_dir),
-            "data.tfds_dir",
-            f"{d.tfds_dir}: prepared TFDS records are read through local files (array_record), "
-            "so this must be a local directory; data.path may be on gs:// and every host "
-            "prepares its own copy from it",
-        )
+    _check_tfds_dir(r)
     if r.fine("eval.stride", "data.seq_len"):
         r.check(
             e.stride <= d.seq_len,
@@ -559,9 +555,34 @@ def _check_data(r: Report) -> None:
         )
 
 
+def _check_tfds_dir(r: Report) -> None:
+    d = r.config.data
+    if d.tfds_dir and _check_path(r, "data.tfds_dir"):
+        r.check(
+            not storage.is_remote(d.tfds_dir),
+            "data.tfds_dir",
+            f"{d.tfds_dir}: prepared TFDS records are read through local files (array_record), "
+            "so this must be a local directory; every host prepares its own copy (data.path "
+            "may be on gs://)",
+        )
+
+
 def _check_translation(r: Report) -> None:
     m, d = r.config.model, r.config.data
-    if r.check(bool(d.train_files), "data.train_files", "translation needs its training files"):
+    files = [f for f in ("train", "validation", "test") if d[f"{f}_files"]]
+    if d.tfds_name:
+        r.check(
+            isinstance(d.tfds_name, str) and not files,
+            "data.tfds_name",
+            f"{d.tfds_name!r} and data.{files[0] if files else 'train'}_files both name the "
+            "pairs; give one of them",
+        )
+        _check_tfds_dir(r)
+    elif r.check(
+        bool(d.train_files),
+        "data.train_files",
+        "translation needs its training files (or a TFDS dataset in data.tfds_name)",
+    ):
         for field in ("data.train_files", "data.validation_files", "data.test_files"):
             pattern = r.value(field)
             if pattern and r.check(
@@ -575,7 +596,7 @@ def _check_translation(r: Report) -> None:
                     r.check(not storage.problem(path) and storage.isfile(path), field, message)
     split = r.config.eval.split
     r.check(
-        split == "train" or bool(r.value(f"data.{split}_files")),
+        split == "train" or bool(d.tfds_name) or bool(r.value(f"data.{split}_files")),
         "eval.split",
         f"{split!r} has no files (data.{split}_files is empty)",
     )

@@ -155,3 +155,89 @@ def test_resume_continues_the_stream_and_hosts_split_rows(pairs):
         np.testing.assert_array_equal(np.concatenate([p["tokens"] for p in parts]), want["tokens"])
     with pytest.raises(ValueError, match="does not belong"):
         stream().set_state({"name": "translation", "seed": 6, "epoch": 0, "index": 0})
+
+
+# ---- TFDS translation datasets (data.tfds_name), on TFDS's mock data: no network ----
+
+
+def tfds_config(tmp_path):
+    from tests.conftest import load_config
+
+    c = load_config("wmt14_ende", "base")
+    c.data.tfds_dir = str(tmp_path / "tfds")
+    c.data.vocab_path = str(tmp_path / "vocab.model")
+    c.data.seq_len = c.data.source_len = 64
+    c.model.vocab_size = 600
+    c.data.batch_tokens = 1024
+    return c
+
+
+def mock_wmt14(text, n_train: int = 500, n_val: int = 40):
+    """TFDS mocked so that wmt14_translate/de-en holds the first Multi30k pairs (train) and
+    the next ones (validation), with one empty German side in each split."""
+    import tensorflow_datasets as tfds
+
+    rows = {
+        "train": list(zip(text.sources[:n_train], text.targets[:n_train], strict=True)),
+        "validation": list(
+            zip(text.sources[n_train : n_train + n_val], text.targets[n_train : n_train + n_val])
+        ),
+    }
+    for split in rows:
+        rows[split][3] = (rows[split][3][0], "")
+
+    def as_data_source(self, split, **kwargs):
+        assert self.name == "wmt14_translate" and self.builder_config.name == "de-en"
+        # TFDS hands Text features back as bytes from array_record; str from its mock.
+        return [{"en": en.encode(), "de": de} for en, de in rows[split]]
+
+    return tfds.testing.mock_data(as_data_source_fn=as_data_source), rows
+
+
+def test_tfds_dataset_reads_splits_trains_the_vocabulary_and_batches(text, tmp_path):
+    from reformer.config import validate
+
+    config = tfds_config(tmp_path)
+    validate(config, num_devices=1)
+    mock, rows = mock_wmt14(text)
+    with mock:
+        val = tr.read_split(config, "validation")
+        assert val.skipped_empty == 1 and len(val.sources) == len(rows["validation"]) - 1
+        assert val.sources[:3] == [en for en, _ in rows["validation"][:3]]
+        assert val.targets[3] == rows["validation"][4][1]
+        stream = tr.train_stream(config, None, row_multiple=1, rows_fn=lambda n: slice(0, n))
+        assert os.path.isfile(config.data.vocab_path)  # Trained from the TFDS training pairs.
+        vocab = tr.vocabulary(config, None)
+        _, pairs = tr.load_split(config, "train", vocab)
+        assert len(pairs.sources) + pairs.too_long == len(rows["train"]) - 1
+        first = next(stream)
+        assert first["tokens"].size <= config.data.batch_tokens
+        target = rows["train"][pairs.kept[0]][1]  # kept indexes the non-empty pairs.
+        np.testing.assert_array_equal(pairs.targets[0], [*vocab.encode(target), tok.END_ID])
+
+
+def test_tfds_errors_name_the_field(text, tmp_path, monkeypatch):
+    from reformer.config import ConfigError, validate
+
+    config = tfds_config(tmp_path)
+    config.data.target_lang = "fr"
+    mock, _ = mock_wmt14(text)
+    with mock, pytest.raises(DataError, match=r"data.target_lang: .*\['de', 'en'\], not 'fr'"):
+        tr.read_split(config, "validation")
+    config = tfds_config(tmp_path)
+    config.data.tfds_name = "no_such_translate/de-en"
+    with pytest.raises(DataError, match="data.tfds_name: TFDS has no dataset 'no_such"):
+        tr.read_split(config, "validation")
+    config.data.train_files = "x.{lang}"
+    with pytest.raises(ConfigError, match="data.tfds_name: .* both name the pairs"):
+        validate(config, num_devices=1)
+
+    import tensorflow_datasets as tfds
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    config = tfds_config(tmp_path)
+    with pytest.raises(DataError, match="not prepared in .*tfds.*no network.*data.tfds_dir"):
+        tr.read_split(config, "validation")

@@ -3,7 +3,11 @@ shared subword vocabulary (`reformer/data/tokenizer.py`), filtered by length, an
 token budget over a few fixed lengths.
 
 - Reading: the two files must have as many lines; a pair with an empty side is skipped and
-  counted, never an error.
+  counted, never an error. Or a TFDS translation dataset (`data.tfds_name`, e.g.
+  `wmt14_translate/de-en`), prepared into `data.tfds_dir` as `array_record` files (downloaded
+  where there is a network, read from the prepared directory otherwise; no TensorFlow), its
+  splits train / validation / test and its language features `data.source_lang` /
+  `data.target_lang`.
 - Encoding: the source is its ids and the end id 1; the target (`tokens`) is its ids and the
   end id, weighted 1 up to and including the end id (the decoder's input is `tokens` shifted
   right behind the start input 0). A pair longer than the limits on either side (end id
@@ -212,6 +216,66 @@ class TokenBudgetStream:
         self._batches = self._epoch(self.epoch)
 
 
+def _tfds_builder(name: str, data_dir: str):
+    """The TFDS builder `name`, writing and reading `array_record` files under `data_dir`."""
+    import importlib
+
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    # TFDS registers a dataset when its module is imported; the translation ones (wmt14,
+    # wmt_t2t, ...) are not imported by `import tensorflow_datasets`.
+    module = name.split("/")[0].removesuffix("_translate")
+    try:
+        importlib.import_module(f"tensorflow_datasets.translate.{module}")
+    except ImportError:
+        pass  # Not a translation module of TFDS: tfds.builder says whether the name exists.
+    try:
+        return tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+    except Exception as e:  # noqa: BLE001  (TFDS raises several types for an unknown name)
+        raise DataError(
+            f"config.data.tfds_name: TFDS has no dataset {name!r} "
+            f"({str(e).splitlines()[0][:200]}); e.g. 'wmt14_translate/de-en'"
+        ) from e
+
+
+def read_tfds(
+    name: str, split: str, source_lang: str, target_lang: str, data_dir: str = ""
+) -> ParallelText:
+    """The sentence pairs of a TFDS translation dataset's `split` (prepared on first use)."""
+    builder = _tfds_builder(name, data_dir)
+    languages = list(builder.info.features.keys())
+    for field, lang in (("data.source_lang", source_lang), ("data.target_lang", target_lang)):
+        if lang not in languages:
+            raise DataError(f"config.{field}: {name} has the languages {languages}, not {lang!r}")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # noqa: BLE001  (download and preparation errors come in many types)
+        raise DataError(
+            f"config.data.tfds_name: {name} is not prepared in {builder.data_dir} and could not "
+            f"be downloaded and prepared ({type(e).__name__}: {str(e).splitlines()[0][:300]}). "
+            "Prepare it once where there is a network (reformer.train does it when it starts) "
+            "and pass that directory as --config.data.tfds_dir"
+        ) from e
+    source = builder.as_data_source(split=split)
+    # Reads in blocks where the source can (array_record); one at a time otherwise.
+    read = getattr(source, "__getitems__", None) or (lambda ids: [source[i] for i in ids])
+    sources, targets, skipped = [], [], 0
+    for first in range(0, len(source), 4096):
+        for example in read(range(first, min(first + 4096, len(source)))):
+            s, t = (_text(example[lang]) for lang in (source_lang, target_lang))
+            if s and t:
+                sources.append(s)
+                targets.append(t)
+            else:
+                skipped += 1
+    return ParallelText(sources, targets, skipped)
+
+
+def _text(value) -> str:
+    return (value.decode("utf-8") if isinstance(value, bytes) else str(value)).strip()
+
+
 # ---- From a config (`data.name = "translation"`) ----
 
 
@@ -222,6 +286,22 @@ def split_files(config, split: str) -> tuple[str, str]:
     if not pattern:
         raise DataError(f"config.data.{split}_files: no files for the {split} split")
     return pattern.replace("{lang}", d.source_lang), pattern.replace("{lang}", d.target_lang)
+
+
+def split_source(config, split: str) -> str:
+    """Where the pairs of `split` come from, in words (for logs and caches)."""
+    d = config.data
+    if d.tfds_name:
+        return f"TFDS {d.tfds_name} ({split}, {d.source_lang}-{d.target_lang})"
+    return " and ".join(split_files(config, split))
+
+
+def read_split(config, split: str) -> ParallelText:
+    """The sentence pairs of `split`, from `data.tfds_name` or the split's files."""
+    d = config.data
+    if d.tfds_name:
+        return read_tfds(d.tfds_name, split, d.source_lang, d.target_lang, d.tfds_dir)
+    return read_parallel(*split_files(config, split), field=f"data.{split}_files")
 
 
 def vocab_path(config, workdir: str | None) -> str:
@@ -243,7 +323,7 @@ def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
     path = vocab_path(config, workdir)
     if create and not storage.isfile(path):
         if jax.process_index() == 0:
-            text = read_parallel(*split_files(config, "train"), field="data.train_files")
+            text = read_split(config, "train")
             start = time.time()
             tokenizer = vocab.train(text.sources + text.targets, config.model.vocab_size)
             tokenizer.save(path)
@@ -258,7 +338,7 @@ def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
     if not storage.isfile(path):
         raise DataError(
             f"config.data.vocab_path: no vocabulary at {path} (reformer.train makes it from "
-            "data.train_files when it starts)"
+            "the training pairs when it starts)"
         )
     tokenizer = Tokenizer.load(path)
     if tokenizer.vocab_size != config.model.vocab_size:
@@ -277,14 +357,14 @@ def load_split(config, split: str, tokenizer: Tokenizer) -> tuple[ParallelText, 
     from reformer.metrics import log
 
     d = config.data
-    files = split_files(config, split)
-    key = (files, d.source_len, d.seq_len, tokenizer.model_proto)
+    source = split_source(config, split)
+    key = (source, d.tfds_dir, d.source_len, d.seq_len, tokenizer.model_proto)
     if key not in _CACHE:
-        text = read_parallel(*files, field=f"data.{split}_files")
+        text = read_split(config, split)
         pairs = encode_pairs(tokenizer, text, d.source_len, d.seq_len)
         log(
-            f"translation {split}: {len(pairs.sources):,} pairs from {files[0]} and "
-            f"{files[1]}; left out {text.skipped_empty:,} with an empty side and "
+            f"translation {split}: {len(pairs.sources):,} pairs from {source}; left out "
+            f"{text.skipped_empty:,} with an empty side and "
             f"{pairs.too_long:,} longer than data.source_len={d.source_len} / "
             f"data.seq_len={d.seq_len} (end id included)"
         )

@@ -1,0 +1,222 @@
+"""The paper's translation experiment (Table 4) at CPU scale: Multi30k English-German.
+
+    python scripts/reproduce_multi30k.py --workdir runs/multi30k
+
+Trains `configs/multi30k.py:cpu` through the normal trainer twice, with the same data, seed,
+vocabulary and number of steps: the reversible encoder-decoder as configured and the regular
+Transformer (`model.residual="standard"`). A checkpoint is kept every `--bleu_every` steps;
+once a run is trained, each of them is decoded with beam search (beam 4, alpha 0.6, as
+`reformer.evaluate` does) over the whole validation split and scored with sacreBLEU, so the
+curve shows BLEU against the training minutes at that step (minutes of training steps only,
+as the trainer's steps/s counts them: compilation, evaluations and saves left out). The last
+checkpoint's score is the result; no checkpoint is selected on validation.
+
+Writes `--out` (JSON, one record per scored checkpoint: config, residual, split, bleu_cased,
+bleu_uncased, signature, train_minutes, steps, device, final), a PNG of BLEU against training
+minutes beside it and a Markdown table (`--markdown`). Everything resumes: a run with a
+checkpoint continues from it, and scored checkpoints are not decoded again
+(`WORKDIR/RESIDUAL/bleu_<step>.json`), so a run cut off goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+RESIDUALS = ("reversible", "standard")
+CONFIG = "configs/multi30k.py"
+
+
+def load_config(variant: str, residual: str, root: str, num_steps: int, bleu_every: int):
+    from reformer.config import load_config_file
+
+    c = load_config_file(os.path.join(REPO, CONFIG), variant)
+    c.model.residual = residual
+    c.data.vocab_path = os.path.join(root, "vocab.model")  # One vocabulary for both runs.
+    if num_steps:
+        c.train.num_steps = num_steps
+    c.train.checkpoint_every = bleu_every
+    c.train.keep_checkpoints = c.train.num_steps // bleu_every + 1
+    return c
+
+
+def train_minutes(workdir: str) -> dict[int, float]:
+    """Cumulative training minutes at each logged step, from the trainer's steps/s (the
+    time of training steps only)."""
+    records = []
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    minutes, total, last = {}, 0.0, 0
+    for r in sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]):
+        total += (r["step"] - last) / r["steps_per_sec"] / 60
+        last = minutes_step = r["step"]
+        minutes[minutes_step] = total
+    return minutes
+
+
+def score_checkpoints(config, workdir: str) -> list[dict]:
+    """The BLEU record of every kept checkpoint of `workdir` (cached in bleu_<step>.json)."""
+    from reformer import checkpoints, evaluate, sharding, trainer
+    from reformer.optim import make_optimizer
+
+    mesh = sharding.make_mesh(config.mesh)
+    model = trainer.make_model(config)
+    abstract = trainer.abstract_state(config, model, make_optimizer(config.optimizer), mesh)
+    manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
+    scored = []
+    try:
+        for step in sorted(manager.all_steps()):
+            path = os.path.join(workdir, f"bleu_{step}.json")
+            if not os.path.exists(path):
+                state, _ = checkpoints.restore(manager, step, {"params": abstract.params})
+                hypotheses, scores = evaluate.translation_bleu(config, state["params"], workdir)
+                scores["step"] = step
+                with open(os.path.join(workdir, f"bleu_{step}.hyp.txt"), "w") as f:
+                    f.write("\n".join(hypotheses) + "\n")
+                with open(path, "w") as f:
+                    json.dump(scores, f, indent=1)
+                print(
+                    f"   step {step}: BLEU {scores['bleu_cased']:.2f} cased, "
+                    f"{scores['bleu_uncased']:.2f} uncased "
+                    f"(decoded in {scores['decode_seconds']:.0f} s)",
+                    flush=True,
+                )
+            with open(path) as f:
+                scored.append(json.load(f))
+    finally:
+        manager.close()
+    return scored
+
+
+def plot(records: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for residual, color in zip(RESIDUALS, ("C0", "C1"), strict=True):
+        rs = [r for r in records if r["residual"] == residual]
+        if not rs:
+            continue
+        label = "reversible (Reformer)" if residual == "reversible" else "regular Transformer"
+        for ax, x in zip(axes, ("train_minutes", "steps"), strict=True):
+            ax.plot([r[x] for r in rs], [r["bleu_cased"] for r in rs], "o-", color=color, label=label)
+    axes[0].set(xlabel="training minutes (2 CPU cores)", ylabel="sacreBLEU, cased")
+    axes[1].set(xlabel="step", ylabel="sacreBLEU, cased")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Multi30k en-de validation (1,014 sentences), configs/multi30k.py:cpu, beam 4")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(records: list[dict]) -> str:
+    lines = [
+        "| model | step | training minutes | BLEU cased | BLEU uncased |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        mark = " (final)" if r["final"] else ""
+        lines.append(
+            f"| {r['residual']} | {r['steps']}{mark} | {r['train_minutes']:.1f} | "
+            f"{r['bleu_cased']:.2f} | {r['bleu_uncased']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workdir", default="runs/multi30k")
+    p.add_argument("--variant", default="cpu", help=f"{CONFIG} variant")
+    p.add_argument("--num_steps", type=int, default=0, help="Override train.num_steps.")
+    p.add_argument("--bleu_every", type=int, default=500, help="Steps between scored checkpoints.")
+    p.add_argument("--residuals", default=",".join(RESIDUALS))
+    p.add_argument("--train_files", default="", help="Override data.train_files (tests).")
+    p.add_argument("--validation_files", default="", help="Override data.validation_files.")
+    p.add_argument("--out", default="", help="JSON (default WORKDIR/multi30k.json)")
+    p.add_argument("--markdown", default="", help="Markdown (default WORKDIR/multi30k.md)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="Further config overrides (tests), e.g. model.d_model=32.",
+    )
+    args = p.parse_args(argv)
+    residuals = [r.strip() for r in args.residuals.split(",") if r.strip()]
+    if not residuals or any(r not in RESIDUALS for r in residuals):
+        p.error(f"--residuals: {residuals} must be taken from {RESIDUALS}")
+    if args.bleu_every < 1:
+        p.error("--bleu_every must be at least 1")
+    out = args.out or os.path.join(args.workdir, "multi30k.json")
+    md = args.markdown or os.path.join(args.workdir, "multi30k.md")
+
+    from absl import logging
+
+    from reformer import sharding, trainer
+
+    logging.set_verbosity(logging.WARNING)
+    device = sharding.device_name()
+    records = []
+    for residual in residuals:
+        config = load_config(args.variant, residual, args.workdir, args.num_steps, args.bleu_every)
+        if args.train_files:
+            config.data.train_files = args.train_files
+        if args.validation_files:
+            config.data.validation_files = args.validation_files
+        for item in args.set:
+            key, _, value = item.partition("=")
+            node = config
+            *parents, leaf = key.split(".")
+            for name in parents:
+                node = node[name]
+            node[leaf] = type(node[leaf])(json.loads(value))
+        workdir = os.path.join(args.workdir, residual)
+        print(f"== training the {residual} model in {workdir}", flush=True)
+        start = time.time()
+        trainer.train_and_evaluate(config, workdir)
+        print(f"   trained in {(time.time() - start) / 60:.1f} wall minutes", flush=True)
+        minutes = train_minutes(workdir)
+        last_step = max(minutes)
+        if last_step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
+            sys.exit(f"Stopped in {residual} at step {last_step}; rerun the command to resume.")
+        print(f"== scoring the checkpoints of {workdir} on validation", flush=True)
+        for s in score_checkpoints(config, workdir):
+            records.append(
+                {
+                    "config": f"{CONFIG}:{args.variant}",
+                    "residual": residual,
+                    "split": config.eval.split,
+                    "bleu_cased": s["bleu_cased"],
+                    "bleu_uncased": s["bleu_uncased"],
+                    "signature": s["signature_cased"],
+                    "signature_uncased": s["signature_uncased"],
+                    "train_minutes": round(minutes[s["step"]], 2),
+                    "steps": s["step"],
+                    "final": s["step"] == config.train.num_steps,
+                    "beam_size": s["beam_size"],
+                    "alpha": s["alpha"],
+                    "sentences": s["sentences"],
+                    "decode_seconds": round(s["decode_seconds"], 1),
+                    "device": device,
+                }
+            )
+    for path in (out, md):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(records, f, indent=1)
+    with open(md, "w") as f:
+        f.write(markdown(records))
+    png = os.path.splitext(out)[0] + ".png"
+    plot(records, png)
+    print(markdown(records))
+    print(f"Wrote {out}, {md} and {png}")
+
+
+if __name__ == "__main__":
+    main()
