@@ -59,5 +59,5 @@ def get_config(variant: str = "base"):
         m.n_layers = m.n_encoder_layers = 3
         d.batch_tokens = 2048
         o.learning_rate, o.warmup_steps = 1e-3, 500
-        t.num_steps, t.log_every, t.eval_every, t.checkpoint_every = 3000, 50, 500, 500
+        t.num_steps, t.log_every, t.eval_every, t.checkpoint_every = 2800, 50, 500, 500
     return c

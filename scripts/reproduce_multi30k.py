@@ -42,7 +42,8 @@ def load_config(variant: str, residual: str, root: str, num_steps: int, bleu_eve
     if num_steps:
         c.train.num_steps = num_steps
     c.train.checkpoint_every = bleu_every
-    c.train.keep_checkpoints = c.train.num_steps // bleu_every + 1
+    # Every scored step, and a few more where a run was stopped and resumed in between.
+    c.train.keep_checkpoints = c.train.num_steps // bleu_every + 4
     return c
 
 
@@ -107,7 +108,8 @@ def plot(records: list[dict], path: str) -> None:
             continue
         label = "reversible (Reformer)" if residual == "reversible" else "regular Transformer"
         for ax, x in zip(axes, ("train_minutes", "steps"), strict=True):
-            ax.plot([r[x] for r in rs], [r["bleu_cased"] for r in rs], "o-", color=color, label=label)
+            bleu = [r["bleu_cased"] for r in rs]
+            ax.plot([r[x] for r in rs], bleu, "o-", color=color, label=label)
     axes[0].set(xlabel="training minutes (2 CPU cores)", ylabel="sacreBLEU, cased")
     axes[1].set(xlabel="step", ylabel="sacreBLEU, cased")
     for ax in axes:
@@ -144,7 +146,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="", help="JSON (default WORKDIR/multi30k.json)")
     p.add_argument("--markdown", default="", help="Markdown (default WORKDIR/multi30k.md)")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="Further config overrides (tests), e.g. model.d_model=32.",
     )
     args = p.parse_args(argv)

@@ -177,12 +177,8 @@ def mock_wmt14(text, n_train: int = 500, n_val: int = 40):
     the next ones (validation), with one empty German side in each split."""
     import tensorflow_datasets as tfds
 
-    rows = {
-        "train": list(zip(text.sources[:n_train], text.targets[:n_train], strict=True)),
-        "validation": list(
-            zip(text.sources[n_train : n_train + n_val], text.targets[n_train : n_train + n_val])
-        ),
-    }
+    pairs = list(zip(text.sources, text.targets, strict=True))
+    rows = {"train": pairs[:n_train], "validation": pairs[n_train : n_train + n_val]}
     for split in rows:
         rows[split][3] = (rows[split][3][0], "")
 
