@@ -88,6 +88,11 @@ class Verdict:
         )
 
 
+# The object orbax writes last into a complete step on Cloud Storage (its constant; this module
+# must not import orbax, which imports JAX: tests/test_storage.py checks the two are equal).
+COMMIT_FILE = "commit_success.txt"
+
+
 def last_checkpoint(workdir: str | None) -> str:
     """ "Last complete checkpoint: step N in WORKDIR." from a listing (no JAX, no restore)."""
     if not workdir:
@@ -101,7 +106,7 @@ def last_checkpoint(workdir: str | None) -> str:
             if name.isdigit()
             and (
                 not storage.is_remote(directory)
-                or storage.exists(storage.join(directory, name, "commit_success.txt"))
+                or storage.exists(storage.join(directory, name, COMMIT_FILE))
             )
         ]
     except Exception as e:  # noqa: BLE001  (the line must come out whatever storage says)

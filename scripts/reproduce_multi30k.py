@@ -9,7 +9,8 @@ once a run is trained, each of them is decoded with beam search (beam 4, alpha 0
 `reformer.evaluate` does) over the whole validation split and scored with sacreBLEU, so the
 curve shows BLEU against the training minutes at that step (minutes of training steps only,
 as the trainer's steps/s counts them: compilation, evaluations and saves left out). The last
-checkpoint's score is the result; no checkpoint is selected on validation.
+checkpoint's score is the result; no checkpoint is selected on validation. (`--curve` names
+the runs whose every checkpoint is scored; the others only their last.)
 
 Writes `--out` (JSON, one record per scored checkpoint: config, residual, split, bleu_cased,
 bleu_uncased, signature, train_minutes, steps, device, final), a PNG of BLEU against training
@@ -61,8 +62,9 @@ def train_minutes(workdir: str) -> dict[int, float]:
     return minutes
 
 
-def score_checkpoints(config, workdir: str) -> list[dict]:
-    """The BLEU record of every kept checkpoint of `workdir` (cached in bleu_<step>.json)."""
+def score_checkpoints(config, workdir: str, every: bool = True) -> list[dict]:
+    """The BLEU record of every kept checkpoint of `workdir` (with `every=False` the last
+    only; cached in bleu_<step>.json)."""
     from reformer import checkpoints, evaluate, sharding, trainer
     from reformer.optim import make_optimizer
 
@@ -72,7 +74,8 @@ def score_checkpoints(config, workdir: str) -> list[dict]:
     manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
     scored = []
     try:
-        for step in sorted(manager.all_steps()):
+        steps = sorted(manager.all_steps())
+        for step in steps if every else steps[-1:]:
             path = os.path.join(workdir, f"bleu_{step}.json")
             if not os.path.exists(path):
                 state, _ = checkpoints.restore(manager, step, {"params": abstract.params})
@@ -141,6 +144,11 @@ def main(argv=None) -> None:
     p.add_argument("--num_steps", type=int, default=0, help="Override train.num_steps.")
     p.add_argument("--bleu_every", type=int, default=500, help="Steps between scored checkpoints.")
     p.add_argument("--residuals", default=",".join(RESIDUALS))
+    p.add_argument(
+        "--curve",
+        default=",".join(RESIDUALS),
+        help="Residuals whose every kept checkpoint is scored; the others' last one only.",
+    )
     p.add_argument("--train_files", default="", help="Override data.train_files (tests).")
     p.add_argument("--validation_files", default="", help="Override data.validation_files.")
     p.add_argument("--out", default="", help="JSON (default WORKDIR/multi30k.json)")
@@ -191,7 +199,7 @@ def main(argv=None) -> None:
         if last_step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
             sys.exit(f"Stopped in {residual} at step {last_step}; rerun the command to resume.")
         print(f"== scoring the checkpoints of {workdir} on validation", flush=True)
-        for s in score_checkpoints(config, workdir):
+        for s in score_checkpoints(config, workdir, every=residual in args.curve.split(",")):
             records.append(
                 {
                     "config": f"{CONFIG}:{args.variant}",

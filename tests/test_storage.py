@@ -79,3 +79,12 @@ def test_move_tree_and_listdir_locally(tmp_path):
     assert storage.read_bytes(storage.join(dst, "state", "a")) == b"123"
     assert storage.listdir(str(tmp_path)) == ["checkpoints", "corrupt"]
     assert storage.listdir(str(tmp_path / "missing")) == []
+
+
+def test_the_supervisor_names_orbaxs_commit_file(tmp_path):
+    from reformer import checkpoints, supervise
+
+    assert supervise.COMMIT_FILE == checkpoints._commit_file()
+    assert "No complete checkpoint" in supervise.last_checkpoint(str(tmp_path))
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    assert supervise.last_checkpoint(str(tmp_path)).startswith("Last complete checkpoint: step 20")
