@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -49,16 +50,17 @@ def load_config(variant: str, residual: str, root: str, num_steps: int, bleu_eve
 
 
 def train_minutes(workdir: str) -> dict[int, float]:
-    """Cumulative training minutes at each logged step, from the trainer's steps/s (the
-    time of training steps only)."""
-    records = []
+    """Cumulative training minutes at every step up to the last logged one, from the
+    trainer's steps/s (the time of training steps only; a step inside a log interval, such
+    as one a run was stopped at, at its interval's rate)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    minutes, total, last = {}, 0.0, 0
+    minutes, total, last = {0: 0.0}, 0.0, 0
     for r in sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]):
-        total += (r["step"] - last) / r["steps_per_sec"] / 60
-        last = minutes_step = r["step"]
-        minutes[minutes_step] = total
+        for step in range(last + 1, r["step"] + 1):
+            total += 1 / r["steps_per_sec"] / 60
+            minutes[step] = total
+        last = r["step"]
     return minutes
 
 
@@ -194,6 +196,9 @@ def main(argv=None) -> None:
         start = time.time()
         trainer.train_and_evaluate(config, workdir)
         print(f"   trained in {(time.time() - start) / 60:.1f} wall minutes", flush=True)
+        # The vocabulary also where reformer.evaluate / reformer.translate look by default.
+        if not os.path.exists(os.path.join(workdir, "vocab.model")):
+            shutil.copy(config.data.vocab_path, os.path.join(workdir, "vocab.model"))
         minutes = train_minutes(workdir)
         last_step = max(minutes)
         if last_step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.

@@ -59,7 +59,9 @@ def test_toy_run_scores_every_checkpoint_and_resumes(tmp_path):
         assert 0 <= r["bleu_cased"] <= 100 and "case:mixed" in r["signature"]
         assert r["sentences"] == 16 and r["train_minutes"] > 0 and r["device"]
     assert records[1]["train_minutes"] > records[0]["train_minutes"]
-    assert os.path.isfile(tmp_path / "runs" / "vocab.model")  # One vocabulary for both.
+    vocab = (tmp_path / "runs" / "vocab.model").read_bytes()  # One vocabulary for both,
+    for residual in ("reversible", "standard"):  # also where the commands look for it.
+        assert (tmp_path / "runs" / residual / "vocab.model").read_bytes() == vocab
     assert (tmp_path / "out.png").stat().st_size > 0
     second = subprocess.run(args, **run)
     assert second.returncode == 0, second.stderr[-3000:]
