@@ -57,8 +57,8 @@ def test_toy_run_scores_every_checkpoint_and_resumes(tmp_path):
     for r in records:
         assert r["config"] == "configs/multi30k.py:cpu" and r["split"] == "validation"
         assert 0 <= r["bleu_cased"] <= 100 and "case:mixed" in r["signature"]
-        assert r["sentences"] == 16 and r["train_minutes"] > 0 and r["device"]
-    assert records[1]["train_minutes"] > records[0]["train_minutes"]
+        assert r["sentences"] == 16 and r["train_minutes"] >= 0 and r["device"]
+    assert records[1]["train_minutes"] >= records[0]["train_minutes"]  # Toy steps: ~0.
     vocab = (tmp_path / "runs" / "vocab.model").read_bytes()  # One vocabulary for both,
     for residual in ("reversible", "standard"):  # also where the commands look for it.
         assert (tmp_path / "runs" / residual / "vocab.model").read_bytes() == vocab
