@@ -61,8 +61,18 @@ FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
 def default_config() -> ml_collections.ConfigDict:
     """All fields, with defaults for a small model on the duplication task."""
     c = ml_collections.ConfigDict()
+    c.model = _model_fields()
+    c.data = _data_fields()
+    c.train = _train_fields()
+    c.mesh = _mesh_fields()
+    c.optimizer = _optimizer_fields()
+    c.eval = _eval_fields()
+    return c
 
-    c.model = m = ml_collections.ConfigDict()
+
+def _model_fields() -> ml_collections.ConfigDict:
+    """The model's fields (the architecture)."""
+    m = ml_collections.ConfigDict()
     m.kind = "lm"  # What the model is and predicts: one of MODEL_KINDS.
     m.n_classes = 2  # Labels of model.kind = "classifier".
     # Encoder-decoder: the decoder has attention_types and n_layers; the encoder these
@@ -104,8 +114,12 @@ def default_config() -> ml_collections.ConfigDict:
     m.attention_dropout = 0.0  # Dropout on attention weights.
     m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
     m.loss_chunk_size = 0  # Final LayerNorm, logits and loss this many positions at a time.
+    return m
 
-    c.data = d = ml_collections.ConfigDict()
+
+def _data_fields() -> ml_collections.ConfigDict:
+    """The data's fields."""
+    d = ml_collections.ConfigDict()
     # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
     # "text": any local byte file (data.path). Both split 90/5/5 in order; ids = byte + 2.
     # "masked_duplication" (masked_lm) and "match" (classifier): synthetic encoder tasks of
@@ -129,8 +143,12 @@ def default_config() -> ml_collections.ConfigDict:
     # translation: a TFDS dataset in place of the files (its splits train / validation /
     # test), prepared into data.tfds_dir on first use.
     d.tfds_name = ""  # translation: e.g. "wmt14_translate/de-en"; "" = data.*_files
+    return d
 
-    c.train = t = ml_collections.ConfigDict()
+
+def _train_fields() -> ml_collections.ConfigDict:
+    """The training loop's fields."""
+    t = ml_collections.ConfigDict()
     t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
     t.batch_size = 16  # Global batch size (sequences per step, over all devices).
     t.seed = 0  # Seed for parameters, data order, dropout and hashing.
@@ -149,11 +167,20 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Device mesh ("data", "fsdp"): the batch is split over both axes; with fsdp > 1 the
     # parameters and optimizer state are sharded over "fsdp". data * fsdp = all devices.
-    c.mesh = s = ml_collections.ConfigDict()
+    return t
+
+
+def _mesh_fields() -> ml_collections.ConfigDict:
+    """The device mesh's fields."""
+    s = ml_collections.ConfigDict()
     s.data = -1  # Devices on the data axis; -1 = all devices not on fsdp.
     s.fsdp = 1  # Devices sharing the parameters (FSDP); -1 = all devices not on data.
+    return s
 
-    c.optimizer = o = ml_collections.ConfigDict()
+
+def _optimizer_fields() -> ml_collections.ConfigDict:
+    """The optimizer's fields."""
+    o = ml_collections.ConfigDict()
     o.name = "adam"  # One of OPTIMIZERS.
     o.learning_rate = 1e-3  # Peak learning rate, reached at the end of warmup.
     o.warmup_steps = 100  # Linear warmup from 0.
@@ -162,8 +189,12 @@ def default_config() -> ml_collections.ConfigDict:
     o.weight_decay = 0.0  # Decoupled weight decay (AdamW); 0 = plain Adam.
     o.b1 = 0.9  # Adam beta1.
     o.b2 = 0.98  # Adam beta2.
+    return o
 
-    c.eval = e = ml_collections.ConfigDict()
+
+def _eval_fields() -> ml_collections.ConfigDict:
+    """The evaluation's fields."""
+    e = ml_collections.ConfigDict()
     e.num_batches = 4  # Batches per evaluation.
     e.batch_size = 16  # Sequences per evaluation batch (global).
     e.n_hashes = 0  # LSH hash rounds at evaluation; 0 = same as model.n_hashes.
@@ -180,7 +211,7 @@ def default_config() -> ml_collections.ConfigDict:
     # sacreBLEU, cased and uncased; the translations are written beside the JSON.
     e.beam_size = 4  # Beams when decoding a translation split; 0 = token metrics only.
     e.alpha = 0.6  # Beam search's length penalty (the authors' value).
-    return c
+    return e
 
 
 def load_config_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
