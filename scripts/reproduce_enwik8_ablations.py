@@ -1,28 +1,35 @@
-"""The paper's enwik8 ablations (Figures 3 and 4) and a context-length study on real bytes.
+"""The paper's enwik8 ablations (Figures 3 and 4), and a context-length study, on real bytes.
 
     python scripts/reproduce_enwik8_ablations.py \\
         --data ../shared/data/enwik8_prefix_4154399 --workdir runs/ablations \\
         --out docs/results/enwik8_ablations_cpu.json
 
 Models (3 layers, the paper's ablation depth), each trained through the normal trainer with
-the same seed, so models of one sequence length see the same batches in the same order:
+the same tokens per step, steps and seed, so that they see the same batches in the same order:
 - Figure 3 (left): full attention with separate queries and keys (`full_separate_qk`)
   against shared-QK full attention (`full_shared_qk`), both regular Transformers
   (`model.residual = "standard"`: one residual stream, pre-LayerNorm);
 - Figure 3 (right): the regular Transformer `full_shared_qk` against the reversible network
-  of the same attention and widths (`full_shared_qk_reversible`, two streams);
+  of the same attention, widths and steps (`full_shared_qk_reversible`, two streams);
 - Figure 4: LSH attention trained with 1, 2, 4 and 8 hashes (`lsh1` .. `lsh8`, the same
   network as `full_shared_qk` with LSH in place of full attention), each evaluated with the
-  hashes it was trained with and with 8;
-- context: the Reformer (reversible, LSH, shared-QK) at several sequence lengths with the
-  same number of tokens per step (`reformer_<length>`).
-Every model is evaluated on the whole validation and test splits (every byte once, in
-windows of its sequence length); `xz -9e` on the same test bytes is the reference.
+  hashes it was trained with and with 8.
+Where the two models of one of the paper's comparisons end within `--second_seed_below` of
+each other on the validation split (2% by default), both are trained again with the next
+seed, so that the difference can be set against the spread between seeds.
 
-Writes `--out` (one JSON record per model, evaluation and split), a PNG beside it (validation
-bits per byte against steps, one panel per figure) and `--markdown` (the table of test bits
-per byte). Each model has its own workdir under `--workdir`, so an interrupted run resumes;
-`--models` runs a subset.
+`--models context` (not part of the default run) trains the context-length study instead:
+the Reformer (reversible, LSH, shared-QK) at several sequence lengths with the same number of
+tokens per step (`reformer_<length>`).
+
+Every model is scored on the whole validation and test splits (every byte once, in windows of
+its sequence length); `xz -9e` on the same test bytes is the reference. Writes `--out` (one
+JSON record per model, seed, evaluation and split), a PNG beside it (validation bits per byte
+against steps, one panel per figure, every seed) and `--markdown` (the table of bits per byte
+and the paper's comparisons). Each model and seed has its own workdir under `--workdir`
+(`<model>`, `<model>_seed<k>` for seeds other than 0), and keeps its scores there once
+evaluated: started again, the script skips finished models and resumes a partial one from
+its last checkpoint, so an interrupted run goes on where it was.
 """
 
 from __future__ import annotations
@@ -51,27 +58,41 @@ MODELS = {
 }
 EVAL_HASHES_EXTRA = 8  # Figure 4's models are also evaluated with this many hashes.
 
-# Model sizes. `tokens` is the number of tokens per step: batch = tokens / seq_len.
+# The paper's comparisons, (claim, baseline, model): in this order a second seed is given.
+COMPARISONS = (
+    ("shared-QK against separate QK (Figure 3)", "full_separate_qk", "full_shared_qk"),
+    ("reversible against regular (Figure 3)", "full_shared_qk", "full_shared_qk_reversible"),
+    ("LSH-8 against full attention (Figure 4)", "full_shared_qk", "lsh8"),
+    ("LSH-4 against LSH-8 (Figure 4)", "lsh8", "lsh4"),
+    ("LSH-2 against LSH-4 (Figure 4)", "lsh4", "lsh2"),
+    ("LSH-1 against LSH-2 (Figure 4)", "lsh2", "lsh1"),
+)
+
+# Model sizes. `tokens` is the number of tokens per step: batch = tokens / seq_len; `chunk`
+# the LSH chunk length (a query sees its chunk and the one before: 2 chunks <= seq_len / 8);
+# `buckets` the LSH buckets (0: about 2 seq_len / chunk). `context` overrides the settings for
+# the context-length study.
 SCALES = {
-    "toy": dict(d_model=32, d_ff=64, n_heads=2, d_head=16, seq_len=256, tokens=512,
-                context=(64, 128, 256), context_hashes=2, chunk=32, steps=3, lr=3e-3,
-                warmup=1, eval_every=2, eval_batches=1),
-    # Figures 3 and 4 at CPU scale: 2 heads and one sequence per step, so that the seven
-    # models train 700 steps each in about an hour on 2 cores (docs/results.md).
-    "cpu": dict(d_model=128, d_ff=512, n_heads=4, d_head=32, seq_len=4096, tokens=8192,
-                context=(512, 2048, 8192), context_hashes=2, chunk=64, steps=450, lr=3e-3,
-                warmup=100, eval_every=100, eval_batches=2,
-                ablation=dict(n_heads=2, tokens=4096, steps=700)),
+    "toy": dict(d_model=32, d_ff=64, n_heads=2, d_head=16, seq_len=256, tokens=512, chunk=16,
+                buckets=0, steps=3, lr=3e-3, warmup=1, eval_every=2, eval_batches=1,
+                context=dict(lengths=(64, 128, 256), hashes=2, chunk=32)),
+    # Figures 3 and 4 on 2 CPU cores, sized on the validation split so that every model ends
+    # below xz -9e (docs/results.md).
+    "cpu": dict(d_model=128, d_ff=512, n_heads=4, d_head=32, seq_len=1024, tokens=4096,
+                chunk=64, buckets=4, steps=3000, lr=3e-3, warmup=150, eval_every=250,
+                eval_batches=16,
+                context=dict(lengths=(512, 2048, 8192), hashes=2, tokens=8192, buckets=0,
+                             steps=450, warmup=100, eval_every=100, eval_batches=2)),
     "gpu": dict(d_model=512, d_ff=2048, n_heads=8, d_head=64, seq_len=16384, tokens=65536,
-                context=(1024, 4096, 16384, 65536), context_hashes=4, chunk=128, steps=5000,
-                lr=1e-3, warmup=500, eval_every=500, eval_batches=4),
+                chunk=128, buckets=0, steps=5000, lr=1e-3, warmup=500, eval_every=500,
+                eval_batches=4, context=dict(lengths=(1024, 4096, 16384, 65536), hashes=4)),
 }  # fmt: skip
 
 
 def context_models(scale: dict) -> dict:
+    c = scale["context"]
     return {
-        f"reformer_{n}": (("context",), "lsh", "reversible", scale["context_hashes"], n)
-        for n in scale["context"]
+        f"reformer_{n}": (("context",), "lsh", "reversible", c["hashes"], n) for n in c["lengths"]
     }
 
 
@@ -91,8 +112,8 @@ def model_config(
     from reformer.config import default_config
 
     _, attention, residual, n_hashes, seq_len = spec
-    if seq_len is None:  # Figures 3 and 4 (not the context study): the scale's overrides.
-        scale = {**scale, **scale.get("ablation", {})}
+    if seq_len is not None:  # The context study: its own settings.
+        scale = {**scale, **scale["context"]}
     seq_len = seq_len or scale["seq_len"]
     c = default_config()
     m = c.model
@@ -101,7 +122,7 @@ def model_config(
     m.n_heads, m.d_head = scale["n_heads"], scale["d_head"]
     m.attention_types, m.residual = (attention,), residual
     m.n_hashes = n_hashes or 1
-    m.lsh_chunk_len, m.n_buckets = scale["chunk"], 0  # About 2 L / chunk buckets.
+    m.lsh_chunk_len, m.n_buckets = scale["chunk"], scale["buckets"]
     m.positional = "axial"
     m.axial_shape = axial_shape(seq_len)
     m.axial_dims = (m.d_model // 2, m.d_model // 2)
@@ -111,7 +132,7 @@ def model_config(
     c.train.batch_size = max(1, scale["tokens"] // seq_len)
     c.train.num_steps = steps or scale["steps"]
     c.train.seed = seed  # Parameters, data order and hashing.
-    c.train.log_every = max(1, scale["eval_every"] // 4)
+    c.train.log_every = max(1, scale["eval_every"] // 5)
     c.train.eval_every = scale["eval_every"]
     c.train.checkpoint_every = scale["eval_every"]
     c.optimizer.name = "adam"
@@ -128,6 +149,22 @@ def eval_hashes(spec: tuple) -> tuple:
     if n is None:
         return (None,)
     return (n,) if n == EVAL_HASHES_EXTRA or "4" not in spec[0] else (n, EVAL_HASHES_EXTRA)
+
+
+def run_name(name: str, seed: int) -> str:
+    """A model's workdir under --workdir: `<name>` for seed 0, `<name>_seed<k>` otherwise."""
+    return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def train_minutes(workdir: str) -> float:
+    """Minutes of training steps (compilation, evaluations and saves excluded), from the
+    logged speed of every interval; an interval run again after a resume counts once."""
+    intervals = {r["step"]: r for r in read_metrics(workdir) if r["split"] == "train"}
+    seconds, previous = 0.0, 0
+    for step in sorted(intervals):
+        seconds += (step - previous) / intervals[step]["steps_per_sec"]
+        previous = step
+    return seconds / 60
 
 
 def record(name, figure, spec, config, result: dict, n_eval, minutes: float) -> dict:
@@ -148,55 +185,122 @@ def record(name, figure, spec, config, result: dict, n_eval, minutes: float) -> 
         "batch_size": config.train.batch_size,
         "steps": result["step"],
         "seed": config.train.seed,
-        "train_minutes": round(minutes, 2),
+        "train_minutes": round(minutes, 4),
         "params": {
-            k: config.model[k] for k in ("n_layers", "d_model", "d_ff", "n_heads", "d_head")
+            k: config.model[k]
+            for k in ("n_layers", "d_model", "d_ff", "n_heads", "d_head", "lsh_chunk_len")
         },
         "device": result["device"],
     }
 
 
+RECORDS_FILE = "ablation_records.json"  # A finished model's scores, in its workdir.
+
+
+def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
+    """Trains one model (resuming its workdir) and scores it on both splits, or reads the
+    scores a previous run left; exits when training was stopped before the last step."""
+    from reformer import evaluate, sharding, trainer
+
+    path = os.path.join(workdir, RECORDS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved and all(r["steps"] == config.train.num_steps for r in saved):
+            print(f"   scored before: {path}", flush=True)
+            return saved
+    trainer.train_and_evaluate(config, workdir)
+    mesh = sharding.make_mesh()
+    params, step = evaluate.load_params(config, workdir, mesh)
+    if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
+        sys.exit(
+            f"Stopped in {os.path.basename(workdir)} at step {step}; rerun the command to resume."
+        )
+    minutes = train_minutes(workdir)
+    records = []
+    for n_eval in eval_hashes(spec):
+        config.eval.n_hashes = n_eval or 0
+        eval_fn = evaluate.jitted_eval_fn(config, params, mesh)  # Both splits.
+        for split in ("validation", "test"):
+            config.eval.split = split
+            r = evaluate.evaluate_params(config, params, step, mesh, eval_fn)
+            for figure in spec[0]:  # full_shared_qk belongs to Figures 3 and 4.
+                records.append(record(name, figure, spec, config, r, n_eval, minutes))
+            print(f"   {split}: {r['bits_per_byte']:.4f} bits/byte "
+                  f"({n_eval or '-'} hashes)", flush=True)  # fmt: skip
+    with open(path + ".tmp", "w") as f:  # Written whole or not at all.
+        json.dump(records, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return records
+
+
+def score(records: list[dict], model: str, seed: int, split: str) -> float | None:
+    """Bits per byte of `model` and `seed` on `split`, with the hashes it was trained with."""
+    for r in records:
+        if (r["model"], r.get("seed"), r["split"]) == (model, seed, split) and (
+            r["n_hashes_eval"] == r["n_hashes_train"]
+        ):
+            return r["bits_per_byte"]
+    return None
+
+
+def second_seed_models(records: list[dict], seed: int, below: float) -> list[str]:
+    """The models of every comparison whose two models, trained with `seed`, end within
+    `below` (a fraction) of each other on the validation split; in COMPARISONS' order."""
+    names: list[str] = []
+    for _, a, b in COMPARISONS:
+        va, vb = score(records, a, seed, "validation"), score(records, b, seed, "validation")
+        if va is not None and vb is not None and abs(vb - va) < below * min(va, vb):
+            names += [n for n in (a, b) if n not in names]
+    return names
+
+
 PANELS = (
-    ("3", "Figure 3 (left): shared-QK", ("full_separate_qk", "full_shared_qk")),
-    ("3", "Figure 3 (right): reversible", ("full_shared_qk", "full_shared_qk_reversible")),
-    ("4", "Figure 4: LSH hashes", ("full_shared_qk", "lsh1", "lsh2", "lsh4", "lsh8")),
-    ("context", "Context length (Reformer)", None),
+    ("Figure 3 (left): shared-QK", ("full_separate_qk", "full_shared_qk")),
+    ("Figure 3 (right): reversible", ("full_shared_qk", "full_shared_qk_reversible")),
+    ("Figure 4: LSH hashes", ("full_shared_qk", "lsh1", "lsh2", "lsh4", "lsh8")),
+    ("Context length (Reformer)", None),
 )
 
 
-def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
+def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
+    """Validation bits per byte against steps: one panel per figure, one colour per model,
+    one line per seed (seed 0 solid, others dashed) and the band between seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def shown(names):  # Only the panels with a model in this run (--models runs a subset).
-        if names is None:
-            return any(n.startswith("reformer_") for n in workdirs)
-        return any(n in workdirs for n in names)
-
-    panels = [p for p in PANELS if shown(p[2])]
+    names = {n for n, _ in workdirs}
+    context = sorted((n for n in names if n.startswith("reformer_")),
+                     key=lambda n: int(n.split("_")[1]))  # fmt: skip
+    panels = [(t, m or context) for t, m in PANELS if set(m or context) & names]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), sharey=True,
                              squeeze=False)  # fmt: skip
-    axes = axes[0]
-    for ax, (_, title, names) in zip(axes, panels, strict=True):
-        names = names or sorted(
-            (n for n in workdirs if n.startswith("reformer_")), key=lambda n: int(n.split("_")[1])
-        )
-        for name in names:
-            if name not in workdirs or not os.path.exists(
-                os.path.join(workdirs[name], "metrics.jsonl")
-            ):
-                continue
-            evals = [r for r in read_metrics(workdirs[name]) if r["split"] == "eval"]
-            ax.plot([r["step"] for r in evals], [r["bits_per_token"] for r in evals], "o-",
-                    ms=3, label=name)  # fmt: skip
+    for ax, (title, models) in zip(axes[0], panels, strict=True):
+        for i, name in enumerate(models):
+            curves = {}
+            for (n, seed), wd in sorted(workdirs.items()):
+                if n == name and os.path.exists(os.path.join(wd, "metrics.jsonl")):
+                    evals = {r["step"]: r["bits_per_token"] for r in read_metrics(wd)
+                             if r["split"] == "eval"}  # fmt: skip
+                    curves[seed] = evals
+            for j, (seed, evals) in enumerate(sorted(curves.items())):
+                steps = sorted(evals)
+                ax.plot(steps, [evals[s] for s in steps], "o-" if j == 0 else "s--", ms=3,
+                        color=f"C{i}", label=f"{name} (seed {seed})" if len(curves) > 1
+                        else name)  # fmt: skip
+            if len(curves) > 1:
+                common = sorted(set.intersection(*(set(e) for e in curves.values())))
+                values = [[e[s] for e in curves.values()] for s in common]
+                ax.fill_between(common, [min(v) for v in values], [max(v) for v in values],
+                                color=f"C{i}", alpha=0.2, lw=0)  # fmt: skip
         ax.axhline(xz, color="gray", ls="--", lw=1, label="xz -9e (test)")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("validation bits per byte")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation bits per byte")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -207,36 +311,58 @@ def residual_of(r: dict) -> str:
     return r.get("residual") or ("reversible" if r["reversible"] else "two_stream")
 
 
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
 def markdown(records: list[dict]) -> str:
     lines = [
-        "| figure | model | length | residual | hashes (train / eval) | validation bits/byte "
-        "| test bits/byte | steps | training minutes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| figure | model | seed | length | residual | hashes (train / eval) "
+        "| validation bits/byte | test bits/byte | steps | training minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows: dict[tuple, dict] = {}
-    for r in records:
-        key = (r["model"], r["n_hashes_eval"])
-        rows.setdefault(key, {}).setdefault(r["split"], r)
     figures: dict[tuple, list] = {}
     for r in records:
-        figures.setdefault((r["model"], r["n_hashes_eval"]), [])
-        if r["figure"] not in figures[(r["model"], r["n_hashes_eval"])]:
-            figures[(r["model"], r["n_hashes_eval"])].append(r["figure"])
-    for (model, n_eval), splits in rows.items():
+        key = (r["model"], r.get("seed"), r["n_hashes_eval"])
+        rows.setdefault(key, {}).setdefault(r["split"], r)
+        if r["figure"] not in figures.setdefault(key, []):
+            figures[key].append(r["figure"])
+    for (model, seed, n_eval), splits in rows.items():
         r = splits.get("test") or splits.get("validation")
         if model == "xz":
-            lines.append(f"| - | xz -9e | - | - | - | - | {r['bits_per_byte']:.4f} | - | - |")
+            lines.append(f"| - | xz -9e | - | - | - | - | - | {r['bits_per_byte']:.4f} | - | - |")
             continue
-        fig = ", ".join(figures[(model, n_eval)])
         hashes = "-" if r["n_hashes_train"] is None else f"{r['n_hashes_train']} / {n_eval}"
         val = splits.get("validation", {}).get("bits_per_byte")
         test = splits.get("test", {}).get("bits_per_byte")
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
         lines.append(
-            f"| {fig} | {model} | {r['seq_len']:,} | {residual_of(r)} | "
-            f"{hashes} | {fmt(val)} | {fmt(test)} | {r['steps']} | {r['train_minutes']:.1f} |"
+            f"| {', '.join(figures[(model, seed, n_eval)])} | {model} | {seed} | "
+            f"{r['seq_len']:,} | {residual_of(r)} | {hashes} | {fmt(val)} | {fmt(test)} | "
+            f"{r['steps']} | {r['train_minutes']:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n"
+    compared = []
+    for claim, a, b in COMPARISONS:
+        for seed in sorted({r["seed"] for r in records if r["model"] in (a, b)}):
+            scores = {s: (score(records, a, seed, s), score(records, b, seed, s))
+                      for s in ("validation", "test")}  # fmt: skip
+            if None in scores["validation"] + scores["test"]:
+                continue
+            diff = {s: f"{100 * (y - x) / x:+.2f}%" for s, (x, y) in scores.items()}
+            compared.append(
+                f"| {claim} | {b} against {a} | {seed} | {fmt(scores['validation'][1])} / "
+                f"{fmt(scores['validation'][0])} ({diff['validation']}) | "
+                f"{fmt(scores['test'][1])} / {fmt(scores['test'][0])} ({diff['test']}) |"
+            )
+    if compared:
+        table += (
+            "\nThe paper's comparisons (bits per byte with the hashes each model trained with; "
+            "the difference relative to the second model):\n\n"
+            "| comparison | models | seed | validation | test |\n|---|---|---|---|---|\n"
+            + "\n".join(compared) + "\n"
+        )  # fmt: skip
+    return table
 
 
 def main(argv=None) -> None:
@@ -246,19 +372,34 @@ def main(argv=None) -> None:
     p.add_argument("--tfds_dir", default="", help="Where TFDS prepares the data ('' = default).")
     p.add_argument("--scale", default="cpu", choices=tuple(SCALES))
     p.add_argument("--num_steps", type=int, default=0, help="Override the scale's steps.")
-    p.add_argument("--models", default="", help="Comma-separated subset (default: all).")
     p.add_argument(
-        "--seed", type=int, default=0, help="train.seed of every model (parameters, data order)."
-    )
+        "--models", default="",
+        help="Comma-separated subset (default: Figures 3 and 4); 'context' for the study.",
+    )  # fmt: skip
+    p.add_argument("--seeds", default="0", help="Comma-separated train.seed of every model.")
+    p.add_argument(
+        "--second_seed_below", type=float, default=0.02,
+        help="Train both models of a comparison with the next seed when they end within this "
+        "fraction of each other on the validation split (0: never).",
+    )  # fmt: skip
     p.add_argument("--out", default="", help="JSON (default WORKDIR/enwik8_ablations.json)")
     p.add_argument("--markdown", default="", help="Markdown (default beside --out)")
     args = p.parse_args(argv)
     scale = SCALES[args.scale]
     models = all_models(scale)
-    names = [m.strip() for m in args.models.split(",") if m.strip()] or list(models)
+    names = [m.strip() for m in args.models.split(",") if m.strip()] or list(MODELS)
+    if "context" in names:
+        i = names.index("context")
+        names[i : i + 1] = list(context_models(scale))
     unknown = [n for n in names if n not in models]
     if unknown:
-        p.error(f"--models: unknown {unknown}; allowed: {', '.join(models)}")
+        p.error(f"--models: unknown {unknown}; allowed: context, {', '.join(models)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+    if not 0 <= args.second_seed_below < 1:
+        p.error(f"--second_seed_below: {args.second_seed_below} is not in [0, 1)")
     if not os.path.exists(args.data):
         p.error(f"--data: {args.data} does not exist (the enwik8 prefix is in ../shared/data)")
     out = args.out or os.path.join(args.workdir, "enwik8_ablations.json")
@@ -266,34 +407,29 @@ def main(argv=None) -> None:
 
     from absl import logging
 
-    from reformer import data, evaluate, sharding, trainer
+    from reformer import data, sharding
 
     logging.set_verbosity(logging.WARNING)
     records, workdirs = [], {}
     total_start = time.time()
-    for name in names:
+
+    def run(name: str, seed: int) -> None:
         spec = models[name]
-        config = model_config(args.data, args.tfds_dir, scale, spec, args.num_steps, args.seed)
-        workdir = workdirs[name] = os.path.join(args.workdir, name)
-        print(f"== {name}: {config.data.seq_len} bytes x {config.train.batch_size}, "
-              f"{config.train.num_steps} steps, in {workdir}", flush=True)  # fmt: skip
-        start = time.time()
-        trainer.train_and_evaluate(config, workdir)
-        minutes = (time.time() - start) / 60
-        mesh = sharding.make_mesh()
-        params, step = evaluate.load_params(config, workdir, mesh)
-        if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
-            sys.exit(f"Stopped in {name} at step {step}; rerun the command to resume.")
-        for n_eval in eval_hashes(spec):
-            config.eval.n_hashes = n_eval or 0
-            eval_fn = evaluate.jitted_eval_fn(config, params, mesh)  # Both splits.
-            for split in ("validation", "test"):
-                config.eval.split = split
-                r = evaluate.evaluate_params(config, params, step, mesh, eval_fn)
-                for figure in spec[0]:  # full_shared_qk belongs to Figures 3 and 4.
-                    records.append(record(name, figure, spec, config, r, n_eval, minutes))
-                print(f"   {split}: {r['bits_per_byte']:.4f} bits/byte "
-                      f"({n_eval or '-'} hashes)", flush=True)  # fmt: skip
+        config = model_config(args.data, args.tfds_dir, scale, spec, args.num_steps, seed)
+        workdir = workdirs[(name, seed)] = os.path.join(args.workdir, run_name(name, seed))
+        print(f"== {name}, seed {seed}: {config.data.seq_len} bytes x "
+              f"{config.train.batch_size}, {config.train.num_steps} steps, in {workdir}",
+              flush=True)  # fmt: skip
+        records.extend(train_and_score(name, spec, config, workdir))
+
+    for seed in seeds:
+        for name in names:
+            run(name, seed)
+    if args.second_seed_below:  # A second seed where a comparison is too close to call.
+        extra = max(seeds) + 1
+        for name in second_seed_models(records, seeds[0], args.second_seed_below):
+            if name in names and (name, extra) not in workdirs:
+                run(name, extra)
     base = model_config(args.data, args.tfds_dir, scale, MODELS["full_shared_qk"])
     test_bytes = data.byte_splits(base)["test"].tobytes()
     xz = xz_bpc(test_bytes)

@@ -2,7 +2,9 @@
 
 import json
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,15 +51,22 @@ def test_models_differ_from_their_comparison_in_one_setting_only():
     assert diff("lsh2", "lsh4") == {("model", "n_hashes")}
     assert diff("full_shared_qk", "lsh1") == {("model", "attention_types")}
     # The context models: same tokens per step, lengths 512 .. 8192.
-    lengths = [cfg[f"reformer_{n}"].data.seq_len for n in scale["context"]]
+    context = scale["context"]
+    lengths = [cfg[f"reformer_{n}"].data.seq_len for n in context["lengths"]]
     assert lengths == [512, 2048, 8192]
-    assert {cfg[f"reformer_{n}"].train.batch_size * n for n in scale["context"]} == {
-        scale["tokens"]
+    assert {cfg[f"reformer_{n}"].train.batch_size * n for n in context["lengths"]} == {
+        context["tokens"]
     }
-    assert all(cfg[f"reformer_{n}"].model.residual == "reversible" for n in scale["context"])
-    # The paper's ablation depth and long sequences.
-    assert {c.model.n_layers for c in cfg.values()} == {3}
-    assert cfg["lsh8"].data.seq_len >= 4096
+    assert all(cfg[f"reformer_{n}"].model.residual == "reversible" for n in context["lengths"])
+    assert {c.model.n_layers for c in cfg.values()} == {3}  # the paper's ablation depth
+
+
+@pytest.mark.parametrize("scale", sorted(script.SCALES))
+def test_the_lsh_window_is_at_most_an_eighth_of_the_sequence(scale):
+    """A query sees its chunk and the one before: LSH is tested, not full attention."""
+    for name in ("lsh1", "lsh8"):
+        c = script.model_config("d", "", script.SCALES[scale], script.MODELS[name])
+        assert 2 * c.model.lsh_chunk_len <= c.data.seq_len // 8
 
 
 def test_eval_hashes_are_the_trained_ones_and_eight():
@@ -67,59 +76,126 @@ def test_eval_hashes_are_the_trained_ones_and_eight():
     assert script.eval_hashes(models["full_shared_qk"]) == (None,)
 
 
-def test_seed_reaches_every_model():
+def test_seed_reaches_every_model_and_names_its_workdir():
     spec = script.MODELS["lsh2"]
     assert script.model_config("d", "", script.SCALES["toy"], spec).train.seed == 0
     assert script.model_config("d", "", script.SCALES["toy"], spec, seed=3).train.seed == 3
+    assert script.run_name("lsh2", 0) == "lsh2"
+    assert script.run_name("lsh2", 1) == "lsh2_seed1"
 
 
-@pytest.mark.parametrize("seq_len", [64, 256, 512, 4096, 8192])
-def test_axial_shape_covers_the_length(seq_len):
-    a, b = script.axial_shape(seq_len)
-    assert a * b == seq_len and a >= b
+def scores(**bpb):
+    """Validation and test records of seed 0, trained hashes, `model=bits per byte`."""
+    return [
+        {"model": m, "seed": 0, "split": split, "n_hashes_train": None, "n_hashes_eval": None,
+         "bits_per_byte": v + (0.1 if split == "test" else 0)}
+        for m, v in bpb.items() for split in ("validation", "test")
+    ]  # fmt: skip
 
 
-def test_toy_run_end_to_end(tmp_path):
-    """One model of each kind (Figure 3, Figure 4 with its extra 8-hash evaluation, context)
-    through training, both splits, the table and the plot."""
+def test_a_second_seed_goes_to_comparisons_closer_than_the_threshold():
+    records = scores(
+        full_separate_qk=2.50, full_shared_qk=2.54, full_shared_qk_reversible=2.60,
+        lsh8=2.56, lsh4=2.565, lsh2=2.70, lsh1=2.90,
+    )  # fmt: skip
+    # shared-QK 1.6% apart, reversible 2.4%, LSH-8/full 0.8%, LSH-4/LSH-8 0.2%: in that order.
+    assert script.second_seed_models(records, 0, 0.02) == [
+        "full_separate_qk", "full_shared_qk", "lsh8", "lsh4",
+    ]  # fmt: skip
+    assert script.second_seed_models(records, 0, 0.0) == []
+    assert script.second_seed_models(records, 1, 0.02) == []  # no records of seed 1
+    # An LSH model's own hashes decide, not the 8-hash evaluation.
+    extra = [dict(r, n_hashes_train=4, n_hashes_eval=8, bits_per_byte=2.0) for r in records
+             if r["model"] == "lsh4"]  # fmt: skip
+    lsh = [dict(r, n_hashes_train=int(r["model"][3:]), n_hashes_eval=int(r["model"][3:]))
+           if r["model"].startswith("lsh") else r for r in records]  # fmt: skip
+    assert script.second_seed_models(lsh + extra, 0, 0.02) == script.second_seed_models(
+        records, 0, 0.02
+    )
+
+
+def test_train_minutes_count_an_interval_run_again_once(tmp_path):
+    rows = [
+        {"step": 10, "split": "train", "steps_per_sec": 2.0},
+        {"step": 20, "split": "train", "steps_per_sec": 1.0},
+        {"step": 20, "split": "eval", "bits_per_token": 3.0},
+        {"step": 20, "split": "train", "steps_per_sec": 0.5},  # resumed from step 10
+        {"step": 30, "split": "train", "steps_per_sec": 1.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert script.train_minutes(str(tmp_path)) == pytest.approx((5 + 20 + 10) / 60)
+
+
+TOY_MODELS = "full_shared_qk,full_shared_qk_reversible,lsh2"
+
+
+def toy_args(tmp_path, data, name: str) -> list[str]:
+    return [
+        "--scale=toy",
+        f"--models={TOY_MODELS}",
+        "--second_seed_below=0",
+        f"--data={data}",
+        f"--workdir={tmp_path / name}",
+        f"--tfds_dir={tmp_path / 'tfds'}",
+        f"--out={tmp_path / name}.json",
+    ]
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "train_minutes"} for r in records]
+
+
+def test_toy_run_end_to_end_and_resumed_after_an_interruption(tmp_path):
+    """Figure 3's regular and reversible models and Figure 4's LSH model (with its extra
+    8-hash evaluation) through training, both splits, the table and the plot; then the same
+    run killed once its first model is scored and started again gives the same JSON."""
     data = tmp_path / "enwik8_small"
     data.write_bytes(fake_enwik8(60_000))
-    out = tmp_path / "ablations.json"
-    proc = run_script(
-        "reproduce_enwik8_ablations.py",
-        [
-            "--scale=toy",
-            "--models=full_separate_qk,full_shared_qk,lsh2,reformer_64",
-            f"--data={data}",
-            f"--workdir={tmp_path / 'runs'}",
-            f"--tfds_dir={tmp_path / 'tfds'}",
-            f"--out={out}",
-        ],
-        timeout=900,
-    )
+    proc = run_script("reproduce_enwik8_ablations.py", toy_args(tmp_path, data, "whole"), 900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(out.read_text())
-    models = [r for r in records if r["model"] != "xz"]
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    models = [r for r in whole if r["model"] != "xz"]
     for r in models:
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["steps"] == script.SCALES["toy"]["steps"] and r["seed"] == 0
-        assert 0 < r["bits_per_byte"] < 12
-    seen = {(r["figure"], r["model"], r["n_hashes_eval"], r["split"]) for r in models}
+        assert 0 < r["bits_per_byte"] < 12 and r["train_minutes"] > 0
+    seen = {(r["figure"], r["model"], r["residual"], r["n_hashes_eval"], r["split"])
+            for r in models}  # fmt: skip
     for split in ("validation", "test"):
-        assert ("3", "full_separate_qk", None, split) in seen
-        assert ("3", "full_shared_qk", None, split) in seen
-        assert ("4", "full_shared_qk", None, split) in seen
-        assert ("4", "lsh2", 2, split) in seen and ("4", "lsh2", 8, split) in seen
-        assert ("context", "reformer_64", 2, split) in seen
+        assert ("3", "full_shared_qk", "standard", None, split) in seen
+        assert ("4", "full_shared_qk", "standard", None, split) in seen
+        assert ("3", "full_shared_qk_reversible", "reversible", None, split) in seen
+        assert ("4", "lsh2", "standard", 2, split) in seen
+        assert ("4", "lsh2", "standard", 8, split) in seen
     # Every byte of each split once, whatever the window.
     test_bytes = {r["bytes"] for r in models if r["split"] == "test"}
     assert len(test_bytes) == 1
-    xz = [r for r in records if r["model"] == "xz"]
+    xz = [r for r in whole if r["model"] == "xz"]
     assert len(xz) == 1 and xz[0]["bytes"] == test_bytes.pop()
-    assert (tmp_path / "ablations.png").stat().st_size > 20_000
-    table = (tmp_path / "ablations.md").read_text()
-    assert "| 4 | lsh2 | 256 | standard | 2 / 8 |" in table
+    assert (tmp_path / "whole.png").stat().st_size > 20_000
+    table = (tmp_path / "whole.md").read_text()
+    assert "| 4 | lsh2 | 0 | 256 | standard | 2 / 8 |" in table
+    assert "| reversible against regular (Figure 3) | full_shared_qk_reversible against" in table
     assert "xz -9e" in table
+
+    # Killed (as a preempted host is) once the first model is scored, then started again.
+    first = tmp_path / "cut" / "full_shared_qk" / script.RECORDS_FILE
+    cmd = [sys.executable, os.path.join("scripts", "reproduce_enwik8_ablations.py")]
+    proc = subprocess.Popen([*cmd, *toy_args(tmp_path, data, "cut")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert first.exists(), proc.stderr.read()[-3000:]
+    scored = first.stat().st_mtime
+    proc = run_script("reproduce_enwik8_ablations.py", toy_args(tmp_path, data, "cut"), 900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scored before" in proc.stdout
+    assert first.stat().st_mtime == scored  # the first model was neither trained nor scored again
+    cut = json.loads((tmp_path / "cut.json").read_text())
+    assert without_timing(cut) == without_timing(whole)
 
 
 def test_unknown_model_is_refused_with_the_allowed_ones(tmp_path):
