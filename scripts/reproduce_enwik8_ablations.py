@@ -79,7 +79,7 @@ SCALES = {
     # Figures 3 and 4 on 2 CPU cores, sized on the validation split so that every model ends
     # below xz -9e (docs/results.md).
     "cpu": dict(d_model=128, d_ff=512, n_heads=4, d_head=32, seq_len=1024, tokens=4096,
-                chunk=64, buckets=4, steps=3000, lr=3e-3, warmup=150, eval_every=250,
+                chunk=64, buckets=2, steps=4000, lr=3e-3, warmup=150, eval_every=250,
                 eval_batches=16,
                 context=dict(lengths=(512, 2048, 8192), hashes=2, tokens=8192, buckets=0,
                              steps=450, warmup=100, eval_every=100, eval_batches=2)),
