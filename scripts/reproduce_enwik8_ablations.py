@@ -35,6 +35,7 @@ its last checkpoint, so an interrupted run goes on where it was.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -87,6 +88,25 @@ SCALES = {
                 chunk=128, buckets=0, steps=5000, lr=1e-3, warmup=500, eval_every=500,
                 eval_batches=4, context=dict(lengths=(1024, 4096, 16384, 65536), hashes=4)),
 }  # fmt: skip
+
+
+def with_settings(scale: dict, items: list[str]) -> dict:
+    """The scale with `KEY=VALUE` overrides (`--set`), each checked against the key's type."""
+    scale = dict(scale)
+    for item in items:
+        key, _, text = item.partition("=")
+        if key not in scale or key == "context" or not text:
+            allowed = ", ".join(k for k in scale if k != "context")
+            raise ValueError(f"--set {item}: use KEY=VALUE with KEY one of {allowed}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        kind = type(scale[key])
+        if type(value) not in ((int, float) if kind is float else (kind,)):
+            raise ValueError(f"--set {item}: {value!r} is not a {kind.__name__}")
+        scale[key] = kind(value)
+    return scale
 
 
 def context_models(scale: dict) -> dict:
@@ -382,10 +402,18 @@ def main(argv=None) -> None:
         help="Train both models of a comparison with the next seed when they end within this "
         "fraction of each other on the validation split (0: never).",
     )  # fmt: skip
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="Override a setting of the scale, e.g. --set buckets=4 --set tokens=8192 (how "
+        "the sizes were chosen, docs/results.md).",
+    )  # fmt: skip
     p.add_argument("--out", default="", help="JSON (default WORKDIR/enwik8_ablations.json)")
     p.add_argument("--markdown", default="", help="Markdown (default beside --out)")
     args = p.parse_args(argv)
-    scale = SCALES[args.scale]
+    try:
+        scale = with_settings(SCALES[args.scale], args.set)
+    except ValueError as e:
+        p.error(str(e))
     models = all_models(scale)
     names = [m.strip() for m in args.models.split(",") if m.strip()] or list(MODELS)
     if "context" in names:

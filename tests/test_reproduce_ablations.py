@@ -204,3 +204,17 @@ def test_unknown_model_is_refused_with_the_allowed_ones(tmp_path):
     )
     assert proc.returncode != 0
     assert "lsh3" in proc.stderr and "lsh4" in proc.stderr
+
+
+def test_settings_override_the_scale_with_values_of_its_types():
+    scale = script.SCALES["cpu"]
+    changed = script.with_settings(scale, ["buckets=4", "lr=1e-3", "tokens=8192"])
+    assert (changed["buckets"], changed["lr"], changed["tokens"]) == (4, 1e-3, 8192)
+    assert scale["buckets"] == 2  # the table itself is left alone
+    config = script.model_config("d", "", changed, script.MODELS["lsh1"])
+    assert (config.model.n_buckets, config.train.batch_size) == (4, 8)
+    assert script.with_settings(scale, ["lr=1"])["lr"] == 1.0
+    for bad, says in (("bucket=4", "buckets"), ("buckets=4.5", "int"), ("steps=x", "int"),
+                      ("context=1", "KEY one of"), ("buckets", "KEY=VALUE")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            script.with_settings(scale, [bad])
