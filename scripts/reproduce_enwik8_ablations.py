@@ -217,18 +217,27 @@ def record(name, figure, spec, config, result: dict, n_eval, minutes: float) -> 
 RECORDS_FILE = "ablation_records.json"  # A finished model's scores, in its workdir.
 
 
+def scored(config, workdir: str) -> list[dict] | None:
+    """The scores a previous run left in `workdir` for `config.train.num_steps`, or None."""
+    path = os.path.join(workdir, RECORDS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    if not saved or any(r["steps"] != config.train.num_steps for r in saved):
+        return None
+    print(f"   scored before: {path}", flush=True)
+    return saved
+
+
 def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
     """Trains one model (resuming its workdir) and scores it on both splits, or reads the
     scores a previous run left; exits when training was stopped before the last step."""
     from reformer import evaluate, sharding, trainer
 
-    path = os.path.join(workdir, RECORDS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved and all(r["steps"] == config.train.num_steps for r in saved):
-            print(f"   scored before: {path}", flush=True)
-            return saved
+    saved = scored(config, workdir)
+    if saved is not None:
+        return saved
     trainer.train_and_evaluate(config, workdir)
     mesh = sharding.make_mesh()
     params, step = evaluate.load_params(config, workdir, mesh)
@@ -248,6 +257,7 @@ def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
                 records.append(record(name, figure, spec, config, r, n_eval, minutes))
             print(f"   {split}: {r['bits_per_byte']:.4f} bits/byte "
                   f"({n_eval or '-'} hashes)", flush=True)  # fmt: skip
+    path = os.path.join(workdir, RECORDS_FILE)
     with open(path + ".tmp", "w") as f:  # Written whole or not at all.
         json.dump(records, f, indent=1)
     os.replace(path + ".tmp", path)
@@ -407,6 +417,11 @@ def main(argv=None) -> None:
         help="Override a setting of the scale, e.g. --set buckets=4 --set tokens=8192 (how "
         "the sizes were chosen, docs/results.md).",
     )  # fmt: skip
+    p.add_argument(
+        "--report_only", action="store_true",
+        help="Train nothing: write the JSON, table and plot from the models scored so far "
+        "(while a long run goes on in another process).",
+    )  # fmt: skip
     p.add_argument("--out", default="", help="JSON (default WORKDIR/enwik8_ablations.json)")
     p.add_argument("--markdown", default="", help="Markdown (default beside --out)")
     args = p.parse_args(argv)
@@ -438,7 +453,7 @@ def main(argv=None) -> None:
     from reformer import data, sharding
 
     logging.set_verbosity(logging.WARNING)
-    records, workdirs = [], {}
+    records, workdirs, missing = [], {}, []
     total_start = time.time()
 
     def run(name: str, seed: int) -> None:
@@ -448,7 +463,13 @@ def main(argv=None) -> None:
         print(f"== {name}, seed {seed}: {config.data.seq_len} bytes x "
               f"{config.train.batch_size}, {config.train.num_steps} steps, in {workdir}",
               flush=True)  # fmt: skip
-        records.extend(train_and_score(name, spec, config, workdir))
+        if not args.report_only:
+            records.extend(train_and_score(name, spec, config, workdir))
+        elif (saved := scored(config, workdir)) is not None:
+            records.extend(saved)
+        else:
+            print("   not scored yet: left out", flush=True)
+            missing.append(run_name(name, seed))
 
     for seed in seeds:
         for name in names:
@@ -476,6 +497,8 @@ def main(argv=None) -> None:
     plot(workdirs, xz, png)
     print(markdown(records))
     print(f"Wrote {out}, {md} and {png} in {(time.time() - total_start) / 60:.1f} minutes")
+    if missing:
+        print(f"Not scored yet, so left out: {', '.join(missing)}")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,16 @@ def test_toy_run_end_to_end_and_resumed_after_an_interruption(tmp_path):
     assert "| reversible against regular (Figure 3) | full_shared_qk_reversible against" in table
     assert "xz -9e" in table
 
+    # A report of what is scored so far trains nothing and leaves the unfinished model out.
+    report = toy_args(tmp_path, data, "whole")
+    report[1] = f"--models={TOY_MODELS},lsh4"
+    report[-1] = f"--out={tmp_path / 'report.json'}"
+    proc = run_script("reproduce_enwik8_ablations.py", [*report, "--report_only"], 300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Not scored yet, so left out: lsh4" in proc.stdout
+    assert not (tmp_path / "whole" / "lsh4").exists()
+    assert json.loads((tmp_path / "report.json").read_text()) == whole
+
     # Killed (as a preempted host is) once the first model is scored, then started again.
     first = tmp_path / "cut" / "full_shared_qk" / script.RECORDS_FILE
     cmd = [sys.executable, os.path.join("scripts", "reproduce_enwik8_ablations.py")]
