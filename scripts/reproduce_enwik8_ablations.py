@@ -15,8 +15,9 @@ the same tokens per step, steps and seed, so that they see the same batches in t
   network as `full_shared_qk` with LSH in place of full attention), each evaluated with the
   hashes it was trained with and with 8.
 Where the two models of one of the paper's comparisons end within `--second_seed_below` of
-each other on the validation split (2% by default), both are trained again with the next
-seed, so that the difference can be set against the spread between seeds.
+each other on the validation split (2% by default), both are trained again with the seed
+after the largest of `--seeds`, so that the difference can be set against the spread between
+seeds.
 
 `--models context` (not part of the default run) trains the context-length study instead:
 the Reformer (reversible, LSH, shared-QK) at several sequence lengths with the same number of
@@ -45,7 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from reproduce_enwik8_prefix import read_metrics, xz_bpc  # noqa: E402
+from reproduce_enwik8_prefix import xz_bpc  # noqa: E402
 
 # name: (figures, attention, model.residual, n_hashes for training, sequence length or None)
 MODELS = {
@@ -70,7 +71,8 @@ COMPARISONS = (
 )
 
 # Model sizes. `tokens` is the number of tokens per step: batch = tokens / seq_len; `chunk`
-# the LSH chunk length (a query sees its chunk and the one before: 2 chunks <= seq_len / 8);
+# the LSH chunk length (a query sees its chunk and the one before: for Figures 3 and 4 two
+# chunks are at most 1/8 of seq_len);
 # `buckets` the LSH buckets (0: about 2 seq_len / chunk). `context` overrides the settings for
 # the context-length study.
 SCALES = {
@@ -104,7 +106,8 @@ def with_settings(scale: dict, items: list[str]) -> dict:
             value = text
         kind = type(scale[key])
         if type(value) not in ((int, float) if kind is float else (kind,)):
-            raise ValueError(f"--set {item}: {value!r} is not a {kind.__name__}")
+            what = "a number" if kind is float else f"of type {kind.__name__}"
+            raise ValueError(f"--set {item}: the value must be {what}, not {value!r}")
         scale[key] = kind(value)
     return scale
 
@@ -176,6 +179,19 @@ def run_name(name: str, seed: int) -> str:
     return name if seed == 0 else f"{name}_seed{seed}"
 
 
+def read_metrics(workdir: str) -> list[dict]:
+    """WORKDIR/metrics.jsonl; a line cut short (a process killed while writing it, or one
+    still writing) is left out."""
+    records = []
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 def train_minutes(workdir: str) -> float:
     """Minutes of training steps (compilation, evaluations and saves excluded), from the
     logged speed of every interval; an interval run again after a resume counts once."""
@@ -217,11 +233,27 @@ def record(name, figure, spec, config, result: dict, n_eval, minutes: float) -> 
 RECORDS_FILE = "ablation_records.json"  # A finished model's scores, in its workdir.
 
 
+# What a model is and how it was trained; where its data lives may differ between runs.
+SAME_RUN_GROUPS, DATA_LOCATION = ("model", "optimizer", "train", "data"), ("path", "tfds_dir")
+
+
+def run_settings(config_dict: dict) -> dict:
+    settings = {g: dict(config_dict.get(g, {})) for g in SAME_RUN_GROUPS}
+    for key in DATA_LOCATION:
+        settings["data"].pop(key, None)
+    return settings
+
+
 def scored(config, workdir: str) -> list[dict] | None:
-    """The scores a previous run left in `workdir` for `config.train.num_steps`, or None."""
+    """The scores a previous run left in `workdir`, if that run trained the model `config`
+    describes (settings and steps alike); None otherwise."""
     path = os.path.join(workdir, RECORDS_FILE)
-    if not os.path.exists(path):
+    trained = os.path.join(workdir, "config.json")
+    if not (os.path.exists(path) and os.path.exists(trained)):
         return None
+    with open(trained) as f:
+        if run_settings(json.load(f)) != run_settings(json.loads(config.to_json())):
+            return None
     with open(path) as f:
         saved = json.load(f)
     if not saved or any(r["steps"] != config.train.num_steps for r in saved):
@@ -241,6 +273,11 @@ def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
     trainer.train_and_evaluate(config, workdir)
     mesh = sharding.make_mesh()
     params, step = evaluate.load_params(config, workdir, mesh)
+    if step > config.train.num_steps:
+        sys.exit(
+            f"{workdir} holds step {step}, past the {config.train.num_steps} steps asked for; "
+            "use another --workdir or --num_steps >= that step."
+        )
     if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
         sys.exit(
             f"Stopped in {os.path.basename(workdir)} at step {step}; rerun the command to resume."
@@ -267,7 +304,7 @@ def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
 def score(records: list[dict], model: str, seed: int, split: str) -> float | None:
     """Bits per byte of `model` and `seed` on `split`, with the hashes it was trained with."""
     for r in records:
-        if (r["model"], r.get("seed"), r["split"]) == (model, seed, split) and (
+        if (r["model"], r.get("seed", 0), r["split"]) == (model, seed, split) and (
             r["n_hashes_eval"] == r["n_hashes_train"]
         ):
             return r["bits_per_byte"]
@@ -295,7 +332,7 @@ PANELS = (
 
 def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
     """Validation bits per byte against steps: one panel per figure, one colour per model,
-    one line per seed (seed 0 solid, others dashed) and the band between seeds."""
+    one line per seed (the first solid, others dashed) and the band between seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -374,7 +411,7 @@ def markdown(records: list[dict]) -> str:
     table = "\n".join(lines) + "\n"
     compared = []
     for claim, a, b in COMPARISONS:
-        for seed in sorted({r["seed"] for r in records if r["model"] in (a, b)}):
+        for seed in sorted({r.get("seed", 0) for r in records if r["model"] in (a, b)}):
             scores = {s: (score(records, a, seed, s), score(records, b, seed, s))
                       for s in ("validation", "test")}  # fmt: skip
             if None in scores["validation"] + scores["test"]:
@@ -434,13 +471,18 @@ def main(argv=None) -> None:
     if "context" in names:
         i = names.index("context")
         names[i : i + 1] = list(context_models(scale))
+    names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in models]
     if unknown:
         p.error(f"--models: unknown {unknown}; allowed: context, {', '.join(models)}")
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))
     except ValueError:
         p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+    fixed = {i.partition("=")[0] for i in args.set} & set(scale["context"])
+    if fixed and any(n.startswith("reformer_") for n in names):
+        p.error(f"--set {', '.join(sorted(fixed))}: the context study has its own value "
+                f"(SCALES['{args.scale}']['context']); run it without these --set")  # fmt: skip
     if not 0 <= args.second_seed_below < 1:
         p.error(f"--second_seed_below: {args.second_seed_below} is not in [0, 1)")
     if not os.path.exists(args.data):
@@ -494,7 +536,7 @@ def main(argv=None) -> None:
     with open(md, "w") as f:
         f.write(markdown(records))
     png = os.path.splitext(out)[0] + ".png"
-    plot(workdirs, xz, png)
+    plot({k: wd for k, wd in workdirs.items() if run_name(*k) not in missing}, xz, png)
     print(markdown(records))
     print(f"Wrote {out}, {md} and {png} in {(time.time() - total_start) / 60:.1f} minutes")
     if missing:
