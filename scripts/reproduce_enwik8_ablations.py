@@ -24,7 +24,7 @@ the Reformer (reversible, LSH, shared-QK) at several sequence lengths with the s
 tokens per step (`reformer_<length>`).
 
 Every model is scored on the whole validation and test splits (every byte once, in windows of
-its sequence length); `xz -9e` on the same test bytes is the reference. Writes `--out` (one
+its sequence length); `xz -9e` on the same bytes is the reference. Writes `--out` (one
 JSON record per model, seed, evaluation and split), a PNG beside it (validation bits per byte
 against steps, one panel per figure, every seed) and `--markdown` (the table of bits per byte
 and the paper's comparisons). Each model and seed has its own workdir under `--workdir`
@@ -332,7 +332,8 @@ PANELS = (
 
 def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
     """Validation bits per byte against steps: one panel per figure, one colour per model,
-    one line per seed (the first solid, others dashed) and the band between seeds."""
+    one line per seed (the first solid, others dashed) and the band between seeds; `xz` is
+    xz -9e's bits per byte on the validation bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,8 +345,10 @@ def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
     panels = [(t, m or context) for t, m in PANELS if set(m or context) & names]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), sharey=True,
                              squeeze=False)  # fmt: skip
+    values, finals = [xz], [xz]  # The y range: from the lowest value to 0.6 above the ends.
     for ax, (title, models) in zip(axes[0], panels, strict=True):
-        for i, name in enumerate(models):
+        for name in models:
+            color = f"C{(list(MODELS) + context).index(name) % 10}"  # One per model.
             curves = {}
             for (n, seed), wd in sorted(workdirs.items()):
                 if n == name and os.path.exists(os.path.join(wd, "metrics.jsonl")):
@@ -354,20 +357,23 @@ def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
                     curves[seed] = evals
             for j, (seed, evals) in enumerate(sorted(curves.items())):
                 steps = sorted(evals)
+                values += list(evals.values())
+                finals.append(evals[steps[-1]])
                 ax.plot(steps, [evals[s] for s in steps], "o-" if j == 0 else "s--", ms=3,
-                        color=f"C{i}", label=f"{name} (seed {seed})" if len(curves) > 1
+                        color=color, label=f"{name} (seed {seed})" if len(curves) > 1
                         else name)  # fmt: skip
             if len(curves) > 1:
                 common = sorted(set.intersection(*(set(e) for e in curves.values())))
-                values = [[e[s] for e in curves.values()] for s in common]
-                ax.fill_between(common, [min(v) for v in values], [max(v) for v in values],
-                                color=f"C{i}", alpha=0.2, lw=0)  # fmt: skip
-        ax.axhline(xz, color="gray", ls="--", lw=1, label="xz -9e (test)")
+                band = [[e[s] for e in curves.values()] for s in common]
+                ax.fill_between(common, [min(v) for v in band], [max(v) for v in band],
+                                color=color, alpha=0.2, lw=0)  # fmt: skip
+        ax.axhline(xz, color="gray", ls="--", lw=1, label="xz -9e (validation)")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation bits per byte")
+    axes[0][0].set_ylim(min(values) - 0.05, min(max(values), max(finals) + 0.6) + 0.05)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -398,7 +404,9 @@ def markdown(records: list[dict]) -> str:
     for (model, seed, n_eval), splits in rows.items():
         r = splits.get("test") or splits.get("validation")
         if model == "xz":
-            lines.append(f"| - | xz -9e | - | - | - | - | - | {r['bits_per_byte']:.4f} | - | - |")
+            val = fmt(splits.get("validation", {}).get("bits_per_byte"))
+            test = fmt(splits.get("test", {}).get("bits_per_byte"))
+            lines.append(f"| - | xz -9e | - | - | - | - | {val} | {test} | - | - |")
             continue
         hashes = "-" if r["n_hashes_train"] is None else f"{r['n_hashes_train']} / {n_eval}"
         val = splits.get("validation", {}).get("bits_per_byte")
@@ -522,13 +530,15 @@ def main(argv=None) -> None:
             if name in names and (name, extra) not in workdirs:
                 run(name, extra)
     base = model_config(args.data, args.tfds_dir, scale, MODELS["full_shared_qk"])
-    test_bytes = data.byte_splits(base)["test"].tobytes()
-    xz = xz_bpc(test_bytes)
-    records.append(
-        {"figure": None, "model": "xz", "split": "test", "bits_per_byte": xz,
-         "bytes": len(test_bytes), "n_hashes_train": None, "n_hashes_eval": None,
-         "device": sharding.device_name()}
-    )  # fmt: skip
+    splits = data.byte_splits(base)
+    xz = {}
+    for split in ("validation", "test"):  # The reference on both splits.
+        xz[split] = xz_bpc(splits[split].tobytes())
+        records.append(
+            {"figure": None, "model": "xz", "split": split, "bits_per_byte": xz[split],
+             "bytes": len(splits[split]), "n_hashes_train": None, "n_hashes_eval": None,
+             "device": sharding.device_name()}
+        )  # fmt: skip
     for path in (out, md):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(out, "w") as f:
@@ -536,7 +546,9 @@ def main(argv=None) -> None:
     with open(md, "w") as f:
         f.write(markdown(records))
     png = os.path.splitext(out)[0] + ".png"
-    plot({k: wd for k, wd in workdirs.items() if run_name(*k) not in missing}, xz, png)
+    plot(
+        {k: wd for k, wd in workdirs.items() if run_name(*k) not in missing}, xz["validation"], png
+    )
     print(markdown(records))
     print(f"Wrote {out}, {md} and {png} in {(time.time() - total_start) / 60:.1f} minutes")
     if missing:
