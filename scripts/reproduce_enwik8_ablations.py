@@ -345,7 +345,7 @@ def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
     panels = [(t, m or context) for t, m in PANELS if set(m or context) & names]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), sharey=True,
                              squeeze=False)  # fmt: skip
-    values, finals = [xz], [xz]  # The y range: from the lowest value to 0.6 above the ends.
+    values, finals = [xz], [xz]  # The y range: from the lowest value to 1.3 above the ends.
     for ax, (title, models) in zip(axes[0], panels, strict=True):
         for name in models:
             color = f"C{(list(MODELS) + context).index(name) % 10}"  # One per model.
@@ -373,7 +373,7 @@ def plot(workdirs: dict[tuple[str, int], str], xz: float, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation bits per byte")
-    axes[0][0].set_ylim(min(values) - 0.05, min(max(values), max(finals) + 0.6) + 0.05)
+    axes[0][0].set_ylim(min(values) - 0.05, min(max(values), max(finals) + 1.3) + 0.05)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
