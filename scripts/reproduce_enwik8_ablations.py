@@ -46,7 +46,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from reproduce_enwik8_prefix import xz_bpc  # noqa: E402
+from reproduce_enwik8_prefix import read_metrics, xz_bpc  # noqa: E402
 
 # name: (figures, attention, model.residual, n_hashes for training, sequence length or None)
 MODELS = {
@@ -177,19 +177,6 @@ def eval_hashes(spec: tuple) -> tuple:
 def run_name(name: str, seed: int) -> str:
     """A model's workdir under --workdir: `<name>` for seed 0, `<name>_seed<k>` otherwise."""
     return name if seed == 0 else f"{name}_seed{seed}"
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """WORKDIR/metrics.jsonl; a line cut short (a process killed while writing it, or one
-    still writing) is left out."""
-    records = []
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def train_minutes(workdir: str) -> float:

@@ -54,8 +54,16 @@ def xz_bpc(data: bytes) -> float:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """WORKDIR/metrics.jsonl; a line cut short (a process killed while writing it, or one
+    still writing) is left out."""
+    records = []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
