@@ -24,8 +24,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reformer import sharding, storage, supervise
+from reformer import storage
 from reformer.errors import ConfigError
+from reformer.training import sharding, supervise
 
 CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -171,7 +172,7 @@ def run(
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
         if distributed and not os.environ.get(supervise.ENV) and _multi_process():
-            # This process becomes the thin parent of the real one (reformer/supervise.py).
+            # This process becomes the thin parent of the real one (reformer/training/supervise.py).
             sys.exit(
                 supervise.supervise(
                     f"reformer.{program}",

@@ -9,7 +9,7 @@ data), accuracy, how many tokens were scored, the step and the evaluation settin
 data the split is covered exactly once by contiguous windows (see `reformer/data`), so the
 number is exact over the whole split; on the synthetic duplication task `eval.num_batches`
 batches drawn with `eval.seed` are scored and `eval.split` only names the file. With
-`eval.cached` the tokens are scored through the decoding caches of `reformer/decode.py`
+`eval.cached` the tokens are scored through the decoding caches of `reformer/decoding/sampling.py`
 (the logits sampling draws from) instead of the training forward pass. An encoder-decoder
 with `eval.free_running` also decodes every source greedily through the caches and reports
 `exact_match`, the share of targets reproduced exactly (`free_running`).
@@ -18,7 +18,7 @@ with `eval.free_running` also decodes every source greedily through the caches a
 from __future__ import annotations
 
 if __name__ == "__main__":  # One process of several: become its thin parent before JAX loads.
-    from reformer import supervise
+    from reformer.training import supervise
 
     supervise.exit_if_parent("evaluate")
 
@@ -31,10 +31,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from reformer import checkpoints, data, decode, sharding, storage, trainer
-from reformer.config import validate
-from reformer.metrics import log
-from reformer.optim import make_optimizer
+from reformer import data, storage
+from reformer.config.schema import validate
+from reformer.decoding import sampling as decode
+from reformer.training import checkpoints, sharding
+from reformer.training import loop as trainer
+from reformer.training.metrics import log
+from reformer.training.optimizer import make_optimizer
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: str, mesh):
@@ -73,8 +76,8 @@ def translation_bleu(config: ml_collections.ConfigDict, params, workdir: str):
     """`(translations, scores)` of every pair of `eval.split` (beam search with `eval.beam_size`
     and `eval.alpha`): sacreBLEU cased and uncased against the references, with signatures."""
     from reformer import translate
-    from reformer.bleu import corpus_bleu
     from reformer.data import translation
+    from reformer.evaluation.bleu import corpus_bleu
 
     tokenizer = translation.vocabulary(config, workdir)
     text, _ = translation.load_split(config, config.eval.split, tokenizer)

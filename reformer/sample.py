@@ -10,7 +10,7 @@ and print text; other models take `--prompt_ids 0,5,7` and print token ids. An
 encoder-decoder decodes the target of `--source_ids` (the prompt, if any, starts the
 target). `--beam_size N` decodes with beam search (the authors' length penalty,
 `--alpha`) instead of sampling. Only the parameters of the checkpoint are read. Decoding is
-cached (`reformer/decode.py`); LSH layers decode with `eval.n_hashes` hash rounds (or
+cached (`reformer/decoding/sampling.py`); LSH layers decode with `eval.n_hashes` hash rounds (or
 `--n_hashes`).
 """
 
@@ -25,10 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from reformer import beam, checkpoints, data, decode, steps
-from reformer.config import ConfigError
+from reformer import data
+from reformer.config.schema import ConfigError
 from reformer.data import text
-from reformer.metrics import log
+from reformer.decoding import beam
+from reformer.decoding import sampling as decode
+from reformer.training import checkpoints, steps
+from reformer.training.metrics import log
 
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue (byte-level models).")
 _PROMPT_IDS = flags.DEFINE_string(

@@ -12,7 +12,7 @@ storage differs from a disk in ways this module hides:
   over; a tree is moved by copying every object and deleting the source only after the copy
   is complete.
 - No append: gcsfs turns an append into an overwrite, so appending writers (metrics.jsonl,
-  TensorBoard events; see `reformer/metrics.py`) rewrite the whole object.
+  TensorBoard events; see `reformer/training/metrics.py`) rewrite the whole object.
 - Listings are cached per process by gcsfs; they are refreshed before each listing here, since
   another host may have written since.
 

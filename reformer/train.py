@@ -9,14 +9,15 @@ it shares with `reformer.evaluate` and `reformer.sample`, multi-process ones inc
 from __future__ import annotations
 
 if __name__ == "__main__":  # One process of several: become its thin parent before JAX loads.
-    from reformer import supervise
+    from reformer.training import supervise
 
     supervise.exit_if_parent("train")
 
 import jax
 
-from reformer import cli, trainer
-from reformer.metrics import log
+from reformer import cli
+from reformer.training import loop as trainer
+from reformer.training.metrics import log
 
 
 def train(config, workdir: str) -> None:

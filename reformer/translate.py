@@ -23,12 +23,15 @@ import jax
 import numpy as np
 from absl import flags
 
-from reformer import beam, decode, evaluate, sharding, steps, storage
-from reformer.config import ConfigError
+from reformer import evaluate, storage
+from reformer.config.schema import ConfigError
 from reformer.data import translation
 from reformer.data.text import DataError
 from reformer.data.tokenizer import END_ID, Tokenizer
-from reformer.metrics import log
+from reformer.decoding import beam
+from reformer.decoding import sampling as decode
+from reformer.training import sharding, steps
+from reformer.training.metrics import log
 
 _FLAGS: dict = {}  # Defined only when this module is the command (evaluate imports it too).
 

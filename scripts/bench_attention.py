@@ -27,7 +27,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from reformer.attention import FullSelfAttention, LSHSelfAttention
+from reformer.attention.self_attention import FullSelfAttention, LSHSelfAttention
 
 N_HEADS, D_HEAD, CHUNK_LEN = 8, 64, 128
 

@@ -1,5 +1,5 @@
-"""Decoding speed: cached (`reformer.decode.generate`'s loop) against uncached decoding (the
-whole model re-run for every new token), against the context length.
+"""Decoding speed: cached (`reformer.decoding.sampling.generate`'s loop) against uncached
+decoding (the whole model re-run for every new token), against the context length.
 
 Two causal byte-level models of the `configs/enwik8.py:cpu` shape (d_model 128, 4 layers, 4
 heads of 32, local chunk 128, LSH chunk 64 with 2 hashes, buckets for the longest context):
@@ -32,8 +32,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from reformer import decode, sharding, steps
-from reformer.model import ModelConfig, ReformerLM
+from reformer.decoding import sampling as decode
+from reformer.model.models import ModelConfig, ReformerLM
+from reformer.training import sharding, steps
 
 GENERATED = 64  # tokens drawn per timed cached run
 UNCACHED_TOKENS = 2  # tokens drawn per timed uncached run

@@ -42,9 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_memory import device_name, step_memory  # noqa: E402
 
-from reformer import beam, decode, steps  # noqa: E402
-from reformer.config import default_config  # noqa: E402
-from reformer.model import ReformerEncoderDecoder  # noqa: E402
+from reformer.config.schema import default_config  # noqa: E402
+from reformer.decoding import beam
+from reformer.decoding import sampling as decode
+from reformer.model.models import ReformerEncoderDecoder  # noqa: E402
+from reformer.training import steps  # noqa: E402
 
 LENGTHS = (4096, 8192, 16384, 32768, 65536)
 

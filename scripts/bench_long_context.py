@@ -54,8 +54,8 @@ def breakdown(seq_len: int, dtype: str, overrides=()) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from reformer import steps
-    from reformer.model import AttentionHalf, FeedForwardHalf
+    from reformer.model.models import AttentionHalf, FeedForwardHalf
+    from reformer.training import steps
 
     config = long_config(seq_len, dtype, overrides)
     model = steps.make_model(config)

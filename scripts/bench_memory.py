@@ -26,10 +26,10 @@ from pathlib import Path
 
 import jax
 
-from reformer import trainer
-from reformer.config import default_config, load_config_file
-from reformer.model import example_batch
-from reformer.optim import make_optimizer, make_schedule
+from reformer.config.schema import default_config, load_config_file
+from reformer.model.models import example_batch
+from reformer.training import loop as trainer
+from reformer.training.optimizer import make_optimizer, make_schedule
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ The same model (causal byte-level LM, every layer LSH attention, fp32, vocabular
 axial positions, no dropout) is built in each implementation and one whole optimizer step
 (forward, loss, backward, Adam update) is timed:
 
-- `ours`: this project's train step as `reformer/trainer.py` runs it (`steps.jit_train_step`,
+- `ours`: this project's train step as `reformer/training/loop.py` runs it (`steps.jit_train_step`,
   compiled ahead of time by `steps.compile_train_step`: state donated, batch sharded over
   the mesh, the compiler's freed heap returned to the OS); reversible layers. `ours_plain` is the
   same with `model.residual = "two_stream"` (only when asked for).
@@ -175,10 +175,10 @@ def build_ours(args, seq_len: int, reversible: bool):
 
     import jax
 
-    from reformer import sharding
-    from reformer.config import default_config, validate
-    from reformer.optim import make_optimizer
-    from reformer.steps import (
+    from reformer.config.schema import default_config, validate
+    from reformer.training import sharding
+    from reformer.training.optimizer import make_optimizer
+    from reformer.training.steps import (
         abstract_state,
         compile_train_step,
         jit_train_step,
@@ -204,7 +204,7 @@ def build_ours(args, seq_len: int, reversible: bool):
     c.optimizer.name = "adam"
     validate(c, num_devices=jax.device_count())
 
-    # The step as reformer/trainer.py builds and jits it.
+    # The step as reformer/training/loop.py builds and jits it.
     mesh = sharding.make_mesh(c.mesh)
     model = make_model(c)
     tx = make_optimizer(c.optimizer)
@@ -233,7 +233,7 @@ def build_ours(args, seq_len: int, reversible: bool):
         "device": jax_device_name(),
         "threads": os.cpu_count(),  # XLA's CPU thread pool spans every core.
         "notes": (
-            f"reformer.steps.jit_train_step + compile_train_step, as the trainer runs it "
+            f"reformer.training.steps.jit_train_step + compile_train_step, as the trainer runs it "
             f"(donated state); "
             f"axial positions {m.axial_shape} dims {m.axial_dims} (concatenated); "
             f"position_chunk_size {m.position_chunk_size}; tanh GELU; Adam (b2 0.98, eps 1e-9) "
@@ -366,7 +366,7 @@ def build_lucidrains(args, seq_len: int):
     step = _torch_step(model, opt, loss_of, device)
 
     info = {
-        "reversible": seq_len > model.reformer.layers.reverse_thres,
+        "reversible": seq_len > model.reformer.model.layers.reverse_thres,
         "n_params": sum(p.numel() for p in model.parameters()),
         "device": device_name,
         "threads": threads,

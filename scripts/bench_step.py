@@ -3,7 +3,7 @@
 The paper's Figure 5 (right) for the whole model instead of one attention layer: every
 point runs the same number of tokens per step (batch = tokens / length), so a step whose
 cost is linear in the length takes the same time per token at every length. Four models:
-LSH or full attention, reversible or not. Each step is `reformer.steps.jit_train_step`, as
+LSH or full attention, reversible or not. Each step is `reformer.training.steps.jit_train_step`, as
 the trainer runs it (forward, backward, Adam update; state donated), timed as the median of
 `--repeats` steps after one warm-up step.
 
@@ -17,7 +17,7 @@ pass (the backward pass costs twice the forward), 2 FLOPs per multiply-add:
   2 x tokens x fan_in x fan_out;
 - attention: 4 x tokens x keys_per_query x d_head per head (q k^T and probs v), where
   keys_per_query is, for full attention, L when not causal and, when causal, the keys up to
-  the end of each block of `reformer.lsh.CAUSAL_BLOCK_LEN` query rows (what the blocked
+  the end of each block of `reformer.attention.lsh.CAUSAL_BLOCK_LEN` query rows (what the blocked
   kernel computes: about (L + block) / 2),
   2 x chunk_len x n_hashes for LSH (a chunk and the one before it) and 2 x
   chunk_len for local attention; the LSH hash projection 2 x tokens x d_head x
@@ -53,11 +53,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from reformer import sharding  # noqa: E402
-from reformer.config import default_config, load_config_file, validate  # noqa: E402
-from reformer.lsh import CAUSAL_BLOCK_LEN, default_n_buckets  # noqa: E402
-from reformer.optim import make_optimizer  # noqa: E402
-from reformer.steps import abstract_state, jit_train_step, make_init_state, make_model  # noqa: E402
+from reformer.attention.lsh import CAUSAL_BLOCK_LEN, default_n_buckets  # noqa: E402
+from reformer.config.schema import default_config, load_config_file, validate  # noqa: E402
+from reformer.training import sharding  # noqa: E402
+from reformer.training.optimizer import make_optimizer  # noqa: E402
+from reformer.training.steps import abstract_state, jit_train_step, make_init_state, make_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

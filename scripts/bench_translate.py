@@ -56,9 +56,10 @@ def main(argv=None) -> None:
     import jax
     from absl import logging
 
-    from reformer import evaluate, sharding, translate
-    from reformer.config import load_config_file
+    from reformer import evaluate, translate
+    from reformer.config.schema import load_config_file
     from reformer.data import translation
+    from reformer.training import sharding
 
     logging.set_verbosity(logging.WARNING)
     path, _, variant = args.config.partition(":")

@@ -19,9 +19,9 @@ import os
 import jax
 import jax.numpy as jnp
 
-from reformer import model as model_lib
-from reformer.config import load_config_file
-from reformer.model import ModelConfig, ReformerLM
+from reformer.config.schema import load_config_file
+from reformer.model import models as model_lib
+from reformer.model.models import ModelConfig, ReformerLM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -40,8 +40,8 @@ def main() -> None:
         "--seq_len", type=int, default=0, help="data.seq_len (default: the positions' length)"
     )
     args = parser.parse_args()
-    from reformer.config import ConfigError
-    from reformer.convert_hf import convert
+    from reformer.config.schema import ConfigError
+    from reformer.interop.hf_import import convert
 
     try:
         convert(args.hf_dir, args.out, args.seq_len or None)

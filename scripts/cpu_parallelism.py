@@ -7,7 +7,7 @@ reports the median over the rounds of each worker's median of `--repeats` timed 
 - `large_product`: one `[n, n] x [n, n]` float32 product (the projections' and
   feed-forward's kind of work), GFLOP/s.
 - `block_products`: the LSH kernel's products, `[G, 64, 64] x [G, 64, 64] -> [G, 64, 64]`
-  batched over G = 8 heads x 16 chunks (one block of `reformer/chunked.py`), GFLOP/s.
+  batched over G = 8 heads x 16 chunks (one block of `reformer/attention/chunked.py`), GFLOP/s.
 - `kernel_forward`, `kernel_backward`: the LSH kernel of one layer at the peers benchmark's
   shapes (`scripts/profile_step.py`'s `kernel_seconds`), milliseconds.
 - `independent_loops`: two independent scans of block products in one jitted function,

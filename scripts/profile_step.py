@@ -64,7 +64,7 @@ def kernel_seconds(args, seq_len: int, repeats: int = 5) -> tuple[float, float]:
     import jax
     import jax.numpy as jnp
 
-    from reformer import lsh
+    from reformer.attention import lsh
 
     heads, d = args.batch * args.n_heads, args.d_head
     n_buckets = bench_peers.n_buckets(args, seq_len)

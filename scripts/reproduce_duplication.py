@@ -43,7 +43,7 @@ SCALES = ("toy", "cpu", "paper")
 
 def base_config(scale: str):
     """configs/duplication.py at this scale; "toy" is a seconds-long smoke test."""
-    from reformer.config import load_config_file
+    from reformer.config.schema import load_config_file
 
     path = os.path.join(REPO, "configs", "duplication.py")
     c = load_config_file(path, "paper" if scale == "paper" else "full")
@@ -90,7 +90,9 @@ def column_config(train_config, column: str):
 
 
 def run_rows(args) -> list[dict]:
-    from reformer import evaluate, sharding, trainer
+    from reformer import evaluate
+    from reformer.training import loop as trainer
+    from reformer.training import sharding
 
     device = sharding.device_name()
 

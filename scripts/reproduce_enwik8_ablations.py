@@ -132,7 +132,7 @@ def axial_shape(seq_len: int) -> tuple[int, int]:
 def model_config(
     data_path: str, tfds_dir: str, scale: dict, spec: tuple, steps: int = 0, seed: int = 0
 ):
-    from reformer.config import default_config
+    from reformer.config.schema import default_config
 
     _, attention, residual, n_hashes, seq_len = spec
     if seq_len is not None:  # The context study: its own settings.
@@ -252,7 +252,9 @@ def scored(config, workdir: str) -> list[dict] | None:
 def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
     """Trains one model (resuming its workdir) and scores it on both splits, or reads the
     scores a previous run left; exits when training was stopped before the last step."""
-    from reformer import evaluate, sharding, trainer
+    from reformer import evaluate
+    from reformer.training import loop as trainer
+    from reformer.training import sharding
 
     saved = scored(config, workdir)
     if saved is not None:
@@ -487,7 +489,8 @@ def main(argv=None) -> None:
 
     from absl import logging
 
-    from reformer import data, sharding
+    from reformer import data
+    from reformer.training import sharding
 
     logging.set_verbosity(logging.WARNING)
     records, workdirs, missing = [], {}, []

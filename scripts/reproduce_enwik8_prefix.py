@@ -30,7 +30,7 @@ EVAL_HASHES = (2, 4, 8)
 
 
 def load_config(data_path: str, tfds_dir: str, variant: str):
-    from reformer.config import load_config_file
+    from reformer.config.schema import load_config_file
 
     c = load_config_file(os.path.join(REPO, "configs", "enwik8.py"), variant)
     c.data.path, c.data.tfds_dir = data_path, tfds_dir
@@ -132,7 +132,9 @@ def main(argv=None) -> None:
 
     from absl import logging
 
-    from reformer import data, evaluate, sharding, trainer
+    from reformer import data, evaluate
+    from reformer.training import loop as trainer
+    from reformer.training import sharding
 
     logging.set_verbosity(logging.WARNING)
     base = load_config(args.data, args.tfds_dir, args.variant)

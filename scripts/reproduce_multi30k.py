@@ -36,7 +36,7 @@ CONFIG = "configs/multi30k.py"
 
 
 def load_config(variant: str, residual: str, root: str, num_steps: int, bleu_every: int):
-    from reformer.config import load_config_file
+    from reformer.config.schema import load_config_file
 
     c = load_config_file(os.path.join(REPO, CONFIG), variant)
     c.model.residual = residual
@@ -67,8 +67,10 @@ def train_minutes(workdir: str) -> dict[int, float]:
 def score_checkpoints(config, workdir: str, every: bool = True) -> list[dict]:
     """The BLEU record of every kept checkpoint of `workdir` (with `every=False` the last
     only; cached in bleu_<step>.json)."""
-    from reformer import checkpoints, evaluate, sharding, trainer
-    from reformer.optim import make_optimizer
+    from reformer import evaluate
+    from reformer.training import checkpoints, sharding
+    from reformer.training import loop as trainer
+    from reformer.training.optimizer import make_optimizer
 
     mesh = sharding.make_mesh(config.mesh)
     model = trainer.make_model(config)
@@ -173,7 +175,8 @@ def main(argv=None) -> None:
 
     from absl import logging
 
-    from reformer import sharding, trainer
+    from reformer.training import loop as trainer
+    from reformer.training import sharding
 
     logging.set_verbosity(logging.WARNING)
     device = sharding.device_name()

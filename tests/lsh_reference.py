@@ -1,7 +1,7 @@
 """A slow, obviously-correct reference for LSH and local attention (tests only).
 
 It follows the normative description in DESIGN.md literally and shares no code with
-`reformer/lsh.py`: the bookkeeping (sorting, chunking, which keys a query may see, the masks,
+`attention/lsh.py`: the bookkeeping (sorting, chunking, which keys a query may see, the masks,
 the duplicate counts) is plain Python over positions; only the arithmetic is `jnp`, so
 `jax.grad` gives reference gradients. For each query, in each round: list the keys it may
 attend to, add the masks, softmax; then combine the rounds by their log-sum-exp.

@@ -15,8 +15,9 @@ import sys
 
 import jax
 
-from reformer import evaluate, sharding
-from reformer.trainer import train_and_evaluate
+from reformer import evaluate
+from reformer.training import sharding
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import load_config
 
 

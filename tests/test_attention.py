@@ -1,5 +1,5 @@
-"""The attention modules (reformer/attention.py): parameters, the shared call signature,
-rng streams, apply-time options, masks, causality and dtypes."""
+"""The attention modules (reformer/attention/self_attention.py): parameters, the shared call
+signature, rng streams, apply-time options, masks, causality and dtypes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from reformer.attention import FullSelfAttention, LocalSelfAttention, LSHSelfAttention
+from reformer.attention.self_attention import (
+    FullSelfAttention,
+    LocalSelfAttention,
+    LSHSelfAttention,
+)
 
 BATCH, LENGTH, D_MODEL, N_HEADS, D_HEAD, CHUNK = 2, 32, 16, 2, 8, 8
 

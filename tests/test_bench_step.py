@@ -41,9 +41,9 @@ def test_model_flops_agree_with_xla_for_one_plain_layer(seq_len, d_ff):
     """With one layer and no reversible recomputation, the analytic count (3 x forward) is
     what XLA's cost analysis counts for the compiled step (which also counts elementwise
     work, so it may be a few percent higher), for attention- and FF-heavy shapes."""
-    from reformer import sharding
-    from reformer.optim import make_optimizer
-    from reformer.steps import abstract_state, jit_train_step, make_model
+    from reformer.training import sharding
+    from reformer.training.optimizer import make_optimizer
+    from reformer.training.steps import abstract_state, jit_train_step, make_model
 
     args = _args(d_ff=d_ff)
     c = script.make_config(args, seq_len, ("full",), False, "float32")

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reformer.config import ConfigError, default_config, mesh_shape, validate
+from reformer.config.schema import ConfigError, default_config, mesh_shape, validate
 from reformer.data import make_train_stream
-from reformer.optim import make_optimizer, make_schedule
-from reformer.steps import make_init_state, make_model, train_step
-from reformer.trainer import train_and_evaluate
+from reformer.training.loop import train_and_evaluate
+from reformer.training.optimizer import make_optimizer, make_schedule
+from reformer.training.steps import make_init_state, make_model, train_step
 from tests.conftest import load_config, run_module
 
 

@@ -4,7 +4,7 @@
 The reference is HF's `ReformerModelWithLMHead` run in float64: in float32, HF's LSH
 attention rounds a query's log-sum-exp near its -1e5 self-mask value to float32's 0.008
 there, which puts errors of ~0.5% into the first positions of a sequence (ours keeps the
-softmax maximum and sum apart and is exact there; see `reformer/lsh.py`).
+softmax maximum and sum apart and is exact there; see `reformer/attention/lsh.py`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ transformers = pytest.importorskip(
     "transformers", reason="HF parity needs transformers (requirements-dev.txt)"
 )
 
-from reformer import attention, checkpoints, steps  # noqa: E402
-from reformer.config import ConfigError, load_config_file  # noqa: E402
-from reformer.convert_hf import config_from_hf, convert  # noqa: E402
+from reformer.attention import self_attention as attention  # noqa: E402
+from reformer.config.schema import ConfigError, load_config_file  # noqa: E402
 from reformer.evaluate import evaluate_checkpoint  # noqa: E402
-from reformer.model import shift_right  # noqa: E402
-from reformer.trainer import train_and_evaluate  # noqa: E402
+from reformer.interop.hf_import import config_from_hf, convert  # noqa: E402
+from reformer.model.models import shift_right  # noqa: E402
+from reformer.training import checkpoints, steps  # noqa: E402
+from reformer.training.loop import train_and_evaluate  # noqa: E402
 from tests import gcs_emulator  # noqa: E402
 from tests.conftest import REPO, run_module  # noqa: E402
 from tests.test_text_data import PREFIX  # noqa: E402

@@ -1,4 +1,4 @@
-"""Cached decoding (`reformer/decode.py`) and sampling."""
+"""Cached decoding (`reformer/decoding/sampling.py`) and sampling."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import decode, steps
-from reformer.model import ModelConfig, ReformerLM
+from reformer.decoding import sampling as decode
+from reformer.model.models import ModelConfig, ReformerLM
+from reformer.training import steps
 from tests.conftest import load_config
 from tests.decode_reference import reference_logits
 

@@ -11,11 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import beam, caches, decode, lsh
+from reformer.attention import caches, lsh
+from reformer.decoding import beam
+from reformer.decoding import sampling as decode
 from reformer.evaluate import evaluate_checkpoint
-from reformer.layers import layer_norm
-from reformer.model import ModelConfig, ReformerEncoderDecoder, ReformerLM, init_params
-from reformer.trainer import train_and_evaluate
+from reformer.model.layers import layer_norm
+from reformer.model.models import ModelConfig, ReformerEncoderDecoder, ReformerLM, init_params
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import load_config, read_metrics, run_module
 
 SOURCE, TARGET = 40, 24  # different lengths on purpose

@@ -6,9 +6,11 @@ import os
 import jax
 import pytest
 
-from reformer import evaluate, sharding, trainer
-from reformer.config import ConfigError
-from reformer.trainer import train_and_evaluate
+from reformer import evaluate
+from reformer.config.schema import ConfigError
+from reformer.training import loop as trainer
+from reformer.training import sharding
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import REPO, load_config, run_module, run_script
 
 LSH_OVERRIDES = {"attention_types": ("lsh",), "lsh_chunk_len": 8, "n_hashes": 2}

@@ -1,4 +1,4 @@
-"""LSH, local and full attention (reformer/lsh.py) against the slow reference in
+"""LSH, local and full attention (reformer/attention/lsh.py) against the slow reference in
 tests/lsh_reference.py: outputs and gradients, masks, causality, transformations, memory."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import lsh_reference as ref
 import numpy as np
 import pytest
 
-from reformer import lsh
+from reformer.attention import lsh
 
 LENGTH, D, CHUNK, N_BUCKETS = 32, 8, 4, 4  # few buckets: many collisions, 8 chunks a round
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer.model import ModelConfig, ReformerLM, loss_and_metrics, shift_right
+from reformer.model.models import ModelConfig, ReformerLM, loss_and_metrics, shift_right
 from tests.conftest import load_config
 
 

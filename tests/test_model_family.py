@@ -11,13 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import attention, checkpoints, data, decode, sample, steps
-from reformer import config as config_lib
-from reformer.blocks import AttentionHalf, FeedForwardHalf, layer_params
-from reformer.layers import layer_norm
-from reformer.model import ModelConfig, ReformerEncoder, ReformerLM, init_params, shift_right
-from reformer.optim import make_optimizer
-from reformer.trainer import train_and_evaluate
+from reformer import data, sample
+from reformer.attention import self_attention as attention
+from reformer.config import schema as config_lib
+from reformer.decoding import sampling as decode
+from reformer.model.blocks import AttentionHalf, FeedForwardHalf, layer_params
+from reformer.model.layers import layer_norm
+from reformer.model.models import ModelConfig, ReformerEncoder, ReformerLM, init_params, shift_right
+from reformer.training import checkpoints, steps
+from reformer.training.loop import train_and_evaluate
+from reformer.training.optimizer import make_optimizer
 from tests.conftest import REPO, load_config, read_metrics, run_module
 
 LEGACY_WORKDIR = os.path.join(REPO, "tests", "data", "legacy_workdir")
@@ -93,7 +96,7 @@ def test_training_without_a_hash_rng_is_refused():
 def test_config_file_with_legacy_fields_loads(tmp_path):
     path = tmp_path / "old.py"
     path.write_text(
-        "from reformer.config import default_config\n"
+        "from reformer.config.schema import default_config\n"
         "def get_config():\n"
         "    c = default_config()\n"
         "    c.model.reversible = True\n"

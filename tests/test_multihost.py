@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import data, sharding, steps
-from reformer.trainer import train_and_evaluate
+from reformer import data
+from reformer.training import sharding, steps
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import REPO, checkpoint_steps, read_metrics, run_module
 from tests.mesh_runs import small_config
 
@@ -309,7 +310,7 @@ def test_a_stop_request_to_one_process_stops_both_at_the_same_step(sig, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("lost", [1, 0])
 def test_a_process_killed_hard_is_named_in_one_line_by_the_survivor(lost, tmp_path):
-    """kill -9 of one process (its command, the thin parent of reformer/supervise.py, and with
+    """kill -9 of one process (its command, the thin parent of training/supervise.py, and with
     it the training process): the other ends non-zero within the heartbeat timeout with one
     line naming the lost process, the last complete checkpoint and how to resume, and no
     stack dumps."""

@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from reformer.config import default_config
-from reformer.optim import make_optimizer, make_schedule
+from reformer.config.schema import default_config
+from reformer.training.optimizer import make_optimizer, make_schedule
 
 
 def test_warmup_then_rsqrt():

@@ -21,11 +21,11 @@ import jax
 import numpy as np
 import pytest
 
-from reformer import sharding
-from reformer.config import ConfigError
+from reformer.config.schema import ConfigError
 from reformer.evaluate import load_params
-from reformer.metrics import keep_records_up_to
-from reformer.trainer import train_and_evaluate
+from reformer.training import sharding
+from reformer.training.loop import train_and_evaluate
+from reformer.training.metrics import keep_records_up_to
 from tests.conftest import REPO, checkpoint_steps, load_config, read_metrics
 
 SEED = int(os.environ.get("RECOVERY_SEED", "25"))  # Override to soak other moments.

@@ -37,7 +37,8 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_a_stopped_training_stops_the_script(script, tmp_path, monkeypatch):
-    from reformer import evaluate, trainer
+    from reformer import evaluate
+    from reformer.training import loop as trainer
 
     main, args, first = SCRIPTS[script]
     trained = []

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import reversible
-from reformer.model import AttentionHalf, FeedForwardHalf, ModelConfig, ReformerLM
+from reformer.model import reversible
+from reformer.model.models import AttentionHalf, FeedForwardHalf, ModelConfig, ReformerLM
 from tests.conftest import load_config
 
 LENGTH = 64

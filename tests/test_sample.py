@@ -8,8 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from reformer import data, sample, sharding, steps
-from reformer.trainer import train_and_evaluate
+from reformer import data, sample
+from reformer.training import sharding, steps
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import load_config, run_module
 from tests.test_text_data import PREFIX
 

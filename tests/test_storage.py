@@ -9,7 +9,7 @@ import os
 import pytest
 
 from reformer import storage
-from reformer.config import ConfigError, validate
+from reformer.config.schema import ConfigError, validate
 from tests.conftest import REPO, load_config, run_module
 
 
@@ -82,7 +82,7 @@ def test_move_tree_and_listdir_locally(tmp_path):
 
 
 def test_the_supervisor_names_orbaxs_commit_file(tmp_path):
-    from reformer import checkpoints, supervise
+    from reformer.training import checkpoints, supervise
 
     assert supervise.COMMIT_FILE == checkpoints._commit_file()
     assert "No complete checkpoint" in supervise.last_checkpoint(str(tmp_path))

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from reformer.config import ConfigError
+from reformer.config.schema import ConfigError
 from reformer.data import enwik8, make_eval_batches, make_train_stream, text
 from tests.conftest import REPO, load_config
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from reformer.config import ConfigError
-from reformer.trainer import train_and_evaluate
+from reformer.config.schema import ConfigError
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import REPO, checkpoint_steps, load_config, read_metrics, run_module
 
 
@@ -180,7 +180,7 @@ def test_data_parallel_over_four_devices_matches_one(uninterrupted, tmp_path):
 
 def test_second_ctrl_c_exits_at_once(monkeypatch):
     """The first Ctrl-C asks for a save-and-stop; the second exits immediately (status 130)."""
-    from reformer import preemption
+    from reformer.training import preemption
 
     exits = []
 

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from reformer.config import ConfigError, validate
+from reformer.config.schema import ConfigError, validate
 from reformer.evaluate import evaluate_checkpoint
-from reformer.trainer import train_and_evaluate
+from reformer.training.loop import train_and_evaluate
 from tests.conftest import REPO, load_config, run_module
 
 MULTI30K = os.path.join(REPO, "..", "shared", "data", "multi30k")
@@ -115,7 +115,7 @@ def test_label_smoothing_term_is_the_mean_negative_log_probability():
     import jax.numpy as jnp
     import numpy as np
 
-    from reformer.blocks import loss_and_metrics
+    from reformer.model.blocks import loss_and_metrics
 
     logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
     tokens = jnp.asarray([[1, 2, 0], [4, 0, 0]])

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from reformer.bleu import corpus_bleu
 from reformer.data import tokenizer as tok
 from reformer.data import translation as tr
 from reformer.data.text import DataError
+from reformer.evaluation.bleu import corpus_bleu
 from tests.conftest import REPO
 
 MULTI30K = os.path.join(REPO, "..", "shared", "data", "multi30k")
@@ -191,7 +191,7 @@ def mock_wmt14(text, n_train: int = 500, n_val: int = 40):
 
 
 def test_tfds_dataset_reads_splits_trains_the_vocabulary_and_batches(text, tmp_path):
-    from reformer.config import validate
+    from reformer.config.schema import validate
 
     config = tfds_config(tmp_path)
     validate(config, num_devices=1)
@@ -213,7 +213,7 @@ def test_tfds_dataset_reads_splits_trains_the_vocabulary_and_batches(text, tmp_p
 
 
 def test_tfds_errors_name_the_field(text, tmp_path, monkeypatch):
-    from reformer.config import ConfigError, validate
+    from reformer.config.schema import ConfigError, validate
 
     config = tfds_config(tmp_path)
     config.data.target_lang = "fr"

@@ -20,7 +20,7 @@ import re
 import numpy as np
 
 from reformer.data import text
-from reformer.metrics import log
+from reformer.training.metrics import log
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 SIZE = 100_000_000

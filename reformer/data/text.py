@@ -18,8 +18,8 @@ import grain
 import numpy as np
 
 from reformer import storage
-from reformer.config import SPLITS as SPLITS  # The split names, re-exported.
-from reformer.config import ConfigError
+from reformer.config.schema import SPLITS as SPLITS  # The split names, re-exported.
+from reformer.config.schema import ConfigError
 
 ID_OFFSET = 2  # id = byte + 2; 0 = padding, 1 = end.
 VOCAB_SIZE = 256 + ID_OFFSET

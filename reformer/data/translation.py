@@ -318,7 +318,7 @@ def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
     the others wait for it)."""
     import jax
 
-    from reformer.metrics import log
+    from reformer.training.metrics import log
 
     path = vocab_path(config, workdir)
     if create and not storage.isfile(path):
@@ -354,7 +354,7 @@ _CACHE: dict[tuple, tuple[ParallelText, EncodedPairs]] = {}
 
 def load_split(config, split: str, tokenizer: Tokenizer) -> tuple[ParallelText, EncodedPairs]:
     """The text and encoded pairs of `split`, length-filtered (once per process)."""
-    from reformer.metrics import log
+    from reformer.training.metrics import log
 
     d = config.data
     source = split_source(config, split)

@@ -17,7 +17,7 @@ at a time, rematerialized in the backward pass (`layers.sequence_map`), and caus
 attention runs whole span by span.
 
 The modules own the projections (no bias, as trax) and the random numbers; the math lives in
-the pure one-head functions of `reformer/lsh.py`, which the modules `vmap` over batch and
+the pure one-head functions of `reformer/attention/lsh.py`, which the modules `vmap` over batch and
 heads. Random streams: "dropout" for attention dropout, "hash" for the LSH rotations.
 """
 
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from reformer import caches, lsh
-from reformer.layers import matmul, sequence_map
+from reformer.attention import caches, lsh
+from reformer.model.layers import matmul, sequence_map
 
 
 def project_heads(x_BxLxD: jax.Array, kernel_DxHxK: jax.Array, dtype: Any) -> jax.Array:

@@ -10,7 +10,8 @@ import ml_collections
 from absl import logging
 
 from reformer import storage
-from reformer.config import (
+from reformer.config.legacy import migrate
+from reformer.config.schema import (
     ATTENTION_TYPES,
     CROSS_ATTENTION,
     DATASETS,
@@ -27,7 +28,6 @@ from reformer.config import (
     default_config,
 )
 from reformer.errors import ConfigError
-from reformer.legacy import migrate
 
 
 def _keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
@@ -554,7 +554,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if unknown:
         raise ConfigError(
             f"unknown config field(s): {', '.join('config.' + u for u in unknown)}. "
-            "Known fields are listed in reformer/config.py:default_config()."
+            "Known fields are listed in reformer/config/schema.py:default_config()."
         )
     missing = sorted(set(known) - set(given))
     if missing:

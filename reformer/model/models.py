@@ -1,4 +1,4 @@
-"""The models, built from the blocks of `reformer/blocks.py`.
+"""The models, built from the blocks of `reformer/model/blocks.py`.
 
 - `ReformerLM` (`model.kind = "lm"`): a causal language model; the inputs are shifted
   right inside, so the logits at t predict token t from the tokens before it.
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from reformer.blocks import (  # noqa: F401  (re-exported: the models' public names)
+from reformer.model.blocks import (  # noqa: F401  (re-exported: the models' public names)
     AttentionHalf,
     CrossAttentionHalf,
     FeedForwardHalf,

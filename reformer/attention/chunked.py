@@ -1,4 +1,4 @@
-"""The chunked attention kernel shared by LSH and local attention (`reformer/lsh.py`).
+"""The chunked attention kernel shared by LSH and local attention (`reformer/attention/lsh.py`).
 
 It works on one head over a sorted sequence described by a `Layout` (the position of each
 slot, padding, buckets) and never builds an `[L, L]` array: it walks the sorted sequence in

@@ -1,7 +1,7 @@
 """Decoding caches of the attention modules: what later positions read from earlier ones, in
 buffers of a fixed size, and the attention of new positions over them.
 
-The modules of `reformer/attention.py` declare their own projections and call these pure
+The modules of `self_attention.py` declare their own projections and call these pure
 functions with them when they are given a cache (`cache=`), so decoding reads no parameter
 outside the module that owns it. Per layer kind:
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reformer import lsh
+from reformer.attention import lsh
 
 QUERY_BLOCK = 256  # queries attended at once over a whole cache (a long prompt's prefill)
 N_CHUNKS_BEFORE = 1  # local attention in a causal model sees its chunk and the one before

@@ -22,11 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from reformer import decode, sharding
-from reformer import model as models
-from reformer.config import ConfigError
-from reformer.model import ModelConfig, loss_and_metrics, retype_layers
-from reformer.optim import make_schedule
+from reformer.config.schema import ConfigError
+from reformer.decoding import sampling as decode
+from reformer.model import models
+from reformer.model.models import ModelConfig, loss_and_metrics, retype_layers
+from reformer.training import sharding
+from reformer.training.optimizer import make_schedule
 
 
 @flax.struct.dataclass

@@ -2,8 +2,8 @@
 
 `hash_vectors` computes `argmax(concat([x R, -x R]))` per round, as trax and HuggingFace do;
 with factorized bucket counts (`model.bucket_factors`) each slice of the rotation columns
-is hashed on its own and the buckets combined (`buckets_from_rotated`). `reformer/lsh.py`
-sorts by these buckets; cached decoding (`reformer/decode.py`) hashes one query at a time.
+is hashed on its own and the buckets combined (`buckets_from_rotated`). `lsh.py`
+sorts by these buckets; cached decoding (`decoding/sampling.py`) hashes one query at a time.
 """
 
 from __future__ import annotations

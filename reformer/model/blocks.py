@@ -1,7 +1,7 @@
 """The blocks every model is built from: the self-attention, cross-attention and
 feed-forward halves, the input embeddings, the layer stack of each residual kind and its
 decoding loop, and the output layer with its chunked loss. The config they read and the
-layer-naming rule are in `reformer/model_config.py`.
+layer-naming rule are in `reformer/model/model_config.py`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from reformer import attention, cross_attention, lsh, reversible
-from reformer import caches as caches_lib
-from reformer.layers import (
+from reformer.attention import caches as caches_lib
+from reformer.attention import cross_attention, lsh
+from reformer.attention import self_attention as attention
+from reformer.model import reversible
+from reformer.model.layers import (
     AxialPositionalEmbedding,
     FeedForwardWeights,
     LayerNormWeights,
@@ -25,7 +27,7 @@ from reformer.layers import (
     matmul,
     sequence_map,
 )
-from reformer.model_config import (  # noqa: F401  (re-exported: the blocks' config and names)
+from reformer.model.model_config import (  # noqa: F401  (re-exported: the blocks' config and names)
     HALVES,
     STREAM_SPACING,
     ModelConfig,
@@ -370,7 +372,7 @@ def layer_stack(
     `layers/<layer_name>/{attention,[cross_attention,]feed_forward}`, each with a leading
     axis over the `n_layers / len(pattern)` repeats; a decoder (given the encoder output
     `memory`) has the cross-attention half. The halves run as pure functions of explicit
-    parameters (`reformer/reversible.py`)."""
+    parameters (`reformer/model/reversible.py`)."""
     defs = _layer_defs(cfg)
     halves = ("attention", "feed_forward") if memory is None else HALVES
     init = _layers_init(cfg, defs, x_BxLxD, mask_BxL, memory, memory_mask_BxS)

@@ -1,7 +1,7 @@
 """The default configuration, the allowed values of its fields, and config files.
 
 Every config file in `configs/` starts from `default_config()` and changes fields, so each
-experiment names the same fields and `validate` (its checks in `reformer/validation.py`) knows
+experiment names the same fields and `validate` (its checks in `validation.py`) knows
 all of them. `validate` runs before any work starts and turns a bad value into one clear error
 that names the field.
 """
@@ -14,8 +14,8 @@ import types
 import ml_collections
 
 from reformer import storage
+from reformer.config.legacy import LEGACY_FIELDS, migrate  # noqa: F401  (re-exported)
 from reformer.errors import ConfigError  # noqa: F401  (re-exported)
-from reformer.legacy import LEGACY_FIELDS, migrate  # noqa: F401  (re-exported)
 
 ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
 # "lm": causal language model; "masked_lm": bidirectional encoder predicting masked tokens;
@@ -203,7 +203,7 @@ def _eval_fields() -> ml_collections.ConfigDict:
     e.attention_types = ()  # Attention types at evaluation, same weights; () = as trained.
     e.split = "validation"  # Split evaluated on byte data: one of SPLITS.
     e.stride = 0  # Byte data: sliding windows advancing this many bytes; 0 = seq_len.
-    e.cached = False  # Score through the decoding caches (reformer/decode.py) as sampling runs.
+    e.cached = False  # Score through the decoding caches as sampling runs.
     # Encoder-decoders (reformer.evaluate): also decode every source greedily through the
     # caches, free-running, and report the share of targets reproduced exactly.
     e.free_running = False  # Report exact_match of greedy decoding (model.kind encoder_decoder).
@@ -230,7 +230,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks every field and cross-field constraint before anything compiles: one
     ConfigError listing every problem, each with its field and the allowed values.
     `num_devices` is the number of devices of the whole run (all processes)."""
-    from reformer import validation  # It reads this module's defaults and allowed values.
+    from reformer.config import validation  # It reads this module's defaults and allowed values.
 
     validation.validate(config, num_devices)
 
@@ -238,6 +238,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
     """`(data, fsdp)` with a -1 resolved to the remaining devices; ConfigError if the sizes
     do not fit `num_devices`."""
-    from reformer import validation
+    from reformer.config import validation
 
     return validation.mesh_shape(data, fsdp, num_devices)

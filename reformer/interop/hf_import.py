@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 
 from reformer import storage
-from reformer.blocks import layer_name
-from reformer.config import ConfigError, default_config, load_config_file
+from reformer.config.schema import ConfigError, default_config, load_config_file
+from reformer.model.blocks import layer_name
 
 # HF `hidden_act` -> `model.ff_activation`. HF's "gelu" is the erf form, "gelu_new" the tanh
 # approximation (flax's `nn.gelu` default).
@@ -300,7 +300,7 @@ def config_source(config, source: str) -> str:
     lines = [
         f'"""Converted from the HuggingFace Reformer checkpoint {source}',
         "by scripts/convert_hf_checkpoint.py. Data, training and optimizer fields are the",
-        'defaults of reformer/config.py; set them on the command line."""',
+        'defaults of reformer/config/schema.py; set them on the command line."""',
         "",
         "from reformer.config import default_config",
         "",
@@ -322,7 +322,10 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
     """Converts the `save_pretrained` directory `hf_dir` into a new workdir `out`:
     `out/config.py` (a config file of the model), `out/config.json` and `out/checkpoints/0/`
     (the parameters only). Returns the config file's path."""
-    from reformer import checkpoints, steps  # Not at the top: steps imports the model.
+    from reformer.training import (
+        checkpoints,
+        steps,  # Not at the top: steps imports the model.
+    )
 
     storage.check(hf_dir, "--hf_dir")
     if storage.isdir(storage.join(storage.check(out, "--out"), "checkpoints")):

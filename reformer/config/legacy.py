@@ -9,7 +9,7 @@ import ml_collections
 
 
 def _config_error(message: str) -> Exception:
-    from reformer.config import ConfigError  # config imports this module
+    from reformer.config.schema import ConfigError  # config imports this module
 
     return ConfigError(message)
 

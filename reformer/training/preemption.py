@@ -17,7 +17,7 @@ import signal
 
 import jax
 
-from reformer.metrics import log
+from reformer.training.metrics import log
 
 
 class StopRequests:

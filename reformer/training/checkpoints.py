@@ -26,8 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reformer import storage
-from reformer.config import ConfigError, migrate
-from reformer.metrics import log
+from reformer.config.schema import ConfigError, migrate
+from reformer.training.metrics import log
 
 CONFIG_FILE = "config.json"
 CORRUPT_DIR = "corrupt_checkpoints"

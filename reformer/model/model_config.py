@@ -61,7 +61,7 @@ class ModelConfig:
     @classmethod
     def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
         """From `config.model` (legacy field names are migrated, `config.migrate`)."""
-        from reformer.config import migrate  # config imports nothing of the model
+        from reformer.config.schema import migrate  # config imports nothing of the model
 
         group = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
         migrate({"model": group})

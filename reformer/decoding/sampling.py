@@ -4,8 +4,8 @@ encoder-decoder.
 Position `t` of a decoder reads token `t - 1` (0 at `t = 0`) and its logits predict token
 `t`. The models decode through their own modules (`caches=` in `ReformerLM` and the
 encoder-decoder's `extend`): each attention module fills and reads its cache with its own
-projections (`reformer/caches.py` has what a cache holds and the semantics per layer kind),
-so this file holds only the loops (beam search: `reformer/beam.py`). A prompt of `N` tokens
+projections (`attention/caches.py` has what a cache holds and the semantics per layer kind),
+so this file holds only the loops (beam search: `beam.py`). A prompt of `N` tokens
 is one forward pass over positions `0..N` (the prefill); then each new token is one step
 that runs every layer on one position. An encoder-decoder encodes its source once, before
 the prefill, and every cross-attention layer caches the source's keys and values.
@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer import lsh
-from reformer.blocks import init_caches, lsh_rotations
-from reformer.model import ModelConfig, ReformerEncoderDecoder, ReformerLM
+from reformer.attention import lsh
+from reformer.model.blocks import init_caches, lsh_rotations
+from reformer.model.models import ModelConfig, ReformerEncoderDecoder, ReformerLM
 
 END_TOKEN = 1  # byte vocabulary and the synthetic tasks: 0 = padding, 1 = end
 

@@ -1,7 +1,7 @@
 """LSH, local and full attention as pure functions on one head.
 
 Everything here works on a single head: no batch or head axes (the modules in
-`reformer/attention.py` `vmap` over them). The semantics are those of trax's
+`reformer/attention/self_attention.py` `vmap` over them). The semantics are those of trax's
 `LSHSelfAttention` and HuggingFace's `ReformerAttention` (docs/architecture.md records how
 this code realizes them):
 
@@ -12,7 +12,7 @@ this code realizes them):
 - masks are added to the logits: causal and padding `-1e9`, self `-1e5`;
 - rounds combine by their log-sum-exp.
 
-LSH and local attention share one chunked kernel (`reformer/chunked.py`), which never builds
+LSH and local attention share one chunked kernel (`chunked.py`), which never builds
 an `[L, L]` array and recomputes its logits in the backward pass; this module lays out the
 sequence for it (padding, hashing, the per-round sort) and computes full attention.
 """
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from reformer.chunked import (  # noqa: F401  (the mask constants are part of this interface)
+from reformer.attention.chunked import (  # noqa: F401  (the mask constants are part of this interface)
     MASK_VALUE,
     SELF_MASK_VALUE,
     ChunkConfig,
@@ -35,14 +35,14 @@ from reformer.chunked import (  # noqa: F401  (the mask constants are part of th
     mask_bias,
     unit_keys,
 )
-from reformer.hashing import (  # noqa: F401  (hashing is part of this module's interface)
+from reformer.attention.hashing import (  # noqa: F401  (hashing is part of this module's interface)
     buckets_from_rotated,
     default_n_buckets,
     hash_vectors,
     rotation_width,
 )
-from reformer.hashing import pad_length as _pad_length
-from reformer.hashing import round_up as _round_up
+from reformer.attention.hashing import pad_length as _pad_length
+from reformer.attention.hashing import round_up as _round_up
 
 _PAD_BUCKET = jnp.iinfo(jnp.int32).max  # sorts padding after every real bucket
 

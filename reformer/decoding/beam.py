@@ -1,5 +1,5 @@
 """Beam search for the language model and the encoder-decoder, over the same cached
-decoding as `reformer/decode.py` (its prefill and cached steps): the authors' length
+decoding as `reformer/decoding/sampling.py` (its prefill and cached steps): the authors' length
 penalty, finished beams kept while they rank among the best, `beam_size=1` = greedy."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from reformer.decode import END_TOKEN, forward, prefill, prepare
-from reformer.model import ModelConfig
+from reformer.decoding.sampling import END_TOKEN, forward, prefill, prepare
+from reformer.model.models import ModelConfig
 
 LENGTH_PENALTY = 0.6  # alpha of the authors' beam search: score / ((5 + len) / 6) ** alpha
 

@@ -1,9 +1,9 @@
 """Cross-attention: the decoder's queries attending to the encoder output, full or LSH.
 
 The module has the call conventions of the self-attention modules of
-`reformer/attention.py` (projections without bias, `normalize` / `finish` around them, a
+`self_attention.py` (projections without bias, `normalize` / `finish` around them, a
 decoding `cache`) and shares their helpers; the math is in `lsh.cross_attention`,
-`lsh.lsh_cross_attention` and, for decoding, `reformer/caches.py`.
+`lsh.lsh_cross_attention` and, for decoding, `reformer/attention/caches.py`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from reformer import caches, lsh
-from reformer.attention import (
+from reformer.attention import caches, lsh
+from reformer.attention.self_attention import (
     _dropout_rngs,
     _hash_rng,
     _in_kernels,

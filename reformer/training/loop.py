@@ -1,7 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the training loop, evaluation, checkpoints and
 metrics, on one process or many.
 
-The step functions live in `reformer/steps.py`; this file runs them. The train step is
+The step functions live in `reformer/training/steps.py`; this file runs them. The train step is
 jitted once over the `("data", "fsdp")` mesh with the state donated. The loop never waits on
 the device except to log: it dispatches step N before it reads step N-1's metrics.
 """
@@ -14,14 +14,15 @@ import time
 import jax
 import ml_collections
 
-from reformer import checkpoints, data, sharding, storage
-from reformer.config import ConfigError, validate
-from reformer.metrics import MetricsWriter, log, progress_line
-from reformer.optim import make_optimizer
-from reformer.preemption import StopRequests
+from reformer import data, storage
+from reformer.config.schema import ConfigError, validate
+from reformer.training import checkpoints, sharding
+from reformer.training.metrics import MetricsWriter, log, progress_line
+from reformer.training.optimizer import make_optimizer
+from reformer.training.preemption import StopRequests
 
 # The step functions, re-exported: scripts and tests use them as `trainer.<name>`.
-from reformer.steps import (  # noqa: F401
+from reformer.training.steps import (  # noqa: F401
     TrainState,
     abstract_state,
     compile_train_step,

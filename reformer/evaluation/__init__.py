@@ -1,0 +1,1 @@
+"""Evaluation: scoring a checkpoint on a whole split, and BLEU."""

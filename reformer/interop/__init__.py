@@ -1,0 +1,1 @@
+"""Other implementations' checkpoints: HuggingFace's Reformer."""
