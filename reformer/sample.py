@@ -26,12 +26,14 @@ import numpy as np
 from absl import flags
 
 from reformer import data
-from reformer.config.schema import ConfigError
+from reformer.console import log
 from reformer.data import text
 from reformer.decoding import beam
+from reformer.decoding import cache as decoding_cache
 from reformer.decoding import sampling as decode
-from reformer.training import checkpoints, steps
-from reformer.training.metrics import log
+from reformer.errors import ConfigError
+from reformer.tokens import END_ID
+from reformer.training.state import load_params, make_model
 
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue (byte-level models).")
 _PROMPT_IDS = flags.DEFINE_string(
@@ -57,22 +59,6 @@ _ALPHA = flags.DEFINE_float(
 _N_HASHES = flags.DEFINE_integer(
     "n_hashes", 0, "LSH hash rounds when decoding; 0 = config.eval.n_hashes, else the model's."
 )
-
-
-def load_params(config, workdir: str):
-    """(params, step) of the newest readable checkpoint, parameters only, on one device."""
-    checkpoints.check_config_matches(workdir, config)
-    model = steps.make_model(config)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(
-        lambda k: steps.init_params(model, k, 1, config.data.seq_len), jax.random.key(0)
-    )
-    abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes
-    )
-    return checkpoints.restore_params(
-        workdir, config.train.keep_checkpoints, abstract, "sample from"
-    )
 
 
 def prompt_tokens(config, prompt: str | None, prompt_ids: str | None) -> np.ndarray:
@@ -115,10 +101,9 @@ def sampling_settings() -> decode.Sampling:
         raise ConfigError(re.sub(r"\b(temperature|top_k|top_p)\b", r"--\1", str(e))) from None
 
 
-def _model_config(config):
-    """The decoding config of the model, with the flags that depend on its kind checked."""
-    d = config.data
-    cfg = decode.with_training_length(steps.make_model(config).cfg, d.seq_len, d.source_len)
+def _model_config(config, model):
+    """The decoding config of `model`, with the flags that depend on its kind checked."""
+    cfg = decoding_cache.for_data(model.cfg, config.data)
     if cfg.kind not in ("lm", "encoder_decoder"):
         raise ConfigError(
             "config.model.kind: sampling needs a language model ('lm') or an encoder-decoder, "
@@ -178,7 +163,8 @@ def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token):
 
 def sample(config, workdir: str) -> list[np.ndarray]:
     """Generates the samples the flags ask for; returns them as token id arrays."""
-    cfg = _model_config(config)
+    model = make_model(config)
+    cfg = _model_config(config, model)
     prompt = prompt_tokens(config, _PROMPT.value, _PROMPT_IDS.value)
     source = parse_ids("--source_ids", _SOURCE_IDS.value, cfg.vocab_size)
     if cfg.kind == "encoder_decoder" and not source.size:
@@ -187,7 +173,7 @@ def sample(config, workdir: str) -> list[np.ndarray]:
         decode.check_lengths(cfg, len(prompt), _LENGTH.value)
     except ValueError as e:
         raise ConfigError(f"--prompt / --length: {e}") from None
-    params, step = load_params(config, workdir)
+    params, step = load_params(config, workdir, model, purpose="sample from")
     n_hashes = _N_HASHES.value or config.eval.n_hashes or cfg.n_hashes
     byte_model = config.data.name in data.BYTE_DATASETS
     ends = byte_model or cfg.kind == "encoder_decoder"
@@ -199,7 +185,7 @@ def sample(config, workdir: str) -> list[np.ndarray]:
         jnp.asarray(np.broadcast_to(prompt, (rows, len(prompt)))),
         jnp.asarray(np.broadcast_to(source, (rows, len(source)))) if source.size else None,
         n_hashes,
-        decode.END_TOKEN if ends else None,
+        END_ID if ends else None,
     )
     tokens = np.asarray(tokens)
     hashes = f", {n_hashes} hashes" if "lsh" in cfg.attention_types else ""
@@ -209,13 +195,13 @@ def sample(config, workdir: str) -> list[np.ndarray]:
     )
     samples = []
     for i, row in enumerate(tokens):
-        end = np.flatnonzero(row == decode.END_TOKEN) if ends else np.zeros(0)
+        end = np.flatnonzero(row == END_ID) if ends else np.zeros(0)
         row = row[: end[0] + 1] if end.size else row
         samples.append(row)
         print(f"--- sample {i + 1} ---")
         if byte_model:
             body = text.ids_to_bytes(np.concatenate([prompt, row])).decode("utf-8", "replace")
-            print(body + ("\n[end]" if row.size and row[-1] == decode.END_TOKEN else ""))
+            print(body + ("\n[end]" if row.size and row[-1] == END_ID else ""))
         else:
             print(",".join(str(t) for t in np.concatenate([prompt, row])))
     sys.stdout.flush()

@@ -32,9 +32,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from reformer.decoding import cache as decoding_cache
 from reformer.decoding import sampling as decode
-from reformer.model.models import ModelConfig, ReformerLM
-from reformer.training import sharding, steps
+from reformer.model.model_config import ModelConfig
+from reformer.model.models import ReformerLM, init_params
+from reformer.training import sharding
 
 GENERATED = 64  # tokens drawn per timed cached run
 UNCACHED_TOKENS = 2  # tokens drawn per timed uncached run
@@ -113,7 +115,7 @@ def measure(contexts: list[int], models: dict[str, tuple], repeats: int, device:
     points = []
     for name, types in models.items():
         cfg = model_config(types, max(contexts))
-        params = steps.init_params(ReformerLM(cfg), jax.random.key(0), 1, 256)
+        params = init_params(ReformerLM(cfg), jax.random.key(0), 1, 256)
         for context in contexts:
             for mode, make in (("cached", cached_runner), ("uncached", uncached_runner)):
                 run, tokens = make(cfg, params, context)
@@ -147,7 +149,7 @@ def measure(contexts: list[int], models: dict[str, tuple], repeats: int, device:
                 n_layers=p["cfg"].n_layers,
                 d_model=p["cfg"].d_model,
                 n_hashes=p["cfg"].n_hashes,
-                n_buckets=decode.lsh_n_buckets(p["cfg"]),
+                n_buckets=decoding_cache.lsh_n_buckets(p["cfg"]),
                 batch=1,
                 device=device,
             )

@@ -29,24 +29,20 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_memory import device_name, step_memory  # noqa: E402
-
-from reformer.config.schema import default_config  # noqa: E402
+from reformer.config import default_config
 from reformer.decoding import beam
+from reformer.decoding import cache as decoding_cache
 from reformer.decoding import sampling as decode
-from reformer.model.models import ReformerEncoderDecoder  # noqa: E402
-from reformer.training import steps  # noqa: E402
+from reformer.experiments.memory import device_name, step_memory
+from reformer.model.models import ReformerEncoderDecoder, init_params
+from reformer.training.state import make_model
 
 LENGTHS = (4096, 8192, 16384, 32768, 65536)
 
@@ -98,9 +94,9 @@ def _uncached(cfg, params, source, *, length):
 
 def decoding(source_len: int, target_len: int, repeats: int, uncached_tokens: int):
     config = encdec_config(target_len, source_len, "lsh", decoder_types=("local",))
-    model = steps.make_model(config)
-    cfg = decode.with_training_length(model.cfg, target_len, source_len)
-    params = steps.init_params(model, jax.random.key(0), 1, 64)
+    model = make_model(config)
+    cfg = decoding_cache.with_training_length(model.cfg, target_len, source_len)
+    params = init_params(model, jax.random.key(0), 1, 64)
     source = jax.random.randint(jax.random.key(1), (1, source_len), 2, 258)
     prompt, greedy = jnp.zeros((1, 0), jnp.int32), decode.Sampling(temperature=0.0)
     key = jax.random.key(2)

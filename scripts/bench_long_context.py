@@ -1,10 +1,10 @@
 """XLA memory of the enwik8 model's train step from 64K to 1M tokens, float32 and bfloat16.
 
 Nothing is run: each step is compiled and its `memory_analysis()` read (as
-`scripts/bench_memory.py` does), so 1M tokens can be measured on a CPU machine. The model is
-`configs/enwik8.py` (12 layers `[local, local, lsh, local] x 3`, d_model 1024, batch 1) with
-its axial grid widened to `(L / 512, 512)` and two LSH buckets per chunk (512 at 64K, as the
-config has, 8,192 at 1M).
+`scripts/bench_memory.py` does: `reformer.experiments.memory.step_memory`), so 1M tokens can
+be measured on a CPU machine. The model is `configs/enwik8.py` (12 layers
+`[local, local, lsh, local] x 3`, d_model 1024, batch 1) with its axial grid widened to
+`(L / 512, 512)` and two LSH buckets per chunk (512 at 64K, as the config has, 8,192 at 1M).
 
     python scripts/bench_long_context.py --out docs/benchmarks/long_context_cpu.json
 
@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_memory import device_name, enwik8_config, step_memory  # noqa: E402
+from reformer.experiments.memory import device_name, enwik8_config, step_memory
 
 LENGTHS = (65_536, 131_072, 262_144, 524_288, 1_048_576)
 DTYPES = ("float32", "bfloat16")
@@ -54,17 +50,18 @@ def breakdown(seq_len: int, dtype: str, overrides=()) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from reformer.model.models import AttentionHalf, FeedForwardHalf
-    from reformer.training import steps
+    from reformer.model.blocks import AttentionHalf, FeedForwardHalf
+    from reformer.model.models import init_params
+    from reformer.training.state import make_model
 
     config = long_config(seq_len, dtype, overrides)
-    model = steps.make_model(config)
+    model = make_model(config)
     cfg = model.cfg
     vector = seq_len * cfg.d_model * 4
     key = jax.eval_shape(lambda: jax.random.key(0))
     tokens = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
     weights = jax.ShapeDtypeStruct((1, seq_len), jnp.float32)
-    params = jax.eval_shape(lambda k: steps.init_params(model, k, 1, seq_len), key)
+    params = jax.eval_shape(lambda k: init_params(model, k, 1, seq_len), key)
 
     def loss(p, t, w, r):
         rngs = {"dropout": r, "hash": r}

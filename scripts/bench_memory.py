@@ -19,19 +19,11 @@ aliased), a PNG next to it, and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import time
 from pathlib import Path
 
-import jax
-
-from reformer.config.schema import default_config, load_config_file
-from reformer.model.models import example_batch
-from reformer.training import loop as trainer
-from reformer.training.optimizer import make_optimizer, make_schedule
-
-REPO = Path(__file__).resolve().parent.parent
+from reformer.config import default_config
+from reformer.experiments.memory import device_name, enwik8_config, step_memory
 
 
 def small_model_config(n_layers: int, seq_len: int, attention_types, reversible: bool):
@@ -46,49 +38,6 @@ def small_model_config(n_layers: int, seq_len: int, attention_types, reversible:
     c.data.name, c.data.seq_len = "enwik8", seq_len
     c.train.batch_size = 1
     return c
-
-
-def enwik8_config():
-    return load_config_file(str(REPO / "configs/enwik8.py"))
-
-
-def step_memory(config) -> dict:
-    """Compiles one train step for `config` (batch `train.batch_size`) without running it."""
-    model = trainer.make_model(config)
-    tx = make_optimizer(config.optimizer)
-    seq_len, batch = config.data.seq_len, config.train.batch_size
-    state = jax.eval_shape(trainer.make_init_state(config, model, tx), jax.random.key(0))
-    batch_spec = jax.eval_shape(
-        lambda: example_batch(model.cfg, batch, seq_len, config.data.source_len)
-    )
-    step = functools.partial(
-        trainer.train_step, model=model, tx=tx, schedule=make_schedule(config.optimizer)
-    )
-    start = time.time()
-    compiled = (
-        jax.jit(step, donate_argnums=(0,))
-        .lower(state, batch_spec, jax.eval_shape(lambda: jax.random.key(0)))
-        .compile()
-    )
-    m = compiled.memory_analysis()
-    total = (
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        + m.temp_size_in_bytes
-        - m.alias_size_in_bytes
-    )
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    return {
-        "temp_bytes": int(m.temp_size_in_bytes),
-        "total_bytes": int(total),
-        "n_params": int(n_params),
-        "compile_s": round(time.time() - start, 1),
-    }
-
-
-def device_name() -> str:
-    d = jax.devices()[0]
-    return "cpu" if d.platform == "cpu" else d.device_kind
 
 
 def enwik8_depth_config(n_layers: int, reversible: bool):

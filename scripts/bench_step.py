@@ -47,17 +47,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from reformer.attention.lsh import CAUSAL_BLOCK_LEN, default_n_buckets  # noqa: E402
-from reformer.config.schema import default_config, load_config_file, validate  # noqa: E402
-from reformer.training import sharding  # noqa: E402
-from reformer.training.optimizer import make_optimizer  # noqa: E402
-from reformer.training.steps import abstract_state, jit_train_step, make_init_state, make_model  # noqa: E402
+from reformer.attention.hashing import default_n_buckets
+from reformer.attention.lsh import CAUSAL_BLOCK_LEN
+from reformer.config import default_config, load_config_file, validate
+from reformer.training import sharding
+from reformer.training.optimizer import make_optimizer
+from reformer.training.state import abstract_state, make_init_state, make_model
+from reformer.training.steps import jit_train_step
 
 REPO = Path(__file__).resolve().parent.parent
 

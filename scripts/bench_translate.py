@@ -20,11 +20,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -43,6 +39,23 @@ def plot(records: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write(records: list[dict], out: str) -> None:
+    """The records as JSON at `out`, a PNG beside it, and a Markdown table on stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(records, f, indent=1)
+    png = os.path.splitext(out)[0] + ".png"
+    plot(records, png)
+    print("| mode | batch | sentences | sentences/s | output subwords/s |")
+    print("|---|---|---|---|---|")
+    for r in records:
+        print(
+            f"| {r['mode']} | {r['batch_size']} | {r['sentences']} | "
+            f"{r['sentences_per_sec']:.1f} | {r['target_tokens_per_sec']:.0f} |"
+        )
+    print(f"Wrote {out} and {png}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default="configs/multi30k.py:cpu")
@@ -56,16 +69,18 @@ def main(argv=None) -> None:
     import jax
     from absl import logging
 
-    from reformer import evaluate, translate
-    from reformer.config.schema import load_config_file
+    from reformer.config import load_config_file
     from reformer.data import translation
+    from reformer.evaluation.translation import translate
     from reformer.training import sharding
+    from reformer.training.state import load_params, make_model
 
     logging.set_verbosity(logging.WARNING)
     path, _, variant = args.config.partition(":")
     config = load_config_file(path, variant or None)
     tokenizer = translation.vocabulary(config, args.workdir)
-    params, step = evaluate.load_params(config, args.workdir, sharding.make_mesh(config.mesh))
+    model = make_model(config)
+    params, step = load_params(config, args.workdir, model)
     params = jax.device_get(params)
     text, _ = translation.load_split(config, "validation", tokenizer)
     records = []
@@ -75,8 +90,9 @@ def main(argv=None) -> None:
 
             def run(sentences=sentences, beam_size=beam_size, batch_size=batch_size):
                 start = time.perf_counter()
-                out = translate.translate(
+                out = translate(
                     config,
+                    model.cfg,
                     params,
                     tokenizer,
                     sentences,
@@ -108,19 +124,7 @@ def main(argv=None) -> None:
                 f"({tokens / seconds:.0f} output subwords/s)",
                 flush=True,
             )
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(records, f, indent=1)
-    png = os.path.splitext(args.out)[0] + ".png"
-    plot(records, png)
-    print("| mode | batch | sentences | sentences/s | output subwords/s |")
-    print("|---|---|---|---|---|")
-    for r in records:
-        print(
-            f"| {r['mode']} | {r['batch_size']} | {r['sentences']} | "
-            f"{r['sentences_per_sec']:.1f} | {r['target_tokens_per_sec']:.0f} |"
-        )
-    print(f"Wrote {args.out} and {png}")
+    write(records, args.out)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import os
 import jax
 import jax.numpy as jnp
 
-from reformer.config.schema import load_config_file
+from reformer.config import load_config_file
 from reformer.model import models as model_lib
-from reformer.model.models import ModelConfig, ReformerLM
+from reformer.model.model_config import ModelConfig
+from reformer.model.models import ReformerLM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

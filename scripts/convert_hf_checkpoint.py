@@ -25,11 +25,7 @@ Settings this project cannot express are refused with an error naming the HF fie
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def main() -> None:
@@ -40,7 +36,7 @@ def main() -> None:
         "--seq_len", type=int, default=0, help="data.seq_len (default: the positions' length)"
     )
     args = parser.parse_args()
-    from reformer.config.schema import ConfigError
+    from reformer.config import ConfigError
     from reformer.interop.hf_import import convert
 
     try:

@@ -9,7 +9,8 @@ reports the median over the rounds of each worker's median of `--repeats` timed 
 - `block_products`: the LSH kernel's products, `[G, 64, 64] x [G, 64, 64] -> [G, 64, 64]`
   batched over G = 8 heads x 16 chunks (one block of `reformer/attention/chunked.py`), GFLOP/s.
 - `kernel_forward`, `kernel_backward`: the LSH kernel of one layer at the peers benchmark's
-  shapes (`scripts/profile_step.py`'s `kernel_seconds`), milliseconds.
+  shapes (`reformer.experiments.timing.kernel_seconds`, as `scripts/profile_step.py` times
+  it), milliseconds.
 - `independent_loops`: two independent scans of block products in one jitted function,
   against one scan: the time ratio (1 = the two ran at once, 2 = one after the other).
 - `block_products` over two CPU devices (`--xla_force_host_platform_device_count=2`, the
@@ -31,9 +32,7 @@ import statistics
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from profile_step import kernel_seconds, median_seconds  # noqa: E402
+from reformer.experiments.timing import kernel_seconds, median_seconds
 
 SIZES = {  # case settings: large product n, block count G, kernel length L
     "full": {"n": 2048, "blocks": 128, "seq_len": 4096},

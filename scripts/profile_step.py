@@ -1,17 +1,18 @@
 """Where the time of one train step goes, by XLA operation.
 
 Builds the train step of `scripts/bench_peers.py`'s model exactly as that benchmark runs it
-(`bench_peers.build_ours`: 6 LSH layers, d_model 512, d_ff 2048, 8 heads of 64, chunk 64,
-4 hashes, batch 1), traces one step with `jax.profiler` and sums the time of each XLA
-operation, then groups them: products with weights (run once per layer), the LSH kernel's
-blocked products (run once per block), gathers and scatters of rows, sorts, and the rest.
-Operations overlap on several cores, so the shares are of the summed operation time, not of
-the wall time.
+(`reformer.experiments.peers.ours.build_ours`: 6 LSH layers, d_model 512, d_ff 2048, 8 heads
+of 64, chunk 64, 4 hashes, batch 1), traces one step with `jax.profiler` and sums the time of
+each XLA operation, then groups them: products with weights (run once per layer), the LSH
+kernel's blocked products (run once per block), gathers and scatters of rows, sorts, and the
+rest. Operations overlap on several cores, so the shares are of the summed operation time,
+not of the wall time.
 
 Then it times the LSH attention kernel of one layer on its own, at the step's shapes (all
 heads, without the projections): the forward pass's part (hashing, sorting, attention) and
 the backward pass's (attention recomputed with the saved buckets, as the reversible stack
-does, then its gradients), and compares `n_layers` times their sum with the step's wall time.
+does, then its gradients; `reformer.experiments.timing.kernel_seconds`), and compares
+`n_layers` times their sum with the step's wall time.
 
     python scripts/profile_step.py --seq_len 4096
 """
@@ -25,15 +26,11 @@ import gzip
 import json
 import os
 import re
-import statistics
-import sys
 import tempfile
-import time
 import types
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import bench_peers  # noqa: E402
+from reformer.experiments.peers.ours import build_ours
+from reformer.experiments.timing import kernel_seconds, median_seconds
 
 
 def category(name: str, calls: int, n_layers: int) -> str:
@@ -44,53 +41,6 @@ def category(name: str, calls: int, n_layers: int) -> str:
         if kind in base:
             return {"concatenate": "gather"}.get(kind, kind)
     return "other"
-
-
-def median_seconds(fn, *args, repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))  # Compile and warm up.
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def kernel_seconds(args, seq_len: int, repeats: int = 5) -> tuple[float, float]:
-    """Median seconds of one layer's LSH attention kernel (shared QK, all heads, no
-    projections) in the forward pass and in the backward pass of the benchmark's step."""
-    import jax
-    import jax.numpy as jnp
-
-    from reformer.attention import lsh
-
-    heads, d = args.batch * args.n_heads, args.d_head
-    n_buckets = bench_peers.n_buckets(args, seq_len)
-    k_qk, k_v, k_rot, k_out = jax.random.split(jax.random.key(0), 4)
-    qk = jax.random.normal(k_qk, (heads, seq_len, d), jnp.float32)
-    v = jax.random.normal(k_v, (heads, seq_len, d), jnp.float32)
-    rotations = jax.random.normal(k_rot, (heads, d, args.n_hashes, n_buckets // 2), jnp.float32)
-    dout = jax.random.normal(k_out, (heads, seq_len, d), jnp.float32)
-    settings = dict(chunk_len=args.chunk, causal=True)
-
-    forward = jax.jit(jax.vmap(lambda q, v, r: lsh.lsh_attention(q, v, r, **settings)))
-
-    def recompute_and_grad(q, v, buckets, g):  # The reversible stack's backward pass.
-        def attend(q, v):
-            out, _ = lsh.lsh_attention(q, v, None, buckets=buckets, n_buckets=n_buckets, **settings)
-            return out
-
-        out, vjp = jax.vjp(attend, q, v)
-        return out, vjp(g)
-
-    backward = jax.jit(jax.vmap(recompute_and_grad))
-    _, buckets = forward(qk, v, rotations)
-    return (
-        median_seconds(forward, qk, v, rotations, repeats=repeats),
-        median_seconds(backward, qk, v, buckets, dout, repeats=repeats),
-    )
 
 
 def main() -> None:
@@ -105,7 +55,7 @@ def main() -> None:
     )  # fmt: skip
     import jax
 
-    step, _ = bench_peers.build_ours(args, a.seq_len, reversible=True)
+    step, _ = build_ours(args, a.seq_len, reversible=True)
     step_s = median_seconds(step, repeats=a.repeats)
     print(f"step: {step_s:.2f} s at {a.seq_len} tokens (median of {a.repeats})")
     with tempfile.TemporaryDirectory() as trace_dir:

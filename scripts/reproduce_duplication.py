@@ -22,11 +22,11 @@ import argparse
 import copy
 import json
 import os
-import sys
-import time
+
+from reformer.experiments.results import write_results
+from reformer.experiments.runs import train_and_load
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 ROWS = ("full", "lsh4", "lsh2", "lsh1")  # The paper's row order.
 COLUMNS = ("full", "lsh8", "lsh4", "lsh2", "lsh1")  # The paper's column order.
@@ -43,7 +43,7 @@ SCALES = ("toy", "cpu", "paper")
 
 def base_config(scale: str):
     """configs/duplication.py at this scale; "toy" is a seconds-long smoke test."""
-    from reformer.config.schema import load_config_file
+    from reformer.config import load_config_file
 
     path = os.path.join(REPO, "configs", "duplication.py")
     c = load_config_file(path, "paper" if scale == "paper" else "full")
@@ -90,8 +90,6 @@ def column_config(train_config, column: str):
 
 
 def run_rows(args) -> list[dict]:
-    from reformer import evaluate
-    from reformer.training import loop as trainer
     from reformer.training import sharding
 
     device = sharding.device_name()
@@ -102,15 +100,9 @@ def run_rows(args) -> list[dict]:
         config = row_config(base, row, args.num_steps)
         workdir = os.path.join(args.workdir, row)
         print(f"== training {LABELS[row]} in {workdir}", flush=True)
-        start = time.time()
-        trainer.train_and_evaluate(config, workdir)
-        minutes = (time.time() - start) / 60
-        mesh = sharding.make_mesh()
-        params, step = evaluate.load_params(config, workdir, mesh)
-        if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
-            sys.exit(f"Stopped in {row} at step {step}; rerun the command to resume.")
+        run = train_and_load(config, workdir, row)
         for column in COLUMNS:
-            r = evaluate.evaluate_params(column_config(config, column), params, step, mesh)
+            r = run.score(column_config(config, column))
             print(f"   eval {COLUMN_LABELS[column]:>5}: accuracy {r['accuracy']:.4f}", flush=True)
             records.append(
                 {
@@ -121,7 +113,7 @@ def run_rows(args) -> list[dict]:
                     "seq_len": config.data.seq_len,
                     "word_len": config.data.word_len,
                     "eval_tokens": r["tokens"],
-                    "train_minutes": round(minutes, 2),
+                    "train_minutes": round(run.minutes, 2),
                     "scale": args.scale,
                     "device": device,
                 }
@@ -188,15 +180,7 @@ def main(argv=None) -> None:
 
         logging.set_verbosity(logging.WARNING)
         records = run_rows(args)
-    for path in (args.out, args.markdown):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(records, f, indent=1)
-    table = markdown(records)
-    with open(args.markdown, "w") as f:
-        f.write(table)
-    print(table)
-    print(f"Wrote {args.out} and {args.markdown}")
+    write_results(records, args.out, args.markdown, markdown(records))
 
 
 if __name__ == "__main__":

@@ -42,11 +42,8 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-
-from reproduce_enwik8_prefix import read_metrics, xz_bpc  # noqa: E402
+from reformer.experiments.results import read_metrics, write_results, xz_bpc
+from reformer.experiments.runs import train_and_load
 
 # name: (figures, attention, model.residual, n_hashes for training, sequence length or None)
 MODELS = {
@@ -132,7 +129,7 @@ def axial_shape(seq_len: int) -> tuple[int, int]:
 def model_config(
     data_path: str, tfds_dir: str, scale: dict, spec: tuple, steps: int = 0, seed: int = 0
 ):
-    from reformer.config.schema import default_config
+    from reformer.config import default_config
 
     _, attention, residual, n_hashes, seq_len = spec
     if seq_len is not None:  # The context study: its own settings.
@@ -252,33 +249,23 @@ def scored(config, workdir: str) -> list[dict] | None:
 def train_and_score(name: str, spec: tuple, config, workdir: str) -> list[dict]:
     """Trains one model (resuming its workdir) and scores it on both splits, or reads the
     scores a previous run left; exits when training was stopped before the last step."""
-    from reformer import evaluate
-    from reformer.training import loop as trainer
-    from reformer.training import sharding
-
     saved = scored(config, workdir)
     if saved is not None:
         return saved
-    trainer.train_and_evaluate(config, workdir)
-    mesh = sharding.make_mesh()
-    params, step = evaluate.load_params(config, workdir, mesh)
-    if step > config.train.num_steps:
+    run = train_and_load(config, workdir, os.path.basename(workdir))
+    if run.step > config.train.num_steps:
         sys.exit(
-            f"{workdir} holds step {step}, past the {config.train.num_steps} steps asked for; "
-            "use another --workdir or --num_steps >= that step."
-        )
-    if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
-        sys.exit(
-            f"Stopped in {os.path.basename(workdir)} at step {step}; rerun the command to resume."
+            f"{workdir} holds step {run.step}, past the {config.train.num_steps} steps asked "
+            "for; use another --workdir or --num_steps >= that step."
         )
     minutes = train_minutes(workdir)
     records = []
     for n_eval in eval_hashes(spec):
         config.eval.n_hashes = n_eval or 0
-        eval_fn = evaluate.jitted_eval_fn(config, params, mesh)  # Both splits.
+        eval_fn = run.eval_fn(config)  # Both splits.
         for split in ("validation", "test"):
             config.eval.split = split
-            r = evaluate.evaluate_params(config, params, step, mesh, eval_fn)
+            r = run.score(config, eval_fn)
             for figure in spec[0]:  # full_shared_qk belongs to Figures 3 and 4.
                 records.append(record(name, figure, spec, config, r, n_eval, minutes))
             print(f"   {split}: {r['bits_per_byte']:.4f} bits/byte "
@@ -429,7 +416,8 @@ def markdown(records: list[dict]) -> str:
     return table
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked (`check_args`), with the default output paths filled in."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default=os.path.join("..", "shared", "data", "enwik8_prefix_4154399"))
     p.add_argument("--workdir", default="runs/enwik8_ablations")
@@ -460,89 +448,119 @@ def main(argv=None) -> None:
     p.add_argument("--markdown", default="", help="Markdown (default beside --out)")
     args = p.parse_args(argv)
     try:
-        scale = with_settings(SCALES[args.scale], args.set)
+        check_args(args)
     except ValueError as e:
         p.error(str(e))
-    models = all_models(scale)
+    args.out = args.out or os.path.join(args.workdir, "enwik8_ablations.json")
+    args.markdown = args.markdown or os.path.splitext(args.out)[0] + ".md"
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Adds `settings` (the scale after `--set`), `specs` (every model of the scale), `names`
+    (the models to train, in order) and `seed_list`; ValueError names what is wrong."""
+    args.settings = with_settings(SCALES[args.scale], args.set)
+    args.specs = specs = all_models(args.settings)
     names = [m.strip() for m in args.models.split(",") if m.strip()] or list(MODELS)
     if "context" in names:
         i = names.index("context")
-        names[i : i + 1] = list(context_models(scale))
-    names = list(dict.fromkeys(names))
-    unknown = [n for n in names if n not in models]
+        names[i : i + 1] = list(context_models(args.settings))
+    args.names = names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in specs]
     if unknown:
-        p.error(f"--models: unknown {unknown}; allowed: context, {', '.join(models)}")
+        raise ValueError(f"--models: unknown {unknown}; allowed: context, {', '.join(specs)}")
     try:
-        seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))
+        args.seed_list = list(dict.fromkeys(int(s) for s in args.seeds.split(",")))
     except ValueError:
-        p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
-    fixed = {i.partition("=")[0] for i in args.set} & set(scale["context"])
+        raise ValueError(
+            f"--seeds: {args.seeds!r} is not a comma-separated list of integers"
+        ) from None
+    fixed = {i.partition("=")[0] for i in args.set} & set(args.settings["context"])
     if fixed and any(n.startswith("reformer_") for n in names):
-        p.error(f"--set {', '.join(sorted(fixed))}: the context study has its own value "
-                f"(SCALES['{args.scale}']['context']); run it without these --set")  # fmt: skip
+        raise ValueError(f"--set {', '.join(sorted(fixed))}: the context study has its own "
+                         f"value (SCALES['{args.scale}']['context']); run it without "
+                         "these --set")  # fmt: skip
     if not 0 <= args.second_seed_below < 1:
-        p.error(f"--second_seed_below: {args.second_seed_below} is not in [0, 1)")
+        raise ValueError(f"--second_seed_below: {args.second_seed_below} is not in [0, 1)")
     if not os.path.exists(args.data):
-        p.error(f"--data: {args.data} does not exist (the enwik8 prefix is in ../shared/data)")
-    out = args.out or os.path.join(args.workdir, "enwik8_ablations.json")
-    md = args.markdown or os.path.splitext(out)[0] + ".md"
+        raise ValueError(
+            f"--data: {args.data} does not exist (the enwik8 prefix is in ../shared/data)"
+        )
 
-    from absl import logging
 
-    from reformer import data
-    from reformer.training import sharding
+class Runs:
+    """The models trained (or read back) so far: their records, workdirs and the runs left
+    out because `--report_only` found them unscored."""
 
-    logging.set_verbosity(logging.WARNING)
-    records, workdirs, missing = [], {}, []
-    total_start = time.time()
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.records, self.workdirs, self.missing = args, [], {}, []
 
-    def run(name: str, seed: int) -> None:
-        spec = models[name]
-        config = model_config(args.data, args.tfds_dir, scale, spec, args.num_steps, seed)
-        workdir = workdirs[(name, seed)] = os.path.join(args.workdir, run_name(name, seed))
+    def run(self, name: str, seed: int) -> None:
+        args, spec = self.args, self.args.specs[name]
+        config = model_config(args.data, args.tfds_dir, args.settings, spec, args.num_steps, seed)
+        workdir = os.path.join(args.workdir, run_name(name, seed))
+        self.workdirs[(name, seed)] = workdir
         print(f"== {name}, seed {seed}: {config.data.seq_len} bytes x "
               f"{config.train.batch_size}, {config.train.num_steps} steps, in {workdir}",
               flush=True)  # fmt: skip
         if not args.report_only:
-            records.extend(train_and_score(name, spec, config, workdir))
+            self.records.extend(train_and_score(name, spec, config, workdir))
         elif (saved := scored(config, workdir)) is not None:
-            records.extend(saved)
+            self.records.extend(saved)
         else:
             print("   not scored yet: left out", flush=True)
-            missing.append(run_name(name, seed))
+            self.missing.append(run_name(name, seed))
 
-    for seed in seeds:
-        for name in names:
-            run(name, seed)
-    if args.second_seed_below:  # A second seed where a comparison is too close to call.
-        extra = max(seeds) + 1
-        for name in second_seed_models(records, seeds[0], args.second_seed_below):
-            if name in names and (name, extra) not in workdirs:
-                run(name, extra)
-    base = model_config(args.data, args.tfds_dir, scale, MODELS["full_shared_qk"])
+    def run_all(self) -> None:
+        """Every model with every seed, then a second seed where a comparison is too close
+        to call."""
+        args = self.args
+        for seed in args.seed_list:
+            for name in args.names:
+                self.run(name, seed)
+        if args.second_seed_below:
+            extra = max(args.seed_list) + 1
+            seed, below = args.seed_list[0], args.second_seed_below
+            for name in second_seed_models(self.records, seed, below):
+                if name in args.names and (name, extra) not in self.workdirs:
+                    self.run(name, extra)
+
+    def scored_workdirs(self) -> dict[tuple[str, int], str]:
+        return {k: wd for k, wd in self.workdirs.items() if run_name(*k) not in self.missing}
+
+
+def xz_records(args: argparse.Namespace) -> list[dict]:
+    """`xz -9e`'s bits per byte on the validation and test bytes: the reference."""
+    from reformer import data
+    from reformer.training import sharding
+
+    base = model_config(args.data, args.tfds_dir, args.settings, MODELS["full_shared_qk"])
     splits = data.byte_splits(base)
-    xz = {}
-    for split in ("validation", "test"):  # The reference on both splits.
-        xz[split] = xz_bpc(splits[split].tobytes())
-        records.append(
-            {"figure": None, "model": "xz", "split": split, "bits_per_byte": xz[split],
-             "bytes": len(splits[split]), "n_hashes_train": None, "n_hashes_eval": None,
-             "device": sharding.device_name()}
-        )  # fmt: skip
-    for path in (out, md):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(records, f, indent=1)
-    with open(md, "w") as f:
-        f.write(markdown(records))
-    png = os.path.splitext(out)[0] + ".png"
-    plot(
-        {k: wd for k, wd in workdirs.items() if run_name(*k) not in missing}, xz["validation"], png
-    )
-    print(markdown(records))
-    print(f"Wrote {out}, {md} and {png} in {(time.time() - total_start) / 60:.1f} minutes")
-    if missing:
-        print(f"Not scored yet, so left out: {', '.join(missing)}")
+    return [
+        {"figure": None, "model": "xz", "split": split,
+         "bits_per_byte": xz_bpc(splits[split].tobytes()), "bytes": len(splits[split]),
+         "n_hashes_train": None, "n_hashes_eval": None, "device": sharding.device_name()}
+        for split in ("validation", "test")
+    ]  # fmt: skip
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    start = time.time()
+    runs = Runs(args)
+    runs.run_all()
+    xz = xz_records(args)
+    records = runs.records + xz
+    write_results(
+        records, args.out, args.markdown, markdown(records),
+        lambda png: plot(runs.scored_workdirs(), xz[0]["bits_per_byte"], png),
+        note=f" in {(time.time() - start) / 60:.1f} minutes",
+    )  # fmt: skip
+    if runs.missing:
+        print(f"Not scored yet, so left out: {', '.join(runs.missing)}")
 
 
 if __name__ == "__main__":

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import lzma
 import os
-import sys
-import time
+
+from reformer.experiments.results import read_metrics, write_results, xz_bpc
+from reformer.experiments.runs import train_and_load
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 MODELS = ("reformer", "transformer")
 EVAL_HASHES = (2, 4, 8)
 
 
 def load_config(data_path: str, tfds_dir: str, variant: str):
-    from reformer.config.schema import load_config_file
+    from reformer.config import load_config_file
 
     c = load_config_file(os.path.join(REPO, "configs", "enwik8.py"), variant)
     c.data.path, c.data.tfds_dir = data_path, tfds_dir
@@ -45,25 +43,6 @@ def model_config(base, model: str, num_steps: int):
     if num_steps:
         c.train.num_steps = num_steps
     return c
-
-
-def xz_bpc(data: bytes) -> float:
-    """Bits per byte of `xz -9e` (LZMA2 preset 9 | extreme, .xz container) on `data`."""
-    compressed = lzma.compress(data, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
-    return 8 * len(compressed) / len(data)
-
-
-def read_metrics(workdir: str) -> list[dict]:
-    """WORKDIR/metrics.jsonl; a line cut short (a process killed while writing it, or one
-    still writing) is left out."""
-    records = []
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def plot(workdirs: dict[str, str], xz: float, path: str) -> None:
@@ -113,6 +92,34 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def record(model: str, result: dict, device: str, n_hashes=None, steps=None, minutes=None):
+    """One row: the model's test bits per byte (a trained model's with its hashes at
+    evaluation, steps and training minutes; `xz`'s with None)."""
+    return {
+        "model": model,
+        "split": "test",
+        "bpc": result["bits_per_token"],
+        "n_hashes": n_hashes or None,
+        "steps": steps,
+        "train_minutes": None if minutes is None else round(minutes, 2),
+        "bytes": result["tokens"],
+        "device": device,
+    }
+
+
+def train_and_score(model: str, config, workdir: str, device: str) -> list[dict]:
+    """Trains `model` (resuming `workdir`) and scores it on the test split: the Reformer with
+    each of EVAL_HASHES, the Transformer once."""
+    run = train_and_load(config, workdir, model)
+    records = []
+    for n_hashes in EVAL_HASHES if model == "reformer" else (0,):
+        config.eval.split, config.eval.n_hashes = "test", n_hashes
+        r = run.score(config)
+        print(f"   test: {r['bits_per_token']:.4f} bits/byte ({n_hashes or '-'} hashes)")
+        records.append(record(model, r, device, n_hashes, run.step, run.minutes))
+    return records
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", default=os.path.join("..", "shared", "data", "enwik8_prefix_4154399"))
@@ -132,8 +139,7 @@ def main(argv=None) -> None:
 
     from absl import logging
 
-    from reformer import data, evaluate
-    from reformer.training import loop as trainer
+    from reformer import data
     from reformer.training import sharding
 
     logging.set_verbosity(logging.WARNING)
@@ -144,53 +150,11 @@ def main(argv=None) -> None:
         config = model_config(base, model, args.num_steps)
         workdir = workdirs[model] = os.path.join(args.workdir, model)
         print(f"== training the {model} in {workdir}", flush=True)
-        start = time.time()
-        trainer.train_and_evaluate(config, workdir)
-        minutes = (time.time() - start) / 60
-        mesh = sharding.make_mesh()
-        params, step = evaluate.load_params(config, workdir, mesh)
-        if step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
-            sys.exit(f"Stopped in {model} at step {step}; rerun the command to resume.")
-        for n_hashes in EVAL_HASHES if model == "reformer" else (0,):
-            config.eval.split, config.eval.n_hashes = "test", n_hashes
-            r = evaluate.evaluate_params(config, params, step, mesh)
-            print(f"   test: {r['bits_per_token']:.4f} bits/byte ({n_hashes or '-'} hashes)")
-            records.append(
-                {
-                    "model": model,
-                    "split": "test",
-                    "bpc": r["bits_per_token"],
-                    "n_hashes": n_hashes or None,
-                    "steps": step,
-                    "train_minutes": round(minutes, 2),
-                    "bytes": r["tokens"],
-                    "device": device,
-                }
-            )
+        records += train_and_score(model, config, workdir, device)
     test_bytes = data.byte_splits(base)["test"].tobytes()
     xz = xz_bpc(test_bytes)
-    records.append(
-        {
-            "model": "xz",
-            "split": "test",
-            "bpc": xz,
-            "n_hashes": None,
-            "steps": None,
-            "train_minutes": None,
-            "bytes": len(test_bytes),
-            "device": device,
-        }
-    )
-    for path in (out, md):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(records, f, indent=1)
-    with open(md, "w") as f:
-        f.write(markdown(records))
-    png = os.path.splitext(out)[0] + ".png"
-    plot(workdirs, xz, png)
-    print(markdown(records))
-    print(f"Wrote {out}, {md} and {png}")
+    records.append(record("xz", {"bits_per_token": xz, "tokens": len(test_bytes)}, device))
+    write_results(records, out, md, markdown(records), lambda png: plot(workdirs, xz, png))
 
 
 if __name__ == "__main__":

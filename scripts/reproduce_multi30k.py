@@ -25,18 +25,18 @@ import argparse
 import json
 import os
 import shutil
-import sys
-import time
+
+from reformer.experiments.results import read_metrics, write_results
+from reformer.experiments.runs import stop_if_unfinished, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 RESIDUALS = ("reversible", "standard")
 CONFIG = "configs/multi30k.py"
 
 
 def load_config(variant: str, residual: str, root: str, num_steps: int, bleu_every: int):
-    from reformer.config.schema import load_config_file
+    from reformer.config import load_config_file
 
     c = load_config_file(os.path.join(REPO, CONFIG), variant)
     c.model.residual = residual
@@ -53,10 +53,9 @@ def train_minutes(workdir: str) -> dict[int, float]:
     """Cumulative training minutes at every step up to the last logged one, from the
     trainer's steps/s (the time of training steps only; a step inside a log interval, such
     as one a run was stopped at, at its interval's rate)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
     minutes, total, last = {0: 0.0}, 0.0, 0
-    for r in sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"]):
+    train_records = (r for r in read_metrics(workdir) if r["split"] == "train")
+    for r in sorted(train_records, key=lambda r: r["step"]):
         for step in range(last + 1, r["step"] + 1):
             total += 1 / r["steps_per_sec"] / 60
             minutes[step] = total
@@ -67,14 +66,12 @@ def train_minutes(workdir: str) -> dict[int, float]:
 def score_checkpoints(config, workdir: str, every: bool = True) -> list[dict]:
     """The BLEU record of every kept checkpoint of `workdir` (with `every=False` the last
     only; cached in bleu_<step>.json)."""
-    from reformer import evaluate
-    from reformer.training import checkpoints, sharding
-    from reformer.training import loop as trainer
-    from reformer.training.optimizer import make_optimizer
+    from reformer.evaluation.translation import translation_bleu
+    from reformer.training import checkpoints, sharding, state
 
     mesh = sharding.make_mesh(config.mesh)
-    model = trainer.make_model(config)
-    abstract = trainer.abstract_state(config, model, make_optimizer(config.optimizer), mesh)
+    model = state.make_model(config)
+    abstract_params = state.abstract_params(config, model, mesh)
     manager = checkpoints.make_manager(workdir, config.train.keep_checkpoints, create=False)
     scored = []
     try:
@@ -82,8 +79,10 @@ def score_checkpoints(config, workdir: str, every: bool = True) -> list[dict]:
         for step in steps if every else steps[-1:]:
             path = os.path.join(workdir, f"bleu_{step}.json")
             if not os.path.exists(path):
-                state, _ = checkpoints.restore(manager, step, {"params": abstract.params})
-                hypotheses, scores = evaluate.translation_bleu(config, state["params"], workdir)
+                restored, _ = checkpoints.restore(manager, step, {"params": abstract_params})
+                hypotheses, scores = translation_bleu(
+                    config, model.cfg, restored["params"], workdir
+                )
                 scores["step"] = step
                 with open(os.path.join(workdir, f"bleu_{step}.hyp.txt"), "w") as f:
                     f.write("\n".join(hypotheses) + "\n")
@@ -141,7 +140,7 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", default="runs/multi30k")
     p.add_argument("--variant", default="cpu", help=f"{CONFIG} variant")
@@ -165,78 +164,91 @@ def main(argv=None) -> None:
         help="Further config overrides (tests), e.g. model.d_model=32.",
     )
     args = p.parse_args(argv)
-    residuals = [r.strip() for r in args.residuals.split(",") if r.strip()]
-    if not residuals or any(r not in RESIDUALS for r in residuals):
-        p.error(f"--residuals: {residuals} must be taken from {RESIDUALS}")
+    args.residuals = [r.strip() for r in args.residuals.split(",") if r.strip()]
+    if not args.residuals or any(r not in RESIDUALS for r in args.residuals):
+        p.error(f"--residuals: {args.residuals} must be taken from {RESIDUALS}")
     if args.bleu_every < 1:
         p.error("--bleu_every must be at least 1")
-    out = args.out or os.path.join(args.workdir, "multi30k.json")
-    md = args.markdown or os.path.join(args.workdir, "multi30k.md")
+    args.out = args.out or os.path.join(args.workdir, "multi30k.json")
+    args.markdown = args.markdown or os.path.join(args.workdir, "multi30k.md")
+    return args
+
+
+def run_config(args: argparse.Namespace, residual: str):
+    """The config of one run: the variant with the run's residual, then the command line's
+    data files and `--set KEY=VALUE` overrides (VALUE as JSON, cast to the field's type)."""
+    config = load_config(args.variant, residual, args.workdir, args.num_steps, args.bleu_every)
+    if args.train_files:
+        config.data.train_files = args.train_files
+    if args.validation_files:
+        config.data.validation_files = args.validation_files
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = type(node[leaf])(json.loads(value))
+    return config
+
+
+def record(args, residual: str, config, scores: dict, minutes: float, device: str) -> dict:
+    """One scored checkpoint's record."""
+    return {
+        "config": f"{CONFIG}:{args.variant}",
+        "residual": residual,
+        "split": config.eval.split,
+        "bleu_cased": scores["bleu_cased"],
+        "bleu_uncased": scores["bleu_uncased"],
+        "signature": scores["signature_cased"],
+        "signature_uncased": scores["signature_uncased"],
+        "train_minutes": round(minutes, 2),
+        "steps": scores["step"],
+        "final": scores["step"] == config.train.num_steps,
+        "beam_size": scores["beam_size"],
+        "alpha": scores["alpha"],
+        "sentences": scores["sentences"],
+        "decode_seconds": round(scores["decode_seconds"], 1),
+        "device": device,
+    }
+
+
+def train_and_score(args: argparse.Namespace, residual: str, device: str) -> list[dict]:
+    """Trains one residual's model (resuming its workdir), then scores its checkpoints (every
+    kept one for the residuals of `--curve`, else the last); exits when training stopped
+    before the last step."""
+    config = run_config(args, residual)
+    workdir = os.path.join(args.workdir, residual)
+    print(f"== training the {residual} model in {workdir}", flush=True)
+    print(f"   trained in {train(config, workdir):.1f} wall minutes", flush=True)
+    # The vocabulary also where reformer.evaluate / reformer.translate look by default.
+    if not os.path.exists(os.path.join(workdir, "vocab.model")):
+        shutil.copy(config.data.vocab_path, os.path.join(workdir, "vocab.model"))
+    minutes = train_minutes(workdir)
+    stop_if_unfinished(residual, max(minutes), config.train.num_steps)
+    print(f"== scoring the checkpoints of {workdir} on validation", flush=True)
+    every = residual in args.curve.split(",")
+    return [
+        record(args, residual, config, s, minutes[s["step"]], device)
+        for s in score_checkpoints(config, workdir, every=every)
+    ]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
 
     from absl import logging
 
-    from reformer.training import loop as trainer
     from reformer.training import sharding
 
     logging.set_verbosity(logging.WARNING)
     device = sharding.device_name()
     records = []
-    for residual in residuals:
-        config = load_config(args.variant, residual, args.workdir, args.num_steps, args.bleu_every)
-        if args.train_files:
-            config.data.train_files = args.train_files
-        if args.validation_files:
-            config.data.validation_files = args.validation_files
-        for item in args.set:
-            key, _, value = item.partition("=")
-            node = config
-            *parents, leaf = key.split(".")
-            for name in parents:
-                node = node[name]
-            node[leaf] = type(node[leaf])(json.loads(value))
-        workdir = os.path.join(args.workdir, residual)
-        print(f"== training the {residual} model in {workdir}", flush=True)
-        start = time.time()
-        trainer.train_and_evaluate(config, workdir)
-        print(f"   trained in {(time.time() - start) / 60:.1f} wall minutes", flush=True)
-        # The vocabulary also where reformer.evaluate / reformer.translate look by default.
-        if not os.path.exists(os.path.join(workdir, "vocab.model")):
-            shutil.copy(config.data.vocab_path, os.path.join(workdir, "vocab.model"))
-        minutes = train_minutes(workdir)
-        last_step = max(minutes)
-        if last_step < config.train.num_steps:  # Stopped (SIGTERM, Ctrl-C): resume later.
-            sys.exit(f"Stopped in {residual} at step {last_step}; rerun the command to resume.")
-        print(f"== scoring the checkpoints of {workdir} on validation", flush=True)
-        for s in score_checkpoints(config, workdir, every=residual in args.curve.split(",")):
-            records.append(
-                {
-                    "config": f"{CONFIG}:{args.variant}",
-                    "residual": residual,
-                    "split": config.eval.split,
-                    "bleu_cased": s["bleu_cased"],
-                    "bleu_uncased": s["bleu_uncased"],
-                    "signature": s["signature_cased"],
-                    "signature_uncased": s["signature_uncased"],
-                    "train_minutes": round(minutes[s["step"]], 2),
-                    "steps": s["step"],
-                    "final": s["step"] == config.train.num_steps,
-                    "beam_size": s["beam_size"],
-                    "alpha": s["alpha"],
-                    "sentences": s["sentences"],
-                    "decode_seconds": round(s["decode_seconds"], 1),
-                    "device": device,
-                }
-            )
-    for path in (out, md):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(records, f, indent=1)
-    with open(md, "w") as f:
-        f.write(markdown(records))
-    png = os.path.splitext(out)[0] + ".png"
-    plot(records, png)
-    print(markdown(records))
-    print(f"Wrote {out}, {md} and {png}")
+    for residual in args.residuals:
+        records += train_and_score(args, residual, device)
+    write_results(
+        records, args.out, args.markdown, markdown(records), lambda png: plot(records, png)
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +25,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import pytest  # noqa: E402
 
-from reformer.config.schema import load_config_file  # noqa: E402
+from reformer.config import load_config_file  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,6 +57,18 @@ def run_script(script: str, args: list[str], timeout: int = 600):
         text=True,
         timeout=timeout,
     )
+
+
+@functools.cache
+def load_script(name: str):
+    """scripts/<name>.py loaded as a module (once), to test its functions: the scripts are
+    plain files run as `python scripts/<name>.py`, not a package on the import path."""
+    path = os.path.join(REPO, "scripts", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # What dataclasses and pickling look a module up by.
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_metrics(workdir: str, split: str = "train") -> list[dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reformer.model.blocks import layer_name
+from reformer.model.model_config import layer_name
 
 SELF_MASK = -1e5
 

@@ -82,7 +82,7 @@ def run_config(name: str, scratch: str):
 
 def train_records(name: str) -> list[dict]:
     """metrics.jsonl of golden run `name` trained from scratch, timings left out."""
-    from reformer.training.loop import train_and_evaluate
+    from reformer.train import train_and_evaluate
 
     with tempfile.TemporaryDirectory() as scratch:
         workdir = os.path.join(scratch, "run")
@@ -94,7 +94,7 @@ def train_records(name: str) -> list[dict]:
 
 def peers_config(seq_len: int = PEERS_SEQ_LEN):
     """The peers benchmark's model (its defaults) as a config."""
-    from reformer.config.schema import default_config
+    from reformer.config import default_config
 
     c = default_config()
     m = c.model
@@ -117,10 +117,11 @@ def compiled_figures() -> dict:
     import jax
     import numpy as np
 
-    from reformer.config.schema import validate
+    from reformer.config import validate
     from reformer.training import sharding
     from reformer.training.optimizer import make_optimizer
-    from reformer.training.steps import abstract_state, jit_train_step, make_model
+    from reformer.training.state import abstract_state, make_model
+    from reformer.training.steps import jit_train_step
 
     c = peers_config()
     validate(c, num_devices=jax.device_count())

@@ -1,10 +1,23 @@
 """A slow, obviously-correct reference for LSH and local attention (tests only).
 
-It follows the normative description in DESIGN.md literally and shares no code with
-`attention/lsh.py`: the bookkeeping (sorting, chunking, which keys a query may see, the masks,
-the duplicate counts) is plain Python over positions; only the arithmetic is `jnp`, so
-`jax.grad` gives reference gradients. For each query, in each round: list the keys it may
-attend to, add the masks, softmax; then combine the rounds by their log-sum-exp.
+It implements these semantics (those of trax's `LSHSelfAttention` and HuggingFace's
+`ReformerAttention`) literally and shares no code with `reformer/attention/lsh.py`:
+
+- per round, the positions sorted by bucket, ties by position, padding after every bucket
+  (local attention: one round in the original order); the rounds laid end to end and cut
+  into chunks of `chunk_len`;
+- a query sees the keys of its own chunk and of the `n_chunks_before` / `n_chunks_after`
+  neighbouring chunks, wrapping around (a key in the window twice counts twice);
+- masks added to the logits: causal and padding `-1e9`, the query's own position `-1e5`
+  (shared QK only), a key of another round or bucket `-1e9` when
+  `attend_across_buckets=False`, and `-log N_ij` (how often i sees j over all rounds) when
+  `allow_duplicate_attention=False`;
+- a softmax per round; the rounds' outputs `o_r` combined by their log-sum-exps `z_r` as
+  `sum_r exp(z_r - logsumexp_r z_r) o_r`.
+
+The bookkeeping (sorting, chunking, which keys a query may see, the masks, the duplicate
+counts) is plain Python over positions; only the arithmetic is `jnp`, so `jax.grad` gives
+reference gradients.
 """
 
 from __future__ import annotations

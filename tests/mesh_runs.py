@@ -15,9 +15,9 @@ import sys
 
 import jax
 
-from reformer import evaluate
+from reformer.train import train_and_evaluate
 from reformer.training import sharding
-from reformer.training.loop import train_and_evaluate
+from reformer.training.state import load_params, make_model
 from tests.conftest import load_config
 
 
@@ -46,7 +46,8 @@ def main(out: str, workdir: str, meshes: list[str]) -> None:
         train_and_evaluate(config, run_dir)
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             losses = [r["loss"] for r in map(json.loads, f) if r["split"] == "train"]
-        params, _ = evaluate.load_params(config, run_dir, sharding.make_mesh(config.mesh))
+        mesh = sharding.make_mesh(config.mesh)
+        params, _ = load_params(config, run_dir, make_model(config), mesh)
         shards = {
             jax.tree_util.keystr(path): [x.size, x.addressable_shards[0].data.size]
             for path, x in jax.tree_util.tree_leaves_with_path(params)

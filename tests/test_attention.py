@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from reformer.attention import caches
 from reformer.attention.self_attention import (
     FullSelfAttention,
     LocalSelfAttention,
@@ -246,3 +247,28 @@ def test_position_chunks_equal_the_whole_sequence(kind, span, heads, x_BxLxD, ma
     )
     for a, b in zip(jax.tree.leaves(g_chunked), jax.tree.leaves(g_whole), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_chunks_before", [1, 2])
+def test_local_decoding_reads_the_module_chunk_settings(n_chunks_before, x_BxLxD):
+    """A causal local module decodes through its cache (a prefill, then one position at a
+    time) exactly as its training forward pass, with the ring sized by its own
+    `n_chunks_before`: the step's window reaches as far back as training's."""
+    module = LocalSelfAttention(
+        N_HEADS, D_HEAD, chunk_len=CHUNK, n_chunks_before=n_chunks_before, causal=True
+    )
+    params = module.init(jax.random.key(1), x_BxLxD)
+    whole = module.apply(params, x_BxLxD)[0]
+    cache = caches.empty_self_cache(
+        "local", BATCH, LENGTH, N_HEADS, D_HEAD, jnp.float32,
+        local_chunk_len=module.chunk_len, n_chunks_before=module.n_chunks_before,
+    )  # fmt: skip
+    assert cache["k"].shape[2] == (n_chunks_before + 1) * CHUNK
+    prefix = 5
+    out, cache = module.apply(params, x_BxLxD[:, :prefix], cache=cache, start=jnp.int32(0))
+    outs = [out]
+    step = jax.jit(lambda x, cache, t: module.apply(params, x, cache=cache, start=t))
+    for t in range(prefix, LENGTH):
+        out, cache = step(x_BxLxD[:, t : t + 1], cache, jnp.int32(t))
+        outs.append(out)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), whole, rtol=1e-5, atol=1e-5)

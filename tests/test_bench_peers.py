@@ -5,14 +5,12 @@ import json
 import math
 import os
 import re
-import sys
 
 import pytest
 
-from tests.conftest import REPO, run_script
-
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import bench_peers as script  # noqa: E402
+from reformer.experiments.peers.common import axial_dims, axial_shape
+from reformer.experiments.peers.report import memory_key
+from tests.conftest import run_script
 
 REQUIRED = {
     "impl",
@@ -51,9 +49,9 @@ def installed_impls() -> list[str]:
 
 @pytest.mark.parametrize("seq_len", [128, 4096, 16384, 96])
 def test_axial_shape_factors_the_length(seq_len):
-    a, b = script.axial_shape(seq_len)
+    a, b = axial_shape(seq_len)
     assert a * b == seq_len and a >= b >= 1
-    assert sum(script.axial_dims(512)) == 512
+    assert sum(axial_dims(512)) == 512
 
 
 def test_toy_run_of_every_installed_implementation(tmp_path):
@@ -122,8 +120,8 @@ def test_profile_step_groups_the_operations_of_one_step():
 def test_memory_compared_is_the_gpus_where_there_is_any():
     cpu = [{"peak_rss_bytes": 3, "peak_device_bytes": None}]
     gpu = [{"peak_rss_bytes": 3, "peak_device_bytes": 5}]
-    assert script.memory_key(cpu) == ("peak_rss_bytes", "peak RSS")
-    assert script.memory_key(gpu) == ("peak_device_bytes", "peak GPU memory")
+    assert memory_key(cpu) == ("peak_rss_bytes", "peak RSS")
+    assert memory_key(gpu) == ("peak_device_bytes", "peak GPU memory")
 
 
 def test_gpu_run_without_a_gpu_fails_with_a_clear_error(tmp_path):

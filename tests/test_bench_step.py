@@ -9,10 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, load_script, run_script
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import bench_step as script  # noqa: E402
+script = load_script("bench_step")
 
 REQUIRED = {
     "seq_len",
@@ -43,7 +42,8 @@ def test_model_flops_agree_with_xla_for_one_plain_layer(seq_len, d_ff):
     work, so it may be a few percent higher), for attention- and FF-heavy shapes."""
     from reformer.training import sharding
     from reformer.training.optimizer import make_optimizer
-    from reformer.training.steps import abstract_state, jit_train_step, make_model
+    from reformer.training.state import abstract_state, make_model
+    from reformer.training.steps import jit_train_step
 
     args = _args(d_ff=d_ff)
     c = script.make_config(args, seq_len, ("full",), False, "float32")

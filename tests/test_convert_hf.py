@@ -25,12 +25,13 @@ transformers = pytest.importorskip(
 )
 
 from reformer.attention import self_attention as attention  # noqa: E402
-from reformer.config.schema import ConfigError, load_config_file  # noqa: E402
-from reformer.evaluate import evaluate_checkpoint  # noqa: E402
+from reformer.config import ConfigError, load_config_file  # noqa: E402
+from reformer.evaluation.checkpoint import score_checkpoint  # noqa: E402
 from reformer.interop.hf_import import config_from_hf, convert  # noqa: E402
-from reformer.model.models import shift_right  # noqa: E402
-from reformer.training import checkpoints, steps  # noqa: E402
-from reformer.training.loop import train_and_evaluate  # noqa: E402
+from reformer.model.models import init_params, shift_right  # noqa: E402
+from reformer.train import train_and_evaluate  # noqa: E402
+from reformer.training import checkpoints  # noqa: E402
+from reformer.training.state import make_model  # noqa: E402
 from tests import gcs_emulator  # noqa: E402
 from tests.conftest import REPO, run_module  # noqa: E402
 from tests.test_text_data import PREFIX  # noqa: E402
@@ -96,15 +97,13 @@ def hf_rotations(shape):
 def our_logits(config, params, tokens, monkeypatch=None):
     if monkeypatch is not None:
         monkeypatch.setattr(attention, "random_rotations", lambda key, shape: hf_rotations(shape))
-    model = steps.make_model(config)
+    model = make_model(config)
     return np.asarray(model.apply({"params": params}, jnp.asarray(tokens)))
 
 
 def load_converted(config_path, workdir):
     config = load_config_file(config_path)
-    shapes = jax.eval_shape(
-        lambda k: steps.init_params(steps.make_model(config), k, 1, 16), jax.random.key(0)
-    )
+    shapes = jax.eval_shape(lambda k: init_params(make_model(config), k, 1, 16), jax.random.key(0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes)
     params, step = checkpoints.restore_params(workdir, 3, shapes, "test")
@@ -185,7 +184,7 @@ def test_fine_tune_from_converted_weights_then_evaluate(converted, tmp_path):
     # Evaluation reads both workdirs: the converted one (parameters only) and the tuned one.
     config.eval.split = "test"
     for directory in (workdir, run):
-        result = evaluate_checkpoint(config, directory, write=False)
+        result, _ = score_checkpoint(config, directory)
         assert np.isfinite(result["bits_per_byte"]) and result["tokens"] > 0
 
 
@@ -234,7 +233,7 @@ def test_enwik8_layout():
     # Our enwik8 config builds the same parameter tree (activation and hashes aside).
     ours = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "enwik8.py"))
     shapes = [
-        jax.eval_shape(lambda k, c=cfg: steps.init_params(steps.make_model(c), k, 1, 1024),
+        jax.eval_shape(lambda k, c=cfg: init_params(make_model(c), k, 1, 1024),
                        jax.random.key(0))
         for cfg in (c, ours)
     ]  # fmt: skip

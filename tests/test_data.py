@@ -1,5 +1,6 @@
 """The duplication task: structure, weights, determinism, resumable position."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,14 +59,21 @@ def test_state_from_another_seed_is_refused():
         stream.set_state({"name": "duplication", "seed": 2, "index": 4})
 
 
-def test_hosts_split_the_same_global_batch():
-    kwargs = dict(seed=2, batch_size=8, word_len=5, vocab_size=16)
-    whole = next(DuplicationStream(**kwargs))["tokens"]
-    parts = [
-        next(DuplicationStream(**kwargs, process_index=i, process_count=4))["tokens"]
-        for i in range(4)
-    ]
+def test_hosts_split_the_same_global_batch(monkeypatch):
+    """Each of 4 processes (`jax.process_index` / `process_count` patched) reads its block of
+    the one global batch."""
+    config = load_config("tiny")
+    config.train.batch_size = 8
+    whole = next(make_train_stream(config))["tokens"]
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    parts = []
+    for i in range(4):
+        monkeypatch.setattr(jax, "process_index", lambda i=i: i)
+        parts.append(next(make_train_stream(config))["tokens"])
     np.testing.assert_array_equal(np.concatenate(parts), whole)
+    config.train.batch_size = 6
+    with pytest.raises(ValueError, match="not divisible by the number of processes 4"):
+        make_train_stream(config)
 
 
 def test_pipeline_from_config():

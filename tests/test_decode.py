@@ -7,9 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reformer.decoding import cache
 from reformer.decoding import sampling as decode
-from reformer.model.models import ModelConfig, ReformerLM
-from reformer.training import steps
+from reformer.evaluation.scoring import cached_eval_step
+from reformer.model.blocks import loss_and_metrics
+from reformer.model.model_config import ModelConfig
+from reformer.model.models import ReformerLM, init_params
+from reformer.tokens import END_ID
 from tests.conftest import load_config
 from tests.decode_reference import reference_logits
 
@@ -33,11 +37,18 @@ def model_config(types, *, reversible=True, positional="axial", **overrides) -> 
 
 
 def make(cfg: ModelConfig, seed: int = 1):
-    return steps.init_params(ReformerLM(cfg), jax.random.key(seed), 1, 64)
+    return init_params(ReformerLM(cfg), jax.random.key(seed), 1, 64)
 
 
 def random_tokens(key: int, shape) -> jax.Array:
     return jax.random.randint(jax.random.key(key), shape, 2, 20)
+
+
+def all_rotations(cfg: ModelConfig, hash_key, n_hashes: int) -> list:
+    """Each layer's LSH self-attention rotations of a decode with `hash_key` (None for other
+    layers), as its cache set-up draws them."""
+    caches = cache.init_caches(cfg, 1, 1, n_hashes, hash_key)
+    return [c["attention"].get("rotations") for c in caches]
 
 
 EXACT = {
@@ -127,7 +138,7 @@ def test_lsh_decoding_equals_the_slow_reference(lsh_model, prefix):
     tokens = random_tokens(6, (2, 40))
     key = jax.random.key(7)
     logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=prefix)
-    expected = reference_logits(cfg, params, tokens, decode.all_rotations(cfg, key, 2))
+    expected = reference_logits(cfg, params, tokens, all_rotations(cfg, key, 2))
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
@@ -137,7 +148,7 @@ def test_lsh_with_full_layers_equals_the_slow_reference():
     tokens = random_tokens(16, (2, 24))
     key = jax.random.key(8)
     logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=5)
-    expected = reference_logits(cfg, params, tokens, decode.all_rotations(cfg, key, 2))
+    expected = reference_logits(cfg, params, tokens, all_rotations(cfg, key, 2))
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
@@ -146,7 +157,7 @@ def test_factorized_buckets_decode_as_the_slow_reference():
     params = make(cfg)
     tokens = random_tokens(17, (2, 24))
     key = jax.random.key(9)
-    rotations = decode.all_rotations(cfg, key, 2)
+    rotations = all_rotations(cfg, key, 2)
     assert rotations[0].shape[-1] == 3  # (2 + 4) / 2 columns, not 8 / 2.
     logits = decode.cached_logits(cfg, params, tokens, key, n_hashes=2, prefix=5)
     np.testing.assert_allclose(logits, reference_logits(cfg, params, tokens, rotations), atol=1e-4)
@@ -156,20 +167,20 @@ def test_automatic_buckets_follow_the_training_length():
     """With `n_buckets = 0`, decoding hashes into the buckets training used at its sequence
     length (`2 * seq_len / lsh_chunk_len`), not at the positions the model could hold."""
     cfg = model_config(("lsh", "local"), n_buckets=0)
-    resolved = decode.with_training_length(cfg, 32)
-    assert decode.lsh_n_buckets(resolved) == 8 and resolved.n_buckets == 0
-    rotations = decode.all_rotations(resolved, jax.random.key(0), 2)
+    resolved = cache.with_training_length(cfg, 32)
+    assert cache.lsh_n_buckets(resolved) == 8 and resolved.n_buckets == 0
+    rotations = all_rotations(resolved, jax.random.key(0), 2)
     assert rotations[0].shape == (cfg.n_heads, cfg.d_head, 2, 4)
-    assert decode.with_training_length(LSH, 32) == LSH  # explicit buckets stay
+    assert cache.with_training_length(LSH, 32) == LSH  # explicit buckets stay
     # The eval step decodes with the buckets of its windows' length.
     params = make(cfg)
     tokens = random_tokens(17, (1, 32))
     batch = {"tokens": tokens, "weights": jnp.ones((1, 32))}
-    sums = steps.cached_eval_step(params, batch, model=ReformerLM(cfg), n_hashes=2)
+    sums = cached_eval_step(params, batch, model=ReformerLM(cfg), n_hashes=2)
     logits = decode.cached_logits(
         resolved, params, tokens, jax.random.key(0), n_hashes=2, prefix=32
     )
-    expected = steps.loss_and_metrics(logits, tokens, batch["weights"])[1]
+    expected = loss_and_metrics(logits, tokens, batch["weights"])[1]
     np.testing.assert_allclose(sums["loss_sum"], expected["loss_sum"], rtol=1e-6)
 
 
@@ -272,7 +283,7 @@ def test_top_k_and_top_p_never_emit_excluded_tokens(top_k, top_p):
 def test_rows_stop_at_the_end_token():
     cfg = model_config(("local",))
     params = make(cfg)
-    params["logits"]["bias"] = params["logits"]["bias"].at[decode.END_TOKEN].set(1e3)
+    params["logits"]["bias"] = params["logits"]["bias"].at[END_ID].set(1e3)
     prompt = random_tokens(13, (2, 3))
     tokens = decode.generate(cfg, params, prompt, 6, jax.random.key(0), decode.Sampling())
     np.testing.assert_array_equal(tokens, [[1, 0, 0, 0, 0, 0]] * 2)

@@ -6,11 +6,12 @@ import os
 import jax
 import pytest
 
-from reformer import evaluate
-from reformer.config.schema import ConfigError
-from reformer.training import loop as trainer
+from reformer.config import ConfigError
+from reformer.evaluation import checkpoint as evaluate
+from reformer.model.models import init_params
+from reformer.train import train_and_evaluate
 from reformer.training import sharding
-from reformer.training.loop import train_and_evaluate
+from reformer.training.state import load_params, make_model
 from tests.conftest import REPO, load_config, run_module, run_script
 
 LSH_OVERRIDES = {"attention_types": ("lsh",), "lsh_chunk_len": 8, "n_hashes": 2}
@@ -57,11 +58,12 @@ def test_more_hashes_and_full_attention_reuse_the_weights(lsh_run):
     workdir, _ = lsh_run
     mesh = sharding.make_mesh()
     config = lsh_config()
-    params, step = evaluate.load_params(config, workdir, mesh)
+    model = make_model(config)
+    params, step = load_params(config, workdir, model, mesh)
     results = {}
     for types, n in ((("lsh",), 2), (("lsh",), 8), (("full_shared_qk",), 0)):
         config.eval.attention_types, config.eval.n_hashes = types, n
-        results[(types[0], n)] = evaluate.evaluate_params(config, params, step, mesh)
+        results[(types[0], n)] = evaluate.evaluate_params(config, model, params, step, mesh)
     assert results[("lsh", 8)]["n_hashes"] == 8
     assert "n_hashes" not in results[("full_shared_qk", 0)]
     # Different attention gives different (finite) losses from the same weights.
@@ -77,15 +79,16 @@ def test_evaluation_attention_runs_the_trained_weights():
     config = load_config("tiny")
     config.model.local_chunk_len = config.data.seq_len
     mesh = sharding.make_mesh()
-    params = trainer.init_params(trainer.make_model(config), jax.random.key(3), 1, 32)
-    full = evaluate.evaluate_params(config, params, 0, mesh)
+    model = make_model(config)
+    params = init_params(model, jax.random.key(3), 1, 32)
+    full = evaluate.evaluate_params(config, model, params, 0, mesh)
     config.eval.attention_types = ("local",)
-    local = evaluate.evaluate_params(config, params, 0, mesh)
+    local = evaluate.evaluate_params(config, model, params, 0, mesh)
     assert local["attention_types"] == ["local"]
     assert local["loss"] == pytest.approx(full["loss"], rel=1e-6)
-    other = trainer.init_params(trainer.make_model(config), jax.random.key(4), 1, 32)
+    other = init_params(model, jax.random.key(4), 1, 32)
     # Other weights (even untrained ones, whose losses are all near log(vocab)) differ.
-    assert evaluate.evaluate_params(config, other, 0, mesh)["loss"] != pytest.approx(
+    assert evaluate.evaluate_params(config, model, other, 0, mesh)["loss"] != pytest.approx(
         full["loss"], rel=1e-6
     )
 
@@ -95,13 +98,13 @@ def test_incompatible_attention_and_missing_checkpoint_are_clear_errors(lsh_run,
     config = lsh_config()
     config.eval.attention_types = ("full",)
     with pytest.raises(ConfigError, match="config.eval.attention_types"):
-        evaluate.evaluate_checkpoint(config, workdir, write=False)
+        evaluate.score_checkpoint(config, workdir)
     with pytest.raises(ConfigError, match="no checkpoint to evaluate"):
-        evaluate.evaluate_checkpoint(lsh_config(), str(tmp_path), write=False)
+        evaluate.score_checkpoint(lsh_config(), str(tmp_path))
     config = lsh_config()
     config.eval.split = "dev"
     with pytest.raises(ConfigError, match="config.eval.split"):
-        evaluate.evaluate_checkpoint(config, workdir, write=False)
+        evaluate.score_checkpoint(config, workdir)
 
 
 def test_reproduce_duplication_toy_scale_end_to_end(tmp_path):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from reformer.attention.primitives import matmul
 from reformer.model.layers import (
     AxialPositionalEmbedding,
     ChunkedFeedForward,
     gelu_tanh,
     layer_norm,
-    matmul,
 )
 
 
@@ -67,7 +67,7 @@ def test_axial_positions_shape_and_slicing():
 def test_sequence_map_joins_sums_and_looks_back(chunk_size):
     """Chunks joined along their axes, per-chunk results summed (`out_axis=None`), and a
     look-back of earlier positions: equal to the whole-sequence computation, with gradients."""
-    from reformer.model.layers import sequence_map
+    from reformer.attention.primitives import sequence_map
 
     x = jax.random.normal(jax.random.key(0), (2, 16, 3))
     w = jax.random.normal(jax.random.key(1), (3, 4))

@@ -3,15 +3,10 @@ nothing is run; long tests)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-from tests.conftest import REPO, load_config
-
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-from bench_memory import step_memory  # noqa: E402
+from reformer.experiments.memory import step_memory
+from tests.conftest import load_config, load_script
 
 
 @pytest.mark.slow
@@ -45,8 +40,7 @@ def test_the_64k_step_needs_at_most_6_gib_in_float32():
 
 @pytest.mark.slow
 def test_memory_breakdown_names_every_part_and_the_gradient_needs_more_than_the_forward():
-    from bench_long_context import breakdown
-
+    breakdown = load_script("bench_long_context").breakdown
     records = {r["part"]: r for r in breakdown(4096, "float32")}
     assert set(records) == {
         "forward (loss)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reformer.training.loop import train_and_evaluate
+from reformer.train import train_and_evaluate
 from tests.conftest import load_config, read_metrics
 from tests.test_text_data import PREFIX
 

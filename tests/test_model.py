@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer.model.models import ModelConfig, ReformerLM, loss_and_metrics, shift_right
+from reformer.model.blocks import loss_and_metrics
+from reformer.model.model_config import ModelConfig
+from reformer.model.models import ReformerLM, shift_right
 from tests.conftest import load_config
+from tests.jacobians import embedded_jacobian
 
 
 def reformer_config():
@@ -44,26 +47,19 @@ def test_logits_shape_and_dtype(model_and_params):
     assert np.all(np.isfinite(logits))
 
 
-def test_causal_through_gradients(model_and_params):
+def test_causal_through_gradients(model_and_params, monkeypatch):
     """The output at t depends on inputs at positions <= t only.
 
     Input position s holds token s-1 (the model shifts right), so the prediction at t uses
     tokens before t. Gradients are taken with respect to a perturbation added to the
-    embedded inputs (flax `perturb`), position by position. For the Reformer this covers
-    the reversible stack's custom backward pass, LSH and local attention.
+    embedded inputs, position by position. For the Reformer this covers the reversible
+    stack's custom backward pass, LSH and local attention.
     """
     model, params = model_and_params
     length = 32
     tokens = jax.random.randint(jax.random.key(2), (1, length), 0, 16)
-    variables = model.init({"params": jax.random.key(0)}, tokens)
-    perturbations = jax.tree.map(jnp.zeros_like, variables["perturbations"])
-
-    def outputs(perturbations):
-        logits = model.apply({"params": params, "perturbations": perturbations}, tokens)
-        return logits[0].sum(-1)  # [L]
-
-    jac = jax.jacrev(outputs)(perturbations)["embedded"]  # [L_out, 1, L_in, D]
-    dependence = np.abs(np.asarray(jac[:, 0])).sum(-1)  # [L_out, L_in]
+    jac = embedded_jacobian(model, params, tokens, monkeypatch)
+    dependence = np.abs(jac).sum(-1)  # [L_out, L_in]
     assert np.all(np.triu(dependence, k=1) == 0.0), "an output depends on later inputs"
     assert np.all(np.diag(dependence) > 0.0), "an output ignores its own input"
     if model.cfg.attention_types == ("full",):  # Full attention sees every earlier input.

@@ -11,17 +11,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer import data, sample
+import reformer.config as config_lib
+from reformer import data
 from reformer.attention import self_attention as attention
-from reformer.config import schema as config_lib
 from reformer.decoding import sampling as decode
-from reformer.model.blocks import AttentionHalf, FeedForwardHalf, layer_params
+from reformer.model.blocks import AttentionHalf, FeedForwardHalf
 from reformer.model.layers import layer_norm
-from reformer.model.models import ModelConfig, ReformerEncoder, ReformerLM, init_params, shift_right
+from reformer.model.model_config import ModelConfig, layer_params
+from reformer.model.models import ReformerEncoder, ReformerLM, init_params, shift_right
+from reformer.train import train_and_evaluate
 from reformer.training import checkpoints, steps
-from reformer.training.loop import train_and_evaluate
 from reformer.training.optimizer import make_optimizer
+from reformer.training.state import load_params, make_init_state, make_model
 from tests.conftest import REPO, load_config, read_metrics, run_module
+from tests.jacobians import embedded_jacobian
 
 LEGACY_WORKDIR = os.path.join(REPO, "tests", "data", "legacy_workdir")
 
@@ -96,7 +99,7 @@ def test_training_without_a_hash_rng_is_refused():
 def test_config_file_with_legacy_fields_loads(tmp_path):
     path = tmp_path / "old.py"
     path.write_text(
-        "from reformer.config.schema import default_config\n"
+        "from reformer.config import default_config\n"
         "def get_config():\n"
         "    c = default_config()\n"
         "    c.model.reversible = True\n"
@@ -136,10 +139,10 @@ def test_workdir_written_before_residual_restores_with_the_same_logits(tmp_path)
     config = legacy_run_config()
     with open(os.path.join(workdir, "config.json")) as f:
         assert "reversible" in json.load(f)["model"]
-    params, step = sample.load_params(config, workdir)
+    params, step = load_params(config, workdir, make_model(config))
     assert step == 2
     expected = np.load(os.path.join(workdir, "expected_logits.npz"))
-    logits = steps.make_model(config).apply({"params": params}, jnp.asarray(expected["tokens"]))
+    logits = make_model(config).apply({"params": params}, jnp.asarray(expected["tokens"]))
     np.testing.assert_allclose(logits, expected["logits"], rtol=1e-6, atol=1e-6)
 
     other = legacy_run_config()
@@ -175,24 +178,16 @@ def test_encoder_outputs_at_real_positions_ignore_extra_padding(types):
 
 
 @pytest.mark.parametrize("types", [("full",), ("local",), ("lsh",)])
-def test_encoder_is_bidirectional_and_padding_is_never_attended(types):
+def test_encoder_is_bidirectional_and_padding_is_never_attended(types, monkeypatch):
     """Through gradients with respect to the embedded inputs: an output depends on later
     positions (bidirectional), and no output at a real position depends on a padded one (no
     padded key receives attention weight, in LSH layers as well)."""
     cfg = encoder_config(types, n_buckets=4, n_hashes=2)
     model = ReformerEncoder(cfg)
     inputs = jnp.pad(tokens((1, 24)), ((0, 0), (0, 8)))
-    variables = model.init({"params": jax.random.key(0)}, inputs)
-    zeros = jax.tree.map(jnp.zeros_like, variables["perturbations"])
-
-    def outputs(perturbations):
-        logits = model.apply(
-            {"params": variables["params"], "perturbations": perturbations}, inputs
-        )
-        return logits[0].sum(-1)
-
-    jac = jax.jacrev(outputs)(zeros)["embedded"][:, 0]  # [L_out, L_in, D]
-    dependence = np.abs(np.asarray(jac)).sum(-1)
+    params = model.init({"params": jax.random.key(0)}, inputs)["params"]
+    jac = embedded_jacobian(model, params, inputs, monkeypatch)  # [L_out, L_in, D]
+    dependence = np.abs(jac).sum(-1)
     assert np.all(dependence[:24, 24:] == 0.0), "a real position depends on padding"
     assert dependence[0, 1:8].sum() > 0.0, "the first output ignores the positions after it"
 
@@ -243,9 +238,9 @@ def test_encoder_heads_fit_a_batch(variant):
     (per position, or pooled over the real positions) and the gradients are wired up."""
     config = encoder_run_config(variant)
     config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 1
-    model = steps.make_model(config)
+    model = make_model(config)
     tx = make_optimizer(config.optimizer)
-    state = steps.make_init_state(config, model, tx)(jax.random.key(0))
+    state = make_init_state(config, model, tx)(jax.random.key(0))
     batch = jax.tree.map(jnp.asarray, next(data.make_train_stream(config)))
     step = jax.jit(
         lambda s, b: steps.train_step(

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from reformer import data
+from reformer.model.models import init_params
+from reformer.train import train_and_evaluate
 from reformer.training import sharding, steps
-from reformer.training.loop import train_and_evaluate
+from reformer.training.state import make_model
 from tests.conftest import REPO, checkpoint_steps, read_metrics, run_module
 from tests.mesh_runs import small_config
 
@@ -140,8 +142,8 @@ def test_gradient_accumulation_equals_the_whole_batch():
     """grad_accum_steps=4 gives the loss and gradients of the whole batch (relative 1e-5)."""
     config = small_config()
     config.train.batch_size = 8
-    model = steps.make_model(config)
-    params = steps.init_params(model, jax.random.key(0), 1, config.data.seq_len)
+    model = make_model(config)
+    params = init_params(model, jax.random.key(0), 1, config.data.seq_len)
     batch = jax.tree.map(jnp.asarray, next(data.make_train_stream(config)))
     batch["weights"] = batch["weights"].at[:3].set(0.0)  # Unequal weights per micro-batch.
     keys = jax.random.key(1), jax.random.key(2)
@@ -259,9 +261,9 @@ def test_two_processes_train_resume_and_evaluate_like_one(one_device, tmp_path):
     with open(os.path.join(workdir, "eval_validation.json")) as f:
         two_process_eval = json.load(f)
     config = small_config(6)
-    from reformer.evaluate import evaluate_checkpoint
+    from reformer.evaluation.checkpoint import score_checkpoint
 
-    here = evaluate_checkpoint(config, workdir, write=False)
+    here, _ = score_checkpoint(config, workdir)
     assert two_process_eval["step"] == here["step"] == 6
     np.testing.assert_allclose(two_process_eval["loss"], here["loss"], rtol=1e-5)
 

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from reformer.config.schema import default_config
+from reformer.config import default_config
 from reformer.training.optimizer import make_optimizer, make_schedule
 
 

@@ -21,11 +21,11 @@ import jax
 import numpy as np
 import pytest
 
-from reformer.config.schema import ConfigError
-from reformer.evaluate import load_params
+from reformer.config import ConfigError
+from reformer.train import train_and_evaluate
 from reformer.training import sharding
-from reformer.training.loop import train_and_evaluate
 from reformer.training.metrics import keep_records_up_to
+from reformer.training.state import load_params, make_model
 from tests.conftest import REPO, checkpoint_steps, load_config, read_metrics
 
 SEED = int(os.environ.get("RECOVERY_SEED", "25"))  # Override to soak other moments.
@@ -45,7 +45,7 @@ RESUMED = re.compile(r"Resumed from .* at step (\d+)\.")
 def final_params(workdir, num_steps):
     config = load_config("tiny")
     config.train.num_steps = num_steps
-    params, step = load_params(config, workdir, sharding.make_mesh())
+    params, step = load_params(config, workdir, make_model(config), sharding.make_mesh())
     return jax.device_get(params), step
 
 

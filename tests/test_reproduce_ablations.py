@@ -8,11 +8,10 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, load_script, run_script
 from tests.test_text_data import fake_enwik8
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import reproduce_enwik8_ablations as script  # noqa: E402
+script = load_script("reproduce_enwik8_ablations")
 
 REQUIRED = {
     "figure",

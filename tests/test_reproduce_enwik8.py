@@ -3,25 +3,24 @@
 import json
 import lzma
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_script
+from reformer.experiments.results import xz_bpc
+from tests.conftest import load_script, run_script
 from tests.test_text_data import fake_enwik8
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
-import reproduce_enwik8_prefix as script  # noqa: E402
+script = load_script("reproduce_enwik8_prefix")
 
 
 def test_xz_bpc_is_the_size_of_xz_9e_output_in_bits_per_byte():
     text = b"the quick brown fox jumps over the lazy dog. " * 200
     compressed = lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)
-    assert script.xz_bpc(text) == pytest.approx(8 * len(compressed) / len(text))
-    assert script.xz_bpc(text) < 0.5  # Repetitive text compresses well...
+    assert xz_bpc(text) == pytest.approx(8 * len(compressed) / len(text))
+    assert xz_bpc(text) < 0.5  # Repetitive text compresses well...
     noise = np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
-    assert script.xz_bpc(noise) > 8.0  # ...random bytes do not (container overhead).
+    assert xz_bpc(noise) > 8.0  # ...random bytes do not (container overhead).
 
 
 def test_markdown_table_has_one_row_per_record():

@@ -8,17 +8,16 @@ an unfinished run. Training is replaced by a no-op and the checkpoint by one at 
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+from tests.conftest import REPO, load_script
+
 DATA = os.path.join(REPO, "..", "shared", "data", "enwik8_prefix_4154399")
 
-import reproduce_duplication  # noqa: E402
-import reproduce_enwik8_ablations  # noqa: E402
-import reproduce_enwik8_prefix  # noqa: E402
+reproduce_duplication = load_script("reproduce_duplication")
+reproduce_enwik8_ablations = load_script("reproduce_enwik8_ablations")
+reproduce_enwik8_prefix = load_script("reproduce_enwik8_prefix")
 
 SCRIPTS = {
     "duplication": (reproduce_duplication.main, ["--scale=toy", "--rows=full,lsh2"], "full"),
@@ -37,15 +36,16 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_a_stopped_training_stops_the_script(script, tmp_path, monkeypatch):
-    from reformer import evaluate
-    from reformer.training import loop as trainer
+    from reformer import train
+    from reformer.evaluation import checkpoint
+    from reformer.training import state
 
     main, args, first = SCRIPTS[script]
     trained = []
-    monkeypatch.setattr(trainer, "train_and_evaluate", lambda c, w: trained.append(w))
-    monkeypatch.setattr(evaluate, "load_params", lambda c, w, m: ({}, 1))
+    monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: trained.append(w))
+    monkeypatch.setattr(state, "load_params", lambda c, w, model, mesh: ({}, 1))
     evaluated = []
-    monkeypatch.setattr(evaluate, "evaluate_params", lambda *a, **k: evaluated.append(a))
+    monkeypatch.setattr(checkpoint, "evaluate_params", lambda *a, **k: evaluated.append(a))
     with pytest.raises(SystemExit) as stop:
         main([*args, f"--workdir={tmp_path}"])
     assert f"Stopped in {first} at step 1" in str(stop.value.code)

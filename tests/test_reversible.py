@@ -1,16 +1,15 @@
 """The reversible stack: exact gradients, saved buckets reused, memory flat in depth."""
 
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from reformer.model import reversible
-from reformer.model.models import AttentionHalf, FeedForwardHalf, ModelConfig, ReformerLM
-from tests.conftest import load_config
+from reformer.model.blocks import AttentionHalf, FeedForwardHalf
+from reformer.model.model_config import ModelConfig
+from reformer.model.models import ReformerLM
+from tests.conftest import load_config, load_script
 
 LENGTH = 64
 
@@ -170,8 +169,7 @@ def test_bfloat16_reversible_gradients_equal_plain_gradients(monkeypatch):
             return y1, y2
 
         monkeypatch.setattr(reversible, name, recording)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts"))
-    import bf16_gradient_gap
+    bf16_gradient_gap = load_script("bf16_gradient_gap")
 
     assert bf16_gradient_gap.gap_config(True).dtype == "bfloat16"
     gaps = bf16_gradient_gap.gaps(seed=0)

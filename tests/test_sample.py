@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from reformer import data, sample
+from reformer.evaluation.scoring import make_eval_fn
+from reformer.model.models import init_params
+from reformer.train import train_and_evaluate
 from reformer.training import sharding, steps
-from reformer.training.loop import train_and_evaluate
+from reformer.training.state import load_params, make_model
 from tests.conftest import load_config, run_module
 from tests.test_text_data import PREFIX
 
@@ -60,14 +63,14 @@ def bits_per_byte(config, params, cached: bool) -> float:
     config = config.copy_and_resolve_references()
     config.eval.cached = cached
     mesh = sharding.make_mesh(config.mesh)
-    eval_fn = jax.jit(steps.make_eval_fn(config, steps.make_model(config), params))
+    eval_fn = jax.jit(make_eval_fn(config, make_model(config), params))
     batches = data.make_eval_batches(config)[: config.eval.num_batches]
     return steps.evaluate(eval_fn, params, mesh, batches)["bits_per_token"]
 
 
 def test_cached_scoring_of_enwik8_is_close_to_the_forward_pass(trained):
     config, workdir = trained
-    params, step = sample.load_params(config, workdir)
+    params, step = load_params(config, workdir, make_model(config))
     assert step == 150
     forward = bits_per_byte(config, params, cached=False)
     cached = bits_per_byte(config, params, cached=True)
@@ -77,9 +80,9 @@ def test_cached_scoring_of_enwik8_is_close_to_the_forward_pass(trained):
 
 def test_only_parameters_are_read(trained):
     config, workdir = trained
-    params, _ = sample.load_params(config, workdir)
+    params, _ = load_params(config, workdir, make_model(config))
     expected = jax.eval_shape(
-        lambda k: steps.init_params(steps.make_model(config), k, 1, 256), jax.random.key(0)
+        lambda k: init_params(make_model(config), k, 1, 256), jax.random.key(0)
     )
     assert jax.tree.structure(params) == jax.tree.structure(expected)
     assert all(math.isfinite(float(np.abs(a).sum())) for a in jax.tree.leaves(params))

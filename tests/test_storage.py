@@ -9,7 +9,7 @@ import os
 import pytest
 
 from reformer import storage
-from reformer.config.schema import ConfigError, validate
+from reformer.config import ConfigError, validate
 from tests.conftest import REPO, load_config, run_module
 
 

@@ -7,7 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from reformer.config.schema import ConfigError
+from reformer.config import ConfigError
+from reformer.config.schema import SPLITS
 from reformer.data import enwik8, make_eval_batches, make_train_stream, text
 from tests.conftest import REPO, load_config
 
@@ -77,7 +78,7 @@ def test_zip_source_gives_the_same_splits(small_file, prepared, tmp_path):
     with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("enwik8", data)
     splits = enwik8.load_splits(str(zipped), str(tmp_path / "tfds"))
-    for name in text.SPLITS:
+    for name in SPLITS:
         np.testing.assert_array_equal(splits[name], prepared[0][name])
 
 
@@ -148,7 +149,7 @@ def test_restored_iterator_continues_exactly(prepared):
 def test_hosts_take_their_rows_of_one_global_batch(prepared):
     train = prepared[0]["train"]
     whole = next(crop_stream(train))["tokens"]
-    parts = [next(crop_stream(train, process_index=i, process_count=2))["tokens"] for i in range(2)]
+    parts = [next(crop_stream(train, rows=slice(2 * i, 2 * i + 2)))["tokens"] for i in range(2)]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
 
 
@@ -174,7 +175,7 @@ def test_eval_batches_pad_with_unscored_rows_and_split_over_hosts():
     batches = text.eval_batches(w, batch_size=4)
     assert len(batches) == 2 and batches[1]["weights"][3].sum() == 0
     assert sum(b["weights"].sum() for b in batches) == 100
-    halves = [text.eval_batches(w, 4, 0, i, 2) for i in range(2)]
+    halves = [text.eval_batches(w, 4, rows=slice(2 * i, 2 * i + 2)) for i in range(2)]
     np.testing.assert_array_equal(
         np.concatenate([halves[0][1]["tokens"], halves[1][1]["tokens"]]), batches[1]["tokens"]
     )
@@ -199,5 +200,5 @@ def test_builder_prepares_the_shared_enwik8_prefix(tmp_path):
     splits = enwik8.load_splits(PREFIX, str(tmp_path))
     with open(PREFIX, "rb") as f:
         data = f.read()
-    assert [len(splits[s]) for s in text.SPLITS] == [3_738_959, 207_720, 207_720]
-    assert b"".join(splits[s].tobytes() for s in text.SPLITS) == data
+    assert [len(splits[s]) for s in SPLITS] == [3_738_959, 207_720, 207_720]
+    assert b"".join(splits[s].tobytes() for s in SPLITS) == data

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from reformer.config.schema import ConfigError
-from reformer.training.loop import train_and_evaluate
+from reformer.config import ConfigError
+from reformer.train import train_and_evaluate
 from tests.conftest import REPO, checkpoint_steps, load_config, read_metrics, run_module
 
 

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from reformer.config.schema import ConfigError, validate
-from reformer.evaluate import evaluate_checkpoint
-from reformer.training.loop import train_and_evaluate
+from reformer.config import ConfigError, validate
+from reformer.evaluation.checkpoint import evaluate_checkpoint
+from reformer.train import train_and_evaluate
 from tests.conftest import REPO, load_config, run_module
 
 MULTI30K = os.path.join(REPO, "..", "shared", "data", "multi30k")

@@ -191,7 +191,7 @@ def mock_wmt14(text, n_train: int = 500, n_val: int = 40):
 
 
 def test_tfds_dataset_reads_splits_trains_the_vocabulary_and_batches(text, tmp_path):
-    from reformer.config.schema import validate
+    from reformer.config import validate
 
     config = tfds_config(tmp_path)
     validate(config, num_devices=1)
@@ -213,7 +213,7 @@ def test_tfds_dataset_reads_splits_trains_the_vocabulary_and_batches(text, tmp_p
 
 
 def test_tfds_errors_name_the_field(text, tmp_path, monkeypatch):
-    from reformer.config.schema import ConfigError, validate
+    from reformer.config import ConfigError, validate
 
     config = tfds_config(tmp_path)
     config.data.target_lang = "fr"

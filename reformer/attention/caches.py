@@ -28,12 +28,12 @@ import jax.numpy as jnp
 from reformer.attention import lsh
 
 QUERY_BLOCK = 256  # queries attended at once over a whole cache (a long prompt's prefill)
-N_CHUNKS_BEFORE = 1  # local attention in a causal model sees its chunk and the one before
 
 
-def local_window(chunk_len: int) -> int:
-    """Positions a local layer's ring holds: the query's chunk and the chunk before it."""
-    return (N_CHUNKS_BEFORE + 1) * chunk_len
+def local_window(chunk_len: int, n_chunks_before: int) -> int:
+    """Positions a local layer's ring holds: the query's chunk and the `n_chunks_before`
+    chunks before it (the module's own settings)."""
+    return (n_chunks_before + 1) * chunk_len
 
 
 def empty_self_cache(
@@ -45,11 +45,13 @@ def empty_self_cache(
     dtype,
     *,
     local_chunk_len: int = 0,
+    n_chunks_before: int = 0,
     rotations: jax.Array | None = None,
 ) -> dict:
-    """An empty cache of a self-attention layer for `length` positions; an LSH layer's
+    """An empty cache of a self-attention layer for `length` positions; a local layer's
+    ring is sized by its module's `local_chunk_len` and `n_chunks_before`; an LSH layer's
     holds the decode's `rotations` `[H, K, N, R]`."""
-    size = local_window(local_chunk_len) if kind == "local" else length
+    size = local_window(local_chunk_len, n_chunks_before) if kind == "local" else length
     kv = jnp.zeros((batch, n_heads, size, d_head), dtype)
     cache = {"k": kv, "v": kv}
     if kind == "lsh":
@@ -129,8 +131,9 @@ def write(cache_array, new, start, axis):
     )
 
 
-def _local_step(chunk_len, q_BxHx1xK, k_BxHx1xK, v_BxHx1xK, pos, cache):
-    """One position of a local layer: write it into the ring, attend over the window."""
+def _local_step(chunk_len, n_chunks_before, q_BxHx1xK, k_BxHx1xK, v_BxHx1xK, pos, cache):
+    """One position of a local layer: write it into the ring, attend over the window (its
+    chunk and the `n_chunks_before` before it)."""
     window = cache["k"].shape[2]
     slot = pos % window
     cache = {
@@ -138,19 +141,21 @@ def _local_step(chunk_len, q_BxHx1xK, k_BxHx1xK, v_BxHx1xK, pos, cache):
         "v": write(cache["v"], v_BxHx1xK, slot, 2),
         "pos": cache["pos"].at[slot].set(pos),
     }
-    first = (pos // chunk_len - N_CHUNKS_BEFORE) * chunk_len
+    first = (pos // chunk_len - n_chunks_before) * chunk_len
     k_pos = cache["pos"]
     outside = (k_pos < 0) | (k_pos < first)
     bias = causal_bias(pos[None], k_pos, False) + jnp.where(outside, lsh.MASK_VALUE, 0.0)
     return attend(q_BxHx1xK, cache["k"], cache["v"], bias[None, None]), cache
 
 
-def _local_prefill(chunk_len, q_BxHxMxK, k_BxHxMxK, v_BxHxMxK, cache):
+def _local_prefill(chunk_len, n_chunks_before, q_BxHxMxK, k_BxHxMxK, v_BxHxMxK, cache):
     """Positions `[0, M)` of a local layer with the training kernel (which scales q
     itself); then the ring holds the last positions."""
 
     def one_head(q, k, v):
-        return lsh.local_attention(q, k, v, chunk_len=chunk_len, causal=True)
+        return lsh.local_attention(
+            q, k, v, chunk_len=chunk_len, n_chunks_before=n_chunks_before, causal=True
+        )
 
     out = jax.vmap(jax.vmap(one_head))(q_BxHxMxK, k_BxHxMxK, v_BxHxMxK)
     m, window = q_BxHxMxK.shape[2], cache["k"].shape[2]
@@ -172,19 +177,21 @@ def self_attention_step(
     *,
     d_head: int,
     local_chunk_len: int = 0,
+    n_chunks_before: int = 0,
     bucket_factors: tuple[int, ...] = (),
 ):
     """Causal self-attention of positions `start + [0, M)` over the cache: `(out [B, H, M,
     K], the cache with these positions written)`. `projections` are the positions' heads
     (`[B, H, M, K]` each: "query", "key", "value" or "query_key", "value"). `M > 1` is a
-    prefill from position 0; `M == 1` one step at any `start`."""
+    prefill from position 0; `M == 1` one step at any `start`. A local layer passes its
+    module's `local_chunk_len` and `n_chunks_before`."""
     m, v = projections["value"].shape[2], projections["value"]
     if kind == "local":
         q, k = projections["query"], projections["key"]
         if m > 1:
-            return _local_prefill(local_chunk_len, q, k, v, cache)
+            return _local_prefill(local_chunk_len, n_chunks_before, q, k, v, cache)
         q = q * jnp.asarray(d_head**-0.5, q.dtype)
-        return _local_step(local_chunk_len, q, k, v, start, cache)
+        return _local_step(local_chunk_len, n_chunks_before, q, k, v, start, cache)
     if kind == "full":
         q = projections["query"] * jnp.asarray(d_head**-0.5, v.dtype)
         cache = {

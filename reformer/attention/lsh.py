@@ -1,9 +1,9 @@
-"""LSH, local and full attention as pure functions on one head.
+"""LSH, local, full and cross attention as pure functions on one head.
 
 Everything here works on a single head: no batch or head axes (the modules in
-`reformer/attention/self_attention.py` `vmap` over them). The semantics are those of trax's
-`LSHSelfAttention` and HuggingFace's `ReformerAttention` (docs/architecture.md records how
-this code realizes them):
+`reformer/attention/self_attention.py` and `cross_attention.py` `vmap` over them). The
+semantics are those of trax's `LSHSelfAttention` and HuggingFace's `ReformerAttention`
+(docs/architecture.md records how this code realizes them):
 
 - shared QK: keys are `qk / ||qk||`, logits `q . k_hat` with no further scaling;
 - hashing: `argmax(concat([x R, -x R]))` per round; padding goes to an extra last bucket;
@@ -14,7 +14,8 @@ this code realizes them):
 
 LSH and local attention share one chunked kernel (`chunked.py`), which never builds
 an `[L, L]` array and recomputes its logits in the backward pass; this module lays out the
-sequence for it (padding, hashing, the per-round sort) and computes full attention.
+sequence for it (padding, hashing, the per-round sort). Full attention (causal in blocks of
+query rows) and cross-attention (full, or LSH over keys sorted by bucket) are computed here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from reformer.attention.chunked import (  # noqa: F401  (the mask constants are part of this interface)
+# The mask constants and the hashing functions are part of this module's interface.
+from reformer.attention.chunked import (  # noqa: F401
     MASK_VALUE,
     SELF_MASK_VALUE,
     ChunkConfig,
@@ -35,7 +37,7 @@ from reformer.attention.chunked import (  # noqa: F401  (the mask constants are 
     mask_bias,
     unit_keys,
 )
-from reformer.attention.hashing import (  # noqa: F401  (hashing is part of this module's interface)
+from reformer.attention.hashing import (  # noqa: F401
     buckets_from_rotated,
     default_n_buckets,
     hash_vectors,
@@ -91,8 +93,8 @@ def full_attention(
     `CAUSAL_BLOCK_LEN`), block i against keys `[0, end of block i)` only: the same function
     (each row's softmax is over the same keys), about half the work and memory of the
     `[L, L]` logits, since the masked upper triangle is never computed. `block_len >= L`, or
-    non-causal attention, builds the whole `[L, L]` logits. With dropout the blocks draw
-    their masks from `fold_in(dropout_rng, block)`.
+    non-causal attention, builds the whole `[L, L]` logits. With dropout, block i draws its
+    mask from `fold_in(dropout_rng, i)` (a single block from `dropout_rng` itself).
     """
     _check_dropout(dropout_rate, dropout_rng)
     if block_len is not None and block_len < 1:
@@ -238,6 +240,54 @@ def _sort_by_bucket(
     return perm_NxL
 
 
+def _round_buckets(
+    qk_LxD: jax.Array,
+    rotations_DxNxR: jax.Array | None,
+    buckets: jax.Array | None,
+    bucket_factors: tuple[int, ...] | None,
+    padded: int,
+) -> jax.Array:
+    """Each round's bucket of each of the `padded` positions, `[N, padded]` int32: hashed
+    from the (padded) `qk_LxD`, or the given `buckets` padded with zeros (no gradient)."""
+    if buckets is not None:
+        return _pad_length(lax.stop_gradient(buckets).astype(jnp.int32), padded, axis=1)
+    if rotations_DxNxR is None:
+        raise ValueError("lsh_attention needs rotations_DxNxR or buckets")
+    return hash_vectors(qk_LxD, rotations_DxNxR, bucket_factors)
+
+
+def _sorted_layout(
+    buckets_NxL: jax.Array,
+    valid_L: jax.Array | None,
+    n_buckets: int | None,
+    chunk_len: int,
+    *,
+    attend_across_buckets: bool,
+    allow_duplicate_attention: bool,
+) -> Layout:
+    """The kernel's view of the hashed sequence: per round the positions in a stable sort by
+    bucket (ties keep position order, padding goes last), rounds laid end to end. The
+    kernel gets the sort keys only to mask other buckets, and each position's chunk in the
+    sorted rounds only to count duplicate attention (paper, Appendix A)."""
+    n_rounds, padded = buckets_NxL.shape
+    sort_key_NxL = buckets_NxL if valid_L is None else jnp.where(valid_L, buckets_NxL, _PAD_BUCKET)
+    ticker_NxL = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), sort_key_NxL.shape)
+    perm_NxL = _sort_by_bucket(sort_key_NxL, ticker_NxL, n_buckets)
+    chunk_NxL = None
+    if not allow_duplicate_attention:
+        # Where each position lands in its round's sorted order, then that slot's chunk.
+        rank_NxL = (
+            jnp.zeros_like(perm_NxL).at[jnp.arange(n_rounds)[:, None], perm_NxL].set(ticker_NxL)
+        )
+        chunk_NxL = (rank_NxL + jnp.arange(n_rounds)[:, None] * padded) // chunk_len
+    return Layout(
+        pos_S=perm_NxL.reshape(-1),
+        valid_L=valid_L,
+        bucket_NxL=None if attend_across_buckets else sort_key_NxL,
+        chunk_NxL=chunk_NxL,
+    )
+
+
 def lsh_attention(
     qk_LxD: jax.Array,
     v_LxV: jax.Array,
@@ -259,15 +309,17 @@ def lsh_attention(
     """Reformer LSH self-attention on one head; returns `(out [L, V], buckets [N, L])`.
 
     `qk_LxD` is the shared query/key projection, `rotations_DxNxR` the hash rotations (N
-    rounds, n_buckets // 2 columns). If `buckets` (`[N, L]`, as returned) is given it is used
-    instead of hashing and `rotations_DxNxR` may be None: the reversible backward pass
-    recomputes attention with the forward pass's buckets. `mask` is `[L]`, True = real token;
-    padding is hashed into an extra bucket after the real ones. A length that is not a
-    multiple of `chunk_len` is padded and masked inside. `attend_across_buckets=False` and
-    `allow_duplicate_attention=False` are the paper's Appendix A options. `bucket_factors`
-    hashes into factorized buckets (`buckets_from_rotated`). `n_buckets` (optional; known from
-    the rotations when they are given) bounds the bucket values, which lets the sort use one
-    key (`_sort_by_bucket`) when `buckets` are given without rotations.
+    rounds of `rotation_width(n_buckets, bucket_factors)` columns). If `buckets` (`[N, L]`,
+    as returned) is given it is used instead of hashing and `rotations_DxNxR` may be None:
+    the reversible backward pass recomputes attention with the forward pass's buckets.
+    `mask` is `[L]`, True = real token; padding sorts after every bucket of its round. A
+    length that is not a multiple of `chunk_len` is padded and masked inside.
+    `attend_across_buckets=False` and `allow_duplicate_attention=False` are the paper's
+    Appendix A options. `bucket_factors` hashes into factorized buckets
+    (`buckets_from_rotated`). `n_buckets` (optional; known from the rotations when they are
+    given) bounds the bucket values, which lets the sort use one key (`_sort_by_bucket`)
+    when `buckets` are given without rotations. The chunked kernel attends within each
+    round's sorted chunks and combines the rounds by their log-sum-exp.
     """
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
@@ -276,29 +328,18 @@ def lsh_attention(
     qk_LxD = _pad_length(jnp.asarray(qk_LxD), padded)
     v_LxV = _pad_length(jnp.asarray(v_LxV), padded)
     valid_L = _padded_mask(mask, length, padded)
-    if buckets is None:
-        if rotations_DxNxR is None:
-            raise ValueError("lsh_attention needs rotations_DxNxR or buckets")
-        buckets_NxL = hash_vectors(qk_LxD, rotations_DxNxR, bucket_factors)
-    else:
-        buckets_NxL = _pad_length(lax.stop_gradient(buckets).astype(jnp.int32), padded, axis=1)
-    n_rounds = buckets_NxL.shape[0]
-
-    # Stable sort per round: ties keep position order, padding goes last.
-    sort_key_NxL = buckets_NxL if valid_L is None else jnp.where(valid_L, buckets_NxL, _PAD_BUCKET)
-    ticker_NxL = jnp.broadcast_to(jnp.arange(padded, dtype=jnp.int32), sort_key_NxL.shape)
-    bound = n_buckets or n_buckets_bound(rotations_DxNxR, bucket_factors)
-    perm_NxL = _sort_by_bucket(sort_key_NxL, ticker_NxL, bound)
-
-    chunk_NxL = None
-    if not allow_duplicate_attention:
-        rank_NxL = (
-            jnp.zeros_like(perm_NxL).at[jnp.arange(n_rounds)[:, None], perm_NxL].set(ticker_NxL)
-        )
-        chunk_NxL = (rank_NxL + jnp.arange(n_rounds)[:, None] * padded) // chunk_len
+    buckets_NxL = _round_buckets(qk_LxD, rotations_DxNxR, buckets, bucket_factors, padded)
+    lay = _sorted_layout(
+        buckets_NxL,
+        valid_L,
+        n_buckets or n_buckets_bound(rotations_DxNxR, bucket_factors),
+        chunk_len,
+        attend_across_buckets=attend_across_buckets,
+        allow_duplicate_attention=allow_duplicate_attention,
+    )
     cfg = ChunkConfig(
         length=padded,
-        n_rounds=n_rounds,
+        n_rounds=buckets_NxL.shape[0],
         chunk_len=chunk_len,
         n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after,
@@ -309,19 +350,8 @@ def lsh_attention(
         dropout_rate=dropout_rate,
         block_chunks=block_chunks(padded // chunk_len, chunk_len),
     )
-    lay = Layout(
-        pos_S=perm_NxL.reshape(-1),
-        valid_L=valid_L,
-        bucket_NxL=None if attend_across_buckets else sort_key_NxL,
-        chunk_NxL=chunk_NxL,
-    )
     out_LxV = chunked_attention(
-        cfg,
-        qk_LxD,
-        None,
-        v_LxV,
-        lay,
-        dropout_rng if dropout_rate > 0.0 else None,
+        cfg, qk_LxD, None, v_LxV, lay, dropout_rng if dropout_rate > 0.0 else None
     )
     return out_LxV[:length], buckets_NxL[:, :length]
 

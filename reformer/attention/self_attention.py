@@ -34,7 +34,7 @@ from flax import linen as nn
 from jax import lax
 
 from reformer.attention import caches, lsh
-from reformer.model.layers import matmul, sequence_map
+from reformer.attention.primitives import matmul, sequence_map
 
 
 def project_heads(x_BxLxD: jax.Array, kernel_DxHxK: jax.Array, dtype: Any) -> jax.Array:
@@ -288,6 +288,7 @@ class LocalSelfAttention(nn.Module):
                 start,
                 normalize,
                 local_chunk_len=self.chunk_len,
+                n_chunks_before=self.n_chunks_before,
             )
         rate, rngs_BxH = _dropout_rngs(
             self, self.dropout_rate, deterministic, x_BxLxD.shape[0], self.n_heads

@@ -1,25 +1,30 @@
-"""The default configuration, the allowed values of its fields, and config files.
+"""The config schema: every field of every group declared once, with its default, allowed
+values, one-line doc and what a resumed run must keep of it.
 
-Every config file in `configs/` starts from `default_config()` and changes fields, so each
-experiment names the same fields and `validate` (its checks in `validation.py`) knows
-all of them. `validate` runs before any work starts and turns a bad value into one clear error
-that names the field.
+Everything else is derived from `GROUPS`: `default_config()`, the per-field checks of
+`validation.py`, the checkpoint compatibility check (`Field.resume`), legacy field names
+(`Field.legacy`), `ModelConfig` (the model's frozen fields) and the field table of
+`python -m reformer.config` (docs/config.md). Adding a field is one `Field` line in its
+group plus its use.
 """
 
 from __future__ import annotations
 
-import os
-import types
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
-from reformer import storage
-from reformer.config.legacy import LEGACY_FIELDS, migrate  # noqa: F401  (re-exported)
-from reformer.errors import ConfigError  # noqa: F401  (re-exported)
+# ---------------------------------------------------------------------------------------
+# Allowed values that other code names.
 
-ATTENTION_TYPES = ("full", "lsh", "local", "full_shared_qk")
+# "full_shared_qk" is full attention with the LSH layer's shared query-key projection. More
+# types are added by `reformer.model.attention_types.register`.
+ATTENTION_TYPES = ["full", "lsh", "local", "full_shared_qk"]
 # "lm": causal language model; "masked_lm": bidirectional encoder predicting masked tokens;
-# "classifier": bidirectional encoder, one label per sequence from its pooled output.
+# "classifier": bidirectional encoder, one label per sequence from its pooled output;
 # "encoder_decoder": such an encoder over a source and a causal decoder over the target.
 MODEL_KINDS = ("lm", "masked_lm", "classifier", "encoder_decoder")
 CROSS_ATTENTION = ("full", "lsh")
@@ -40,6 +45,8 @@ DATASETS = (
 )
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
+# "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
+FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
 # The data each model kind trains on.
 KIND_DATASETS = {
     "lm": ("duplication", "enwik8", "text"),
@@ -54,190 +61,284 @@ SYNTHETIC_VOCAB = {
     "match": (4, "padding 0, separator 1 and 2 symbols"),
     "reverse": (4, "padding 0, the end id 1 and 2 symbols"),
 }
-# "gelu": the tanh approximation (flax's default, HF "gelu_new"); "gelu_exact": the erf form.
-FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
+
+
+# ---------------------------------------------------------------------------------------
+# Rules: what a field's value must be, as a test and the words of the error.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A value's requirement: `test(value)`, and `text` for "must be <text>, got <value>"."""
+
+    text: str
+    test: Callable[[Any], bool]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def one_of(choices) -> Rule:
+    """One of `choices` (a tuple, or a list that registrations may extend)."""
+    return Rule(f"one of {tuple(choices)}", lambda v: v in choices)
+
+
+POSITIVE_INT = Rule("a positive integer", lambda v: _is_int(v) and v > 0)
+NON_NEGATIVE_INT = Rule("a non-negative integer", lambda v: _is_int(v) and v >= 0)
+FRACTION = Rule("in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1)
+OPEN_FRACTION = Rule("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
+POSITIVE_FINITE = Rule("positive and finite", lambda v: _is_number(v) and 0 < v < math.inf)
+NON_NEGATIVE = Rule(">= 0", lambda v: _is_number(v) and v >= 0)
+
+# What a resumed run must keep of a field (`checkpoints.check_config_matches`):
+SAME = "same"  # its value: it shapes the parameters or optimizer state, or defines the model
+ON_OFF = "on_off"  # whether it is above 0: that adds or removes optimizer state
+FREE = "free"  # nothing: it changes how the run goes, not what a checkpoint holds
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config field: `default` (its type is the default's), `doc`, `rule` (checked by
+    `validate`; None: only cross-field checks), `resume` (SAME, ON_OFF or FREE), and
+    `legacy`: an older field that `migrate` rewrites into this one, as `(old name,
+    convert)` with `convert(old value, this field's value) -> new value`, raising
+    ValueError when the two contradict."""
+
+    default: Any
+    doc: str
+    rule: Rule | None = None
+    resume: str = FREE
+    legacy: tuple[str, Callable[[Any, Any], Any]] | None = None
+
+    @property
+    def is_tuple(self) -> bool:
+        return isinstance(self.default, tuple)
+
+
+def _from_reversible(old, residual):
+    if old and residual not in ("two_stream", "reversible"):
+        raise ValueError(residual)
+    return "reversible" if old else residual
+
+
+def _from_ff_chunk_size(old, new):
+    if new and old and new != old:
+        raise ValueError(new)
+    return new or old
+
+
+def _model(**fields: Field) -> dict[str, Field]:
+    """Model fields: a resumed run keeps them all unless they say otherwise."""
+    return {
+        name: f
+        if f.resume != FREE or name in _MODEL_RUNTIME
+        else dataclasses.replace(f, resume=SAME)
+        for name, f in fields.items()
+    }
+
+
+# Model fields that change how the same function is computed, not what it is: a run may
+# resume with other values (e.g. smaller chunks to fit another device).
+_MODEL_RUNTIME = ("position_chunk_size", "loss_chunk_size", "lsh_heads_per_step")
+
+MODEL = _model(
+    kind=Field("lm", "What the model is and predicts.", one_of(MODEL_KINDS)),
+    n_classes=Field(2, "Labels of model.kind = 'classifier'.", POSITIVE_INT),
+    cross_attention=Field(
+        "full", "encoder_decoder: decoder-to-encoder attention.", one_of(CROSS_ATTENTION)
+    ),
+    encoder_attention_types=Field(
+        (), "encoder_decoder: the encoder's pattern of attention types; () = the decoder's."
+    ),
+    n_encoder_layers=Field(
+        0, "encoder_decoder: the encoder's depth; 0 = n_layers.", NON_NEGATIVE_INT
+    ),
+    share_embeddings=Field(True, "encoder_decoder: source and target share the token table."),
+    vocab_size=Field(
+        128, "Token ids are 0..vocab_size-1 (bytes: 258 = 256 bytes + pad + end).", POSITIVE_INT
+    ),
+    d_model=Field(128, "Width of the residual stream.", POSITIVE_INT),
+    d_ff=Field(512, "Hidden width of the feed-forward block.", POSITIVE_INT),
+    n_heads=Field(4, "Attention heads per layer.", POSITIVE_INT),
+    d_head=Field(32, "Width of one head's queries, keys and values.", POSITIVE_INT),
+    n_layers=Field(2, "Number of blocks (attention + feed-forward).", POSITIVE_INT),
+    attention_types=Field(("full",), "Attention types, cycled over the layers."),
+    lsh_chunk_len=Field(64, "Chunk length of LSH attention.", POSITIVE_INT),
+    local_chunk_len=Field(64, "Chunk length of local attention.", POSITIVE_INT),
+    n_buckets=Field(
+        0, "LSH buckets per round, even; 0 = automatic (about 2 L / lsh_chunk_len).",
+        NON_NEGATIVE_INT,
+    ),
+    bucket_factors=Field(
+        (), "LSH bucket count as a product of even counts, e.g. (32, 64), hashed with their "
+        "sum / 2 rotations a round (trax, HF); () = not factorized."
+    ),
+    lsh_heads_per_step=Field(
+        0, "LSH layers run this many heads at a time, recomputed backward; 0 = all at once.",
+        NON_NEGATIVE_INT,
+    ),
+    n_hashes=Field(1, "LSH hash rounds in training.", POSITIVE_INT),
+    causal=Field(True, "Causal masking of model.kind = 'lm' (encoders are bidirectional)."),
+    residual=Field(
+        "two_stream", "How the blocks join.", one_of(RESIDUALS),
+        legacy=("reversible", _from_reversible),
+    ),
+    position_chunk_size=Field(
+        0, "Positions per rematerialized chunk of position-wise work (feed-forward, "
+        "LayerNorms, projections, dropout); 0 = all at once.", NON_NEGATIVE_INT,
+        legacy=("ff_chunk_size", _from_ff_chunk_size),
+    ),
+    ff_activation=Field("gelu", "Feed-forward nonlinearity.", one_of(FF_ACTIVATIONS)),
+    layer_norm_eps=Field(
+        1e-6, "Epsilon of every LayerNorm (HF Reformer checkpoints: 1e-12).", OPEN_FRACTION
+    ),
+    positional=Field("learned", "Positional encoding.", one_of(POSITIONAL)),
+    max_len=Field(2048, "Longest sequence the learned positional table covers.", POSITIVE_INT),
+    axial_shape=Field((), "Axial positions: grid (a, b), a * b >= the longest sequence."),
+    axial_dims=Field((), "Axial positions: widths (d1, d2), d1 + d2 = d_model."),
+    dropout=Field(0.0, "Dropout on residual branches.", FRACTION),
+    attention_dropout=Field(0.0, "Dropout on attention weights.", FRACTION),
+    dtype=Field("float32", "Activation dtype (parameters stay float32).", one_of(DTYPES)),
+    loss_chunk_size=Field(
+        0, "Final LayerNorm, logits and loss this many positions at a time; 0 = all.",
+        NON_NEGATIVE_INT,
+    ),
+)  # fmt: skip
+
+DATA = dict(
+    name=Field(
+        "duplication", "The data set: 'enwik8' (TFDS builder; official zip or data.path) and "
+        "'text' (a local byte file) split 90/5/5 with ids = byte + 2; synthetic tasks of "
+        "reformer/data/duplication.py; 'translation' (aligned text files).", one_of(DATASETS),
+    ),
+    seq_len=Field(128, "Tokens per training sequence (encoder_decoder: per target).", POSITIVE_INT),
+    source_len=Field(0, "encoder_decoder: tokens per source sequence.", NON_NEGATIVE_INT),
+    word_len=Field(63, "Duplication tasks: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2)."),
+    path=Field("", "File (raw or zip; local or gs://) for 'enwik8' (optional), 'text' (required)."),
+    tfds_dir=Field("", "Where TFDS writes prepared data (local); '' = TFDS's default."),
+    train_files=Field(
+        "", "translation: the training pair, '{lang}' = data.source_lang / target_lang."
+    ),
+    validation_files=Field("", "translation: the validation pair (e.g. DIR/val.{lang})."),
+    test_files=Field("", "translation: the test pair, named the same way."),
+    source_lang=Field("en", "translation: the source language ('{lang}' in its file names)."),
+    target_lang=Field("de", "translation: the target language."),
+    vocab_path=Field("", "translation: SentencePiece model ('' = WORKDIR/vocab.model, made)."),
+    batch_tokens=Field(4096, "translation: padded positions per training batch."),
+    tfds_name=Field(
+        "", "translation: a TFDS dataset (e.g. 'wmt14_translate/de-en') in place of the files."
+    ),
+)  # fmt: skip
+
+TRAIN = dict(
+    num_steps=Field(
+        1000, "Total optimizer steps; a resumed run continues to this step.", POSITIVE_INT
+    ),
+    batch_size=Field(16, "Global batch size (sequences per step, over all devices).", POSITIVE_INT),
+    seed=Field(0, "Seed for parameters, data order, dropout and hashing."),
+    log_every=Field(50, "Steps between progress lines and metrics records.", POSITIVE_INT),
+    eval_every=Field(
+        250, "Steps between evaluations (and at the end); 0 = only at the end.", NON_NEGATIVE_INT
+    ),
+    checkpoint_every=Field(250, "Steps between checkpoints (and at the end).", POSITIVE_INT),
+    keep_checkpoints=Field(3, "How many recent checkpoints to keep.", POSITIVE_INT),
+    grad_accum_steps=Field(
+        1, "Micro-batches per optimizer step, their gradients summed (less memory).", POSITIVE_INT
+    ),
+    label_smoothing=Field(0.0, "Targets mixed with this much of a uniform distribution.", FRACTION),
+    init_from=Field(
+        "", "Workdir whose latest parameters start a new run (fresh optimizer, step 0; "
+        "resuming comes first); '' = random initialization."
+    ),
+)  # fmt: skip
+
+MESH = dict(
+    data=Field(-1, "Devices on the data axis; -1 = all devices not on fsdp."),
+    fsdp=Field(1, "Devices sharing the parameters (FSDP); -1 = all devices not on data."),
+)
+
+OPTIMIZER = dict(
+    name=Field("adam", "The optimizer.", one_of(OPTIMIZERS), resume=SAME),
+    learning_rate=Field(1e-3, "Peak learning rate, reached at the end of warmup.", POSITIVE_FINITE),
+    warmup_steps=Field(100, "Linear warmup from 0.", NON_NEGATIVE_INT),
+    schedule=Field(
+        "rsqrt", "After warmup: 'rsqrt' (lr * sqrt(warmup / step)) or 'constant'.",
+        one_of(SCHEDULES),
+    ),
+    clip_norm=Field(1.0, "Global gradient-norm clipping; 0 = off.", NON_NEGATIVE, resume=ON_OFF),
+    weight_decay=Field(
+        0.0, "Decoupled weight decay (AdamW); 0 = plain Adam.", NON_NEGATIVE, resume=ON_OFF
+    ),
+    b1=Field(0.9, "Adam beta1.", FRACTION),
+    b2=Field(0.98, "Adam beta2.", FRACTION),
+)  # fmt: skip
+
+EVAL = dict(
+    num_batches=Field(4, "Batches per evaluation during training.", POSITIVE_INT),
+    batch_size=Field(16, "Sequences per evaluation batch (global).", POSITIVE_INT),
+    n_hashes=Field(0, "LSH hash rounds at evaluation; 0 = model.n_hashes.", NON_NEGATIVE_INT),
+    seed=Field(12345, "Seed of the evaluation data (kept apart from training data)."),
+    attention_types=Field(
+        (), "Attention types at evaluation with the same weights, e.g. ('full_shared_qk',) "
+        "for an 'lsh' model (paper, Table 2); () = as trained."
+    ),
+    split=Field("validation", "The split `reformer.evaluate` scores.", one_of(SPLITS)),
+    stride=Field(
+        0, "Byte data: sliding windows advancing this many bytes; 0 = seq_len.", NON_NEGATIVE_INT
+    ),
+    cached=Field(False, "Score through the decoding caches, as sampling runs."),
+    free_running=Field(
+        False, "encoder_decoder: also decode every source greedily and report exact_match."
+    ),
+    beam_size=Field(4, "translation: beams when decoding the split; 0 = token metrics only."),
+    alpha=Field(0.6, "Beam search's length penalty (the authors' value)."),
+)  # fmt: skip
+
+# The groups, in the order of `config.to_json()`.
+GROUPS: dict[str, dict[str, Field]] = {
+    "model": MODEL,
+    "data": DATA,
+    "train": TRAIN,
+    "mesh": MESH,
+    "optimizer": OPTIMIZER,
+    "eval": EVAL,
+}
+
+
+def fields():
+    """`(group, name, Field)` of every field, in schema order."""
+    for group, members in GROUPS.items():
+        for name, field in members.items():
+            yield group, name, field
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """All fields, with defaults for a small model on the duplication task."""
-    c = ml_collections.ConfigDict()
-    c.model = _model_fields()
-    c.data = _data_fields()
-    c.train = _train_fields()
-    c.mesh = _mesh_fields()
-    c.optimizer = _optimizer_fields()
-    c.eval = _eval_fields()
-    return c
+    """All fields at their defaults (a small model on the duplication task)."""
+    return ml_collections.ConfigDict(
+        {
+            group: {name: f.default for name, f in members.items()}
+            for group, members in GROUPS.items()
+        }
+    )
 
 
-def _model_fields() -> ml_collections.ConfigDict:
-    """The model's fields (the architecture)."""
-    m = ml_collections.ConfigDict()
-    m.kind = "lm"  # What the model is and predicts: one of MODEL_KINDS.
-    m.n_classes = 2  # Labels of model.kind = "classifier".
-    # Encoder-decoder: the decoder has attention_types and n_layers; the encoder these
-    # (() and 0: the decoder's). Its layers attend to the encoder output with this kind.
-    m.cross_attention = "full"  # Decoder-to-encoder attention: one of CROSS_ATTENTION.
-    m.encoder_attention_types = ()  # Encoder's pattern, each of ATTENTION_TYPES; () = same.
-    m.n_encoder_layers = 0  # Encoder's depth; 0 = n_layers.
-    m.share_embeddings = True  # Source and target share the token table (one vocabulary).
-    m.vocab_size = 128  # Token ids are 0..vocab_size-1 (bytes: 258 = 256 bytes + pad + end).
-    m.d_model = 128  # Width of the residual stream.
-    m.d_ff = 512  # Hidden width of the feed-forward block.
-    m.n_heads = 4  # Attention heads per layer.
-    m.d_head = 32  # Width of one head's queries, keys and values.
-    m.n_layers = 2  # Number of blocks (attention + feed-forward).
-    # "full_shared_qk" is full attention with the LSH layer's shared query-key projection.
-    m.attention_types = ("full",)  # Cycled over the layers; each of ATTENTION_TYPES.
-    m.lsh_chunk_len = 64  # Chunk length of LSH attention.
-    m.local_chunk_len = 64  # Chunk length of local attention.
-    m.n_buckets = 0  # LSH buckets per round; 0 = automatic (about 2 L / lsh_chunk_len).
-    # Factorized LSH buckets (trax, HF): n_buckets is the product of these even counts, hashed
-    # with sum / 2 rotations per round instead of n_buckets / 2.
-    m.bucket_factors = ()  # LSH bucket count as a product, e.g. (32, 64); () = not factorized.
-    # LSH attention layers run whole (projections to output) for this many heads at a
-    # time, recomputed in the backward pass: less memory, one more forward pass.
-    m.lsh_heads_per_step = 0  # Heads per step of an LSH layer; 0 = all at once.
-    m.n_hashes = 1  # LSH hash rounds in training.
-    m.causal = True  # Causal masking of model.kind = "lm" (encoders are bidirectional).
-    m.residual = "two_stream"  # How the blocks join: one of RESIDUALS.
-    # Feed-forward, LayerNorms, projections, dropout (and causal local attention whole)
-    # run this many positions at a time, rematerialized in the backward pass.
-    m.position_chunk_size = 0  # Positions per chunk of position-wise work; 0 = all at once.
-    m.ff_activation = "gelu"  # Feed-forward nonlinearity: one of FF_ACTIVATIONS.
-    m.layer_norm_eps = 1e-6  # Epsilon of every LayerNorm (HF Reformer checkpoints: 1e-12).
-    m.positional = "learned"  # Positional encoding: one of POSITIONAL.
-    m.max_len = 2048  # Longest sequence the learned positional table covers.
-    m.axial_shape = ()  # Axial positions: grid (a, b), a * b >= the longest sequence.
-    m.axial_dims = ()  # Axial positions: widths (d1, d2), d1 + d2 = d_model.
-    m.dropout = 0.0  # Dropout on residual branches.
-    m.attention_dropout = 0.0  # Dropout on attention weights.
-    m.dtype = "float32"  # Activation dtype: one of DTYPES (parameters stay float32).
-    m.loss_chunk_size = 0  # Final LayerNorm, logits and loss this many positions at a time.
-    return m
-
-
-def _data_fields() -> ml_collections.ConfigDict:
-    """The data's fields."""
-    d = ml_collections.ConfigDict()
-    # "enwik8": the TFDS builder (official zip, or data.path: the file or a prefix of it);
-    # "text": any local byte file (data.path). Both split 90/5/5 in order; ids = byte + 2.
-    # "masked_duplication" (masked_lm) and "match" (classifier): synthetic encoder tasks of
-    # reformer/data/duplication.py whose answers need a token far away; "reverse"
-    # (encoder_decoder): the source's symbols reversed and shifted.
-    d.name = "duplication"  # One of DATASETS.
-    d.seq_len = 128  # Tokens per training sequence (encoder_decoder: per target).
-    d.source_len = 0  # encoder_decoder: tokens per source sequence.
-    d.word_len = 63  # Duplication task: |w|; sequences are 0 w 0 w (seq_len = 2 |w| + 2).
-    d.path = ""  # File (raw or zip; local or gs://) for "enwik8" (optional) and "text" (required).
-    d.tfds_dir = ""  # Where TFDS writes prepared data (local); "" = TFDS's default directory.
-    # "translation" (encoder_decoder): aligned text files, one sentence a line, in a shared
-    # SentencePiece vocabulary of model.vocab_size pieces (reformer/data/translation.py).
-    d.train_files = ""  # translation: the training pair, "{lang}" = data.source_lang / target_lang
-    d.validation_files = ""  # translation: the validation pair, the same way (e.g. DIR/val.{lang})
-    d.test_files = ""  # translation: the test pair, the same way
-    d.source_lang = "en"  # translation: the source language ("{lang}" in its file names)
-    d.target_lang = "de"  # translation: the target language
-    d.vocab_path = ""  # translation: SentencePiece model ("" = WORKDIR/vocab.model, made)
-    d.batch_tokens = 4096  # translation: padded positions per training batch (sets pairs per batch)
-    # translation: a TFDS dataset in place of the files (its splits train / validation /
-    # test), prepared into data.tfds_dir on first use.
-    d.tfds_name = ""  # translation: e.g. "wmt14_translate/de-en"; "" = data.*_files
-    return d
-
-
-def _train_fields() -> ml_collections.ConfigDict:
-    """The training loop's fields."""
-    t = ml_collections.ConfigDict()
-    t.num_steps = 1000  # Total optimizer steps; a resumed run continues to this step.
-    t.batch_size = 16  # Global batch size (sequences per step, over all devices).
-    t.seed = 0  # Seed for parameters, data order, dropout and hashing.
-    t.log_every = 50  # Steps between progress lines and metrics records.
-    t.eval_every = 250  # Steps between evaluations (and at the end); 0 = only at the end.
-    t.checkpoint_every = 250  # Steps between checkpoints (and at the end).
-    t.keep_checkpoints = 3  # How many recent checkpoints to keep.
-    # The global batch is split into this many micro-batches whose gradients are summed
-    # inside the step (same result as the whole batch, less activation memory).
-    t.grad_accum_steps = 1  # Micro-batches per optimizer step.
-    t.label_smoothing = 0.0  # Targets mixed with this much of a uniform distribution (0..1).
-    # Fine-tuning: a workdir (e.g. one written by scripts/convert_hf_checkpoint.py) whose
-    # latest checkpoint's parameters start this run, with fresh optimizer state at step 0.
-    # Used only when --workdir has no checkpoint yet (resuming comes first).
-    t.init_from = ""  # Workdir to take initial parameters from; "" = random initialization.
-
-    # Device mesh ("data", "fsdp"): the batch is split over both axes; with fsdp > 1 the
-    # parameters and optimizer state are sharded over "fsdp". data * fsdp = all devices.
-    return t
-
-
-def _mesh_fields() -> ml_collections.ConfigDict:
-    """The device mesh's fields."""
-    s = ml_collections.ConfigDict()
-    s.data = -1  # Devices on the data axis; -1 = all devices not on fsdp.
-    s.fsdp = 1  # Devices sharing the parameters (FSDP); -1 = all devices not on data.
-    return s
-
-
-def _optimizer_fields() -> ml_collections.ConfigDict:
-    """The optimizer's fields."""
-    o = ml_collections.ConfigDict()
-    o.name = "adam"  # One of OPTIMIZERS.
-    o.learning_rate = 1e-3  # Peak learning rate, reached at the end of warmup.
-    o.warmup_steps = 100  # Linear warmup from 0.
-    o.schedule = "rsqrt"  # After warmup: "rsqrt" (lr * sqrt(warmup / step)) or "constant".
-    o.clip_norm = 1.0  # Global gradient-norm clipping; 0 = off.
-    o.weight_decay = 0.0  # Decoupled weight decay (AdamW); 0 = plain Adam.
-    o.b1 = 0.9  # Adam beta1.
-    o.b2 = 0.98  # Adam beta2.
-    return o
-
-
-def _eval_fields() -> ml_collections.ConfigDict:
-    """The evaluation's fields."""
-    e = ml_collections.ConfigDict()
-    e.num_batches = 4  # Batches per evaluation.
-    e.batch_size = 16  # Sequences per evaluation batch (global).
-    e.n_hashes = 0  # LSH hash rounds at evaluation; 0 = same as model.n_hashes.
-    e.seed = 12345  # Seed of the evaluation data (kept apart from training data).
-    # E.g. ("full_shared_qk",) scores an "lsh" model with full attention (paper, Table 2).
-    e.attention_types = ()  # Attention types at evaluation, same weights; () = as trained.
-    e.split = "validation"  # Split evaluated on byte data: one of SPLITS.
-    e.stride = 0  # Byte data: sliding windows advancing this many bytes; 0 = seq_len.
-    e.cached = False  # Score through the decoding caches as sampling runs.
-    # Encoder-decoders (reformer.evaluate): also decode every source greedily through the
-    # caches, free-running, and report the share of targets reproduced exactly.
-    e.free_running = False  # Report exact_match of greedy decoding (model.kind encoder_decoder).
-    # Translation (reformer.evaluate): the split decoded with beam search and scored with
-    # sacreBLEU, cased and uncased; the translations are written beside the JSON.
-    e.beam_size = 4  # Beams when decoding a translation split; 0 = token metrics only.
-    e.alpha = 0.6  # Beam search's length penalty (the authors' value).
-    return e
-
-
-def load_config_file(path: str, variant: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config([variant])` of a config file, as `--config path[:variant]` loads it, with
-    legacy fields migrated (`migrate`)."""
-    name = os.path.splitext(os.path.basename(str(path)))[0]
-    module = types.ModuleType(f"reformer_configs_{name}")
-    module.__file__ = str(path)
-    exec(compile(storage.read_text(path), str(path), "exec"), module.__dict__)  # Local or gs://.
-    config = module.get_config() if variant is None else module.get_config(variant)
-    migrate(config)
-    return config
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-    """Checks every field and cross-field constraint before anything compiles: one
-    ConfigError listing every problem, each with its field and the allowed values.
-    `num_devices` is the number of devices of the whole run (all processes)."""
-    from reformer.config import validation  # It reads this module's defaults and allowed values.
-
-    validation.validate(config, num_devices)
-
-
-def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
-    """`(data, fsdp)` with a -1 resolved to the remaining devices; ConfigError if the sizes
-    do not fit `num_devices`."""
-    from reformer.config import validation
-
-    return validation.mesh_shape(data, fsdp, num_devices)
+def resume_values(config: dict) -> dict[str, Any]:
+    """What a resumed run must keep, from a config as a dict (a saved `config.json`):
+    `{"group.name": value}` of SAME fields, `{"group.name > 0": bool}` of ON_OFF ones. Only
+    fields the dict holds (a workdir written before a field existed does not name it)."""
+    out = {}
+    for group, name, field in fields():
+        values = config.get(group) or {}
+        if field.resume == FREE or name not in values:
+            continue
+        value = values[name]
+        if field.resume == ON_OFF:
+            out[f"{group}.{name} > 0"] = value > 0
+        else:
+            out[f"{group}.{name}"] = list(value) if isinstance(value, tuple | list) else value
+    return out

@@ -1,4 +1,4 @@
-"""The checks of `config.validate`: every field's type and allowed values, and the
+"""`validate(config, num_devices)`: every field's rule from the schema and the
 constraints between fields, collected in one `Report` so that a config with several problems
 gets one error listing all of them, each naming its field."""
 
@@ -13,19 +13,10 @@ from reformer import storage
 from reformer.config.legacy import migrate
 from reformer.config.schema import (
     ATTENTION_TYPES,
-    CROSS_ATTENTION,
-    DATASETS,
-    DTYPES,
-    FF_ACTIVATIONS,
     KIND_DATASETS,
-    MODEL_KINDS,
-    OPTIMIZERS,
-    POSITIONAL,
-    RESIDUALS,
-    SCHEDULES,
-    SPLITS,
     SYNTHETIC_VOCAB,
     default_config,
+    fields,
 )
 from reformer.errors import ConfigError
 
@@ -79,92 +70,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-POSITIVE_INTS = (
-    "model.vocab_size",
-    "model.d_model",
-    "model.d_ff",
-    "model.n_heads",
-    "model.d_head",
-    "model.n_layers",
-    "model.n_classes",
-    "model.lsh_chunk_len",
-    "model.local_chunk_len",
-    "model.n_hashes",
-    "model.max_len",
-    "data.seq_len",
-    "train.num_steps",
-    "train.batch_size",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.grad_accum_steps",
-    "eval.num_batches",
-    "eval.batch_size",
-)
-NON_NEGATIVE_INTS = (
-    "model.n_buckets",
-    "model.position_chunk_size",
-    "model.loss_chunk_size",
-    "model.lsh_heads_per_step",
-    "train.eval_every",
-    "optimizer.warmup_steps",
-    "eval.n_hashes",
-    "eval.stride",
-    "model.n_encoder_layers",
-    "data.source_len",
-)
+def _check_fields(r: Report) -> None:
+    """Every field with a rule in the schema (`Field.rule`)."""
+    for group, name, field in fields():
+        if field.rule is not None:
+            v = r.config[group][name]
+            r.check(field.rule.test(v), f"{group}.{name}", f"must be {field.rule.text}, got {v!r}")
 
 
-def _check_numbers(r: Report) -> None:
-    for field in POSITIVE_INTS:
-        v = r.value(field)
-        r.check(_is_int(v) and v > 0, field, f"must be a positive integer, got {v!r}")
-    for field in NON_NEGATIVE_INTS:
-        v = r.value(field)
-        r.check(_is_int(v) and v >= 0, field, f"must be a non-negative integer, got {v!r}")
-    eps = r.config.model.layer_norm_eps
-    r.check(
-        isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps < 1,
-        "model.layer_norm_eps",
-        f"must be a number in (0, 1), got {eps!r}",
-    )
-    o = r.config.optimizer
-    for field in (
-        "model.dropout",
-        "model.attention_dropout",
-        "optimizer.b1",
-        "optimizer.b2",
-        "train.label_smoothing",
-    ):
-        v = r.value(field)
-        r.check(isinstance(v, int | float) and 0 <= v < 1, field, f"must be in [0, 1), got {v!r}")
-    r.check(
-        isinstance(o.learning_rate, int | float) and 0 < o.learning_rate < float("inf"),
-        "optimizer.learning_rate",
-        f"must be positive and finite, got {o.learning_rate!r}",
-    )
-    for name in ("clip_norm", "weight_decay"):
-        v = o[name]
-        r.check(
-            isinstance(v, int | float) and v >= 0, f"optimizer.{name}", f"must be >= 0, got {v!r}"
-        )
-
-
-def _check_choices(r: Report) -> None:
-    for field, allowed in (
-        ("model.kind", MODEL_KINDS),
-        ("model.cross_attention", CROSS_ATTENTION),
-        ("model.residual", RESIDUALS),
-        ("model.positional", POSITIONAL),
-        ("model.dtype", DTYPES),
-        ("model.ff_activation", FF_ACTIVATIONS),
-        ("data.name", DATASETS),
-        ("optimizer.name", OPTIMIZERS),
-        ("optimizer.schedule", SCHEDULES),
-        ("eval.split", SPLITS),
-    ):
-        v = r.value(field)
-        r.check(v in allowed, field, f"must be one of {allowed}, got {v!r}")
+def _check_modes(r: Report) -> None:
     if r.config.eval.free_running and r.fine("model.kind"):
         r.check(
             r.config.model.kind == "encoder_decoder",
@@ -191,7 +105,7 @@ def _check_layers(r: Report) -> None:
     if not r.check(
         not unknown,
         "model.attention_types",
-        f"{unknown[0]!r} is not one of {ATTENTION_TYPES}" if unknown else "",
+        f"{unknown[0]!r} is not one of {tuple(ATTENTION_TYPES)}" if unknown else "",
     ):
         return
     if r.fine("model.n_layers"):
@@ -213,7 +127,7 @@ def _check_layers(r: Report) -> None:
         r.check(
             len(eval_types) == len(types) and not bad,
             "eval.attention_types",
-            f"{bad[0]!r} is not one of {ATTENTION_TYPES}"
+            f"{bad[0]!r} is not one of {tuple(ATTENTION_TYPES)}"
             if bad
             else f"must have one entry per entry of model.attention_types {types}, "
             f"got {eval_types}",
@@ -259,7 +173,7 @@ def _check_encoder_decoder(r: Report) -> None:
     if r.check(
         not bad,
         "model.encoder_attention_types",
-        f"{bad[0]!r} is not one of {ATTENTION_TYPES}" if bad else "",
+        f"{bad[0]!r} is not one of {tuple(ATTENTION_TYPES)}" if bad else "",
     ) and r.fine("model.n_encoder_layers", "model.n_layers"):
         depth = m.n_encoder_layers or m.n_layers
         r.check(
@@ -561,8 +475,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError(f"missing config field(s): {', '.join('config.' + u for u in missing)}")
     report = Report(config)
     for check in (
-        _check_numbers,
-        _check_choices,
+        _check_fields,
+        _check_modes,
         _check_layers,
         _check_positions,
         _check_data,

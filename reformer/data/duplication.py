@@ -149,29 +149,17 @@ class DuplicationStream:
         batch_size: int,
         word_len: int,
         vocab_size: int,
-        process_index: int = 0,
-        process_count: int = 1,
         rows: slice | None = None,
         task: str = "duplication",
         target_len: int = 0,
     ):
-        """`rows` (of the global batch) overrides the block given by the process index."""
-        if batch_size % process_count:
-            raise ValueError(
-                f"batch_size {batch_size} is not divisible by the number of "
-                f"processes {process_count}"
-            )
+        """`rows`: this host's rows of each global batch (None: all of them)."""
         self.task, self._batch = task, TASKS[task]
         if task == "reverse":
             self._batch = functools.partial(reverse_batch, target_len=target_len)
         self.seed, self.batch_size = seed, batch_size
         self.word_len, self.vocab_size = word_len, vocab_size
-        per_host = batch_size // process_count
-        self._rows = (
-            rows
-            if rows is not None
-            else slice(process_index * per_host, (process_index + 1) * per_host)
-        )
+        self._rows = rows if rows is not None else slice(0, batch_size)
         self.index = 0
 
     def __iter__(self):

@@ -19,8 +19,9 @@ import re
 
 import numpy as np
 
+from reformer.config.schema import SPLITS
+from reformer.console import log
 from reformer.data import text
-from reformer.training.metrics import log
 
 URL = "http://mattmahoney.net/dc/enwik8.zip"
 SIZE = 100_000_000
@@ -142,7 +143,7 @@ def load_splits(path: str = "", data_dir: str = "") -> dict[str, np.ndarray]:
     builder.download_and_prepare()
     log(f"enwik8: {source}. Prepared records: {builder.data_dir}")
     splits = {}
-    for split in text.SPLITS:
+    for split in SPLITS:
         records = builder.as_data_source(split=split)
         records = sorted((records[i] for i in range(len(records))), key=lambda r: r["offset"])
         splits[split] = (

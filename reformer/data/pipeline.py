@@ -30,10 +30,17 @@ def byte_splits(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     return _byte_splits(d.name, d.path, d.tfds_dir)
 
 
-def _hosts(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
-    return pi, pc
+def _host_rows(rows: slice | None, batch_size: int) -> slice:
+    """`rows`, or this process's block of a global batch of `batch_size` rows."""
+    if rows is not None:
+        return rows
+    index, count = jax.process_index(), jax.process_count()
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the number of processes {count}"
+        )
+    local = batch_size // count
+    return slice(index * local, (index + 1) * local)
 
 
 def _task_lengths(config: ml_collections.ConfigDict) -> dict:
@@ -44,29 +51,26 @@ def _task_lengths(config: ml_collections.ConfigDict) -> dict:
     return {"word_len": d.word_len}
 
 
-def _rows_fn(rows_fn, pi: int, pc: int):
+def _rows_fn(rows_fn):
     """`global rows -> this host's slice`: `rows_fn` (e.g. `sharding.process_rows` of the
     mesh), or the process index's block."""
-    return rows_fn or (lambda n: slice(pi * n // pc, (pi + 1) * n // pc))
+    index, count = jax.process_index(), jax.process_count()
+    return rows_fn or (lambda n: slice(index * n // count, (index + 1) * n // count))
 
 
 def make_train_stream(
     config: ml_collections.ConfigDict,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    rows: slice | None = None,
     *,
+    rows: slice | None = None,
     rows_fn=None,
     workdir: str | None = None,
 ):
     """The endless training stream of this host's rows of each global batch (`rows`, e.g.
     `sharding.process_rows`, or the block of the process index). Translation batches vary in
     size: their rows come from `rows_fn(global rows)`, and the vocabulary from `workdir`."""
-    pi, pc = _hosts(process_index, process_count)
     if config.data.name == "translation":
-        return translation.train_stream(
-            config, workdir, jax.device_count(), _rows_fn(rows_fn, pi, pc)
-        )
+        return translation.train_stream(config, workdir, jax.device_count(), _rows_fn(rows_fn))
+    rows = _host_rows(rows, config.train.batch_size)
     if config.data.name in TASKS:
         return DuplicationStream(
             task=config.data.name,
@@ -74,8 +78,6 @@ def make_train_stream(
             batch_size=config.train.batch_size,
             **_task_lengths(config),
             vocab_size=config.model.vocab_size,
-            process_index=pi,
-            process_count=pc,
             rows=rows,
         )
     if config.data.name in BYTE_DATASETS:
@@ -84,8 +86,6 @@ def make_train_stream(
             seq_len=config.data.seq_len,
             seed=config.train.seed,
             batch_size=config.train.batch_size,
-            process_index=pi,
-            process_count=pc,
             rows=rows,
         )
     raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")
@@ -93,8 +93,6 @@ def make_train_stream(
 
 def make_eval_batches(
     config: ml_collections.ConfigDict,
-    process_index: int | None = None,
-    process_count: int | None = None,
     *,
     rows: slice | None = None,
     whole_split: bool = False,
@@ -107,16 +105,16 @@ def make_eval_batches(
     `eval.split` that score each byte once (`text.eval_windows`); the first
     `eval.num_batches` batches of them, or all with `whole_split=True`.
     """
-    pi, pc = _hosts(process_index, process_count)
     e = config.eval
     if config.data.name == "translation":
         return translation.eval_batches(
             config,
             workdir,
             jax.device_count(),
-            _rows_fn(rows_fn, pi, pc),
+            _rows_fn(rows_fn),
             0 if whole_split else e.num_batches,
         )
+    rows = _host_rows(rows, e.batch_size)
     if config.data.name in TASKS:
         stream = DuplicationStream(
             task=config.data.name,
@@ -124,14 +122,10 @@ def make_eval_batches(
             batch_size=e.batch_size,
             **_task_lengths(config),
             vocab_size=config.model.vocab_size,
-            process_index=pi,
-            process_count=pc,
             rows=rows,
         )
         return list(itertools.islice(stream, e.num_batches))
     if config.data.name in BYTE_DATASETS:
         windows = text.eval_windows(byte_splits(config)[e.split], config.data.seq_len, e.stride)
-        return text.eval_batches(
-            windows, e.batch_size, 0 if whole_split else e.num_batches, pi, pc, rows
-        )
+        return text.eval_batches(windows, e.batch_size, 0 if whole_split else e.num_batches, rows)
     raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")

@@ -18,10 +18,10 @@ import grain
 import numpy as np
 
 from reformer import storage
-from reformer.config.schema import SPLITS as SPLITS  # The split names, re-exported.
-from reformer.config.schema import ConfigError
+from reformer.errors import ConfigError
+from reformer.tokens import END_ID
 
-ID_OFFSET = 2  # id = byte + 2; 0 = padding, 1 = end.
+ID_OFFSET = END_ID + 1  # id = byte + 2, after padding (0) and end (1).
 VOCAB_SIZE = 256 + ID_OFFSET
 
 
@@ -123,21 +123,17 @@ class CropStream:
         seq_len: int,
         seed: int,
         batch_size: int,
-        process_index: int = 0,
-        process_count: int = 1,
         rows: slice | None = None,
         name: str = "train",
     ):
+        """`rows`: this host's rows of each global batch (None: all of them)."""
         if len(data) < seq_len:
             raise DataError(
                 f"config.data.seq_len: the {name} split has {len(data):,} bytes, fewer than "
                 f"one sequence of {seq_len}"
             )
         self._seed, self._seq_len = seed, seq_len
-        local = batch_size // process_count
-        rows = (
-            rows if rows is not None else slice(process_index * local, (process_index + 1) * local)
-        )
+        rows = rows if rows is not None else slice(0, batch_size)
         self._dataset = grain.MapDataset.range(2**62).map(
             lambda step: _crop_batch(
                 step, data=data, seq_len=seq_len, seed=seed, global_batch=batch_size, rows=rows
@@ -201,19 +197,16 @@ def eval_batches(
     windows: dict[str, np.ndarray],
     batch_size: int,
     num_batches: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
     rows: slice | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Windows grouped into global batches of `batch_size` (the last padded with rows of
-    weight 0), this host's rows of each (`rows`, or the process's block); the first
+    weight 0), this host's rows of each (`rows`; None: all of them); the first
     `num_batches` (0 = all)."""
     n = len(windows["tokens"])
     total = math.ceil(n / batch_size)
     if num_batches:
         total = min(total, num_batches)
-    local = batch_size // process_count
-    rows = rows if rows is not None else slice(process_index * local, (process_index + 1) * local)
+    rows = rows if rows is not None else slice(0, batch_size)
     out = []
     for b in range(total):
         batch = {}

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from reformer import storage
+from reformer.tokens import END_ID, PAD_ID, UNK_ID
 
-PAD_ID, END_ID, UNK_ID = 0, 1, 2
 # Sentences the trainer reads at most (a random sample beyond; plenty for a 32K vocabulary).
 MAX_TRAINING_SENTENCES = 2_000_000
 

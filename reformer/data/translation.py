@@ -36,7 +36,8 @@ import numpy as np
 from reformer import storage
 from reformer.data import tokenizer as vocab
 from reformer.data.text import DataError
-from reformer.data.tokenizer import END_ID, Tokenizer
+from reformer.data.tokenizer import Tokenizer
+from reformer.tokens import END_ID
 
 SMALLEST_BUCKET = 8
 VOCAB_FILE = "vocab.model"  # The vocabulary in the workdir when data.vocab_path is "".
@@ -318,7 +319,7 @@ def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
     the others wait for it)."""
     import jax
 
-    from reformer.training.metrics import log
+    from reformer.console import log
 
     path = vocab_path(config, workdir)
     if create and not storage.isfile(path):
@@ -354,7 +355,7 @@ _CACHE: dict[tuple, tuple[ParallelText, EncodedPairs]] = {}
 
 def load_split(config, split: str, tokenizer: Tokenizer) -> tuple[ParallelText, EncodedPairs]:
     """The text and encoded pairs of `split`, length-filtered (once per process)."""
-    from reformer.training.metrics import log
+    from reformer.console import log
 
     d = config.data
     source = split_source(config, split)
@@ -388,8 +389,10 @@ def train_stream(config, workdir: str | None, row_multiple: int, rows_fn) -> Tok
 def eval_batches(
     config, workdir: str | None, row_multiple: int, rows_fn, max_batches: int = 0
 ) -> list[dict[str, np.ndarray]]:
-    """Every pair of `eval.split` once, in length buckets of `eval.batch_size` rows (the
-    first `max_batches`, or all with 0); padding rows have weight 0."""
+    """Every pair of `eval.split` once, in length buckets (the first `max_batches`, or all
+    with 0): a batch holds `eval.batch_size` rows at the longest length and as many more at a
+    shorter one as the same number of positions allows (rounded down to a multiple of
+    `row_multiple`); padding rows have weight 0."""
     tokenizer = vocabulary(config, workdir)
     _, pairs = load_split(config, config.eval.split, tokenizer)
     lengths = bucket_lengths(max(config.data.seq_len, config.data.source_len))

@@ -11,8 +11,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from reformer.decoding.sampling import END_TOKEN, forward, prefill, prepare
-from reformer.model.models import ModelConfig
+from reformer.decoding.layers import forward
+from reformer.decoding.sampling import prefill, prepare
+from reformer.model.model_config import ModelConfig
+from reformer.tokens import END_ID
 
 LENGTH_PENALTY = 0.6  # alpha of the authors' beam search: score / ((5 + len) / 6) ** alpha
 
@@ -113,7 +115,7 @@ def beam_search(
     *,
     beam_size: int = 4,
     alpha: float = LENGTH_PENALTY,
-    end_token: int | None = END_TOKEN,
+    end_token: int | None = END_ID,
     n_hashes: int | None = None,
     source_BxS=None,
 ):

@@ -1,14 +1,14 @@
-"""Cached autoregressive decoding: sampling and beam search for the language model and the
-encoder-decoder.
+"""Cached autoregressive sampling for the language model and the encoder-decoder: the
+checks of a prompt and a source, the sampling rule, the prefill and the jitted sampling
+loop, teacher-forced logits through the caches, and the uncached reference loop (beam
+search: `beam.py`).
 
 Position `t` of a decoder reads token `t - 1` (0 at `t = 0`) and its logits predict token
-`t`. The models decode through their own modules (`caches=` in `ReformerLM` and the
-encoder-decoder's `extend`): each attention module fills and reads its cache with its own
-projections (`attention/caches.py` has what a cache holds and the semantics per layer kind),
-so this file holds only the loops (beam search: `beam.py`). A prompt of `N` tokens
-is one forward pass over positions `0..N` (the prefill); then each new token is one step
-that runs every layer on one position. An encoder-decoder encodes its source once, before
-the prefill, and every cross-attention layer caches the source's keys and values.
+`t`. A prompt of `N` tokens is one forward pass over positions `0..N` (the prefill); then
+each new token is one step that runs every layer on one position (`layers.forward`, through
+the model's own modules; the caches and their rotations are set up in `cache.py`). An
+encoder-decoder encodes its source once, before the prefill, and every cross-attention
+layer caches the source's keys and values (`layers.start_caches`).
 
 Full and local layers compute exactly what the training forward pass computes for a
 position. LSH layers follow the one-query semantics of `docs/architecture.md` ("Decoding"),
@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer.attention import lsh
-from reformer.model.blocks import init_caches, lsh_rotations
-from reformer.model.models import ModelConfig, ReformerEncoderDecoder, ReformerLM
-
-END_TOKEN = 1  # byte vocabulary and the synthetic tasks: 0 = padding, 1 = end
+from reformer.decoding.layers import forward, start_caches
+from reformer.model.model_config import ModelConfig
+from reformer.model.models import ReformerLM
+from reformer.tokens import END_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,103 +69,6 @@ def max_positions(cfg: ModelConfig) -> int | None:
     if cfg.positional == "axial":
         return math.prod(cfg.axial_shape)
     return None
-
-
-def lsh_n_buckets(cfg: ModelConfig) -> int:
-    """Buckets per round of LSH self-attention when decoding: `model.n_buckets`, the count
-    `with_training_length` resolved, else trax's automatic count at `model.max_len`."""
-    return (
-        cfg.lsh_n_buckets
-        or cfg.decode_n_buckets
-        or lsh.default_n_buckets(cfg.max_len, cfg.lsh_chunk_len)
-    )
-
-
-def cross_n_buckets(cfg: ModelConfig) -> int:
-    """Buckets per round of LSH cross-attention when decoding: `model.n_buckets`, the count
-    `with_training_length` resolved, else the automatic count of `2 * model.max_len` items."""
-    return (
-        cfg.lsh_n_buckets
-        or cfg.cross_n_buckets
-        or lsh.default_n_buckets(2 * cfg.max_len, cfg.lsh_chunk_len)
-    )
-
-
-def with_training_length(cfg: ModelConfig, seq_len: int, source_len: int = 0) -> ModelConfig:
-    """`cfg` with the bucket counts decoding uses fixed to those training used with
-    automatic `n_buckets` at sequences of `seq_len` tokens (and sources of `source_len`:
-    LSH cross-attention hashes `seq_len + source_len` items), so decoding hashes into as many
-    buckets as training. Training's own fields (and so an encoder's buckets) are unchanged."""
-    if cfg.lsh_n_buckets:
-        return cfg
-    if "lsh" in cfg.attention_types:
-        cfg = dataclasses.replace(
-            cfg, decode_n_buckets=lsh.default_n_buckets(seq_len, cfg.lsh_chunk_len)
-        )
-    if cfg.kind == "encoder_decoder" and cfg.cross_attention == "lsh":
-        total = lsh.default_n_buckets(seq_len + source_len, cfg.lsh_chunk_len)
-        cfg = dataclasses.replace(cfg, cross_n_buckets=total)
-    return cfg
-
-
-def all_rotations(cfg: ModelConfig, hash_key: jax.Array, n_hashes: int) -> list:
-    """Each layer's LSH self-attention rotations for one decode (None for other layers),
-    as `init_cache` draws them."""
-    return [
-        lsh_rotations(cfg, jax.random.fold_in(hash_key, i), n_hashes, lsh_n_buckets(cfg))
-        if cfg.attention_type(i) == "lsh"
-        else None
-        for i in range(cfg.n_layers)
-    ]
-
-
-def init_cache(cfg: ModelConfig, batch: int, length: int, n_hashes: int, hash_key) -> list:
-    """Empty caches of every layer for `length` positions (`blocks.init_caches`)."""
-    return init_caches(
-        cfg,
-        batch,
-        length,
-        n_hashes,
-        hash_key,
-        n_buckets=lsh_n_buckets(cfg),
-        cross_n_buckets=cross_n_buckets(cfg),
-    )
-
-
-def _model(cfg: ModelConfig):
-    return ReformerEncoderDecoder(cfg) if cfg.kind == "encoder_decoder" else ReformerLM(cfg)
-
-
-def forward(cfg: ModelConfig, params, inputs_BxM, start, caches):
-    """Logits `[B, M, V]` of positions `start + [0, M)` that read `inputs_BxM` (already
-    shifted: the token before each position), and the caches with these positions added.
-    `M > 1` is a prefill and must start at 0; `M == 1` is one step at any `start`."""
-    start = jnp.asarray(start, jnp.int32)
-    if cfg.kind == "encoder_decoder":
-        return ReformerEncoderDecoder(cfg).apply(
-            {"params": params}, inputs_BxM, start, caches, method="extend"
-        )
-    return ReformerLM(cfg).apply({"params": params}, inputs_BxM, caches=caches, start=start)
-
-
-def start_caches(cfg: ModelConfig, params, batch, total, n_hashes, hash_key, source_BxS=None):
-    """The caches a decode starts from: empty for `total` positions and, for an
-    encoder-decoder, holding its source (`[B, S]`, encoded once, with `hash_key` for the
-    encoder's LSH layers) in every cross-attention layer."""
-    caches = init_cache(cfg, batch, total, n_hashes, hash_key)
-    if cfg.kind != "encoder_decoder":
-        return caches
-    model = ReformerEncoderDecoder(cfg)
-    memory, mask = model.apply(
-        {"params": params},
-        source_BxS,
-        n_hashes=n_hashes,
-        method="encode",
-        rngs={"hash": hash_key},
-    )
-    repeat = batch // source_BxS.shape[0]  # beams share their row's source
-    memory, mask = (jnp.repeat(a, repeat, axis=0) for a in (memory, mask))
-    return model.apply({"params": params}, memory, mask, caches, method="cache_source")
 
 
 def sample_logits(logits_BxV: jax.Array, keys_B: jax.Array, sampling: Sampling) -> jax.Array:
@@ -341,7 +243,7 @@ def generate(
     rng: jax.Array,
     sampling: Sampling = Sampling(),
     *,
-    end_token: int | None = END_TOKEN,
+    end_token: int | None = END_ID,
     n_hashes: int | None = None,
     return_logits: bool = False,
     source_BxS=None,
@@ -447,7 +349,7 @@ def generate_uncached(
     rng: jax.Array,
     sampling: Sampling = Sampling(),
     *,
-    end_token: int | None = END_TOKEN,
+    end_token: int | None = END_ID,
     n_hashes: int | None = None,
 ):
     """`generate` without a cache: every new token re-runs the whole model (the training

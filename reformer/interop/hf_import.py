@@ -10,10 +10,11 @@ t - 1, as trax does), while HF reads token t at position t. So HF's logits for i
 `[0, t_0, ..., t_{L-2}]` are ours for tokens `[t_0, ..., t_{L-1}]`. The published trax
 weights (`google/reformer-enwik8`) were trained with the shift, which this model restores.
 
-Factorized bucket counts (a list `num_buckets`) become `model.bucket_factors`. Settings
-this project cannot express (other chunk neighbourhoods, an encoder without causal masking,
-other activations) are refused with a ConfigError that
-names the HF field.
+`convert` writes both into a new workdir with a config file (`scripts/convert_hf_checkpoint.py`
+is its command line). Factorized bucket counts (a list `num_buckets`) become
+`model.bucket_factors`. Settings this project cannot express (other chunk neighbourhoods, an
+encoder without causal masking, other activations, tied output weights, axial positions of
+other than two axes) are refused with a ConfigError that names the HF field.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ import ml_collections
 import numpy as np
 
 from reformer import storage
-from reformer.config.schema import ConfigError, default_config, load_config_file
-from reformer.model.blocks import layer_name
+from reformer.config import default_config, load_config_file
+from reformer.errors import ConfigError
+from reformer.model import ModelConfig, init_params, make_model
+from reformer.model.model_config import layer_name
+from reformer.training import checkpoints
 
 # HF `hidden_act` -> `model.ff_activation`. HF's "gelu" is the erf form, "gelu_new" the tanh
 # approximation (flax's `nn.gelu` default).
@@ -61,12 +65,9 @@ def hf_auto_buckets(seq_len: int, chunk_len: int, max_positions: int) -> int | l
     return 2**power
 
 
-def config_from_hf(hf: Mapping, seq_len: int | None = None) -> ml_collections.ConfigDict:
-    """This project's config for the model of an HF `config.json` (a dict).
-
-    `seq_len` (default: the axial grid, or `max_position_embeddings`) becomes
-    `data.seq_len`; training, data and optimizer fields keep `default_config()`'s values.
-    """
+def _inexpressible(hf: Mapping) -> list[str]:
+    """The settings of an HF `config.json` this project cannot express, each as
+    `field = value: why` (empty if it converts)."""
     problems: list[str] = []
 
     def need(ok: bool, field: str, message: str) -> None:
@@ -97,30 +98,19 @@ def config_from_hf(hf: Mapping, seq_len: int | None = None) -> ml_collections.Co
         )
     act = hf.get("hidden_act", "relu")
     need(act in ACTIVATIONS, "hidden_act", f"must be one of {sorted(ACTIVATIONS)}")
-    axial = bool(hf.get("axial_pos_embds", True))
-    if axial:
-        need(
-            len(hf.get("axial_pos_shape", ())) == 2,
-            "axial_pos_shape",
-            "this project's axial positions have two axes",
-        )
-        need(
-            len(hf.get("axial_pos_embds_dim", ())) == 2,
-            "axial_pos_embds_dim",
-            "this project's axial positions have two axes",
-        )
+    if hf.get("axial_pos_embds", True):
+        for field in ("axial_pos_shape", "axial_pos_embds_dim"):
+            need(len(hf.get(field, ())) == 2, field, "this project's axial positions have two axes")
     need(
         not hf.get("tie_word_embeddings", False),
         "tie_word_embeddings",
         "this project's output layer has its own weights",
     )
-    if problems:
-        raise ConfigError(
-            "this HuggingFace Reformer config cannot be expressed here:\n  " + "\n  ".join(problems)
-        )
+    return problems
 
-    c = default_config()
-    m = c.model
+
+def _set_layers(m: ml_collections.ConfigDict, hf: Mapping, layers: list[str]) -> None:
+    """Sizes, the attention pattern and each layer's settings into `config.model` `m`."""
     m.vocab_size = int(hf["vocab_size"])
     m.d_model = int(hf["hidden_size"])
     m.d_ff = int(hf["feed_forward_size"])
@@ -133,37 +123,65 @@ def config_from_hf(hf: Mapping, seq_len: int | None = None) -> ml_collections.Co
     m.n_hashes = int(hf.get("num_hashes", 1))
     m.causal = True
     m.residual = "reversible"  # HF's layers are; `two_stream` is the same function.
-    m.ff_activation = ACTIVATIONS[act]
+    m.ff_activation = ACTIVATIONS[hf.get("hidden_act", "relu")]
     m.layer_norm_eps = float(hf.get("layer_norm_eps", 1e-12))
     m.dropout = float(hf.get("hidden_dropout_prob", 0.0))
-    # One attention dropout here; HF has one per attention type.
+    # One attention dropout here; HF has one per attention type: local's if the model has
+    # local layers, else LSH's.
     kinds = "local" if "local" in layers else "lsh"
     m.attention_dropout = float(hf.get(f"{kinds}_attention_probs_dropout_prob", 0.0))
-    max_positions = int(hf.get("max_position_embeddings", 4096))
-    if axial:
+
+
+def _set_positions(m: ml_collections.ConfigDict, hf: Mapping) -> None:
+    """Axial (two axes) or learned positional embeddings, and `max_len`, into `m`."""
+    if hf.get("axial_pos_embds", True):
         m.positional = "axial"
         m.axial_shape = tuple(int(a) for a in hf["axial_pos_shape"])
         m.axial_dims = tuple(int(d) for d in hf["axial_pos_embds_dim"])
         m.max_len = math.prod(m.axial_shape)
     else:
         m.positional = "learned"
-        m.max_len = max_positions
-    c.data.seq_len = int(seq_len or m.max_len)
+        m.max_len = int(hf.get("max_position_embeddings", 4096))
+
+
+def _set_buckets(m: ml_collections.ConfigDict, hf: Mapping, layers: list[str], seq_len: int):
+    """`n_buckets` (HF's choice for `seq_len` when `num_buckets` is None) and, for a list of
+    bucket factors, `bucket_factors` into `m`."""
     buckets = hf.get("num_buckets")
     if buckets is None and "lsh" in layers:
-        buckets = hf_auto_buckets(c.data.seq_len, m.lsh_chunk_len, max_positions)
+        max_positions = int(hf.get("max_position_embeddings", 4096))
+        buckets = hf_auto_buckets(seq_len, m.lsh_chunk_len, max_positions)
     if isinstance(buckets, list | tuple):
         if not buckets or any(int(b) < 2 or int(b) % 2 for b in buckets):
             raise ConfigError(
                 f"this HuggingFace Reformer config cannot be expressed here:\n  num_buckets = "
                 f"{list(buckets)!r}: each factor must be an even count >= 2"
             )
-        if len(buckets) > 1:  # Factorized: hashed as HF does (lsh.buckets_from_rotated).
+        if len(buckets) > 1:  # Factorized: hashed as HF does (hashing.buckets_from_rotated).
             m.bucket_factors = tuple(int(b) for b in buckets)
         buckets = math.prod(int(b) for b in buckets)
     m.n_buckets = int(buckets or 0)
+
+
+def config_from_hf(hf: Mapping, seq_len: int | None = None) -> ml_collections.ConfigDict:
+    """This project's config for the model of an HF `config.json` (a dict).
+
+    `seq_len` (default: the axial grid, or `max_position_embeddings`) becomes
+    `data.seq_len`; training, data and optimizer fields keep `default_config()`'s values.
+    """
+    problems = _inexpressible(hf)
+    if problems:
+        raise ConfigError(
+            "this HuggingFace Reformer config cannot be expressed here:\n  " + "\n  ".join(problems)
+        )
+    layers = list(hf["attn_layers"])
+    c = default_config()
+    _set_layers(c.model, hf, layers)
+    _set_positions(c.model, hf)
+    c.data.seq_len = int(seq_len or c.model.max_len)
+    _set_buckets(c.model, hf, layers, c.data.seq_len)
     # Byte-level (ids = byte + 2, google/reformer-enwik8) or other text data (data.path).
-    c.data.name = "enwik8" if m.vocab_size == 258 else "text"
+    c.data.name = "enwik8" if c.model.vocab_size == 258 else "text"
     return c
 
 
@@ -192,115 +210,149 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
     )
 
 
-def params_from_hf(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict) -> dict:
-    """This model's parameter tree (float32 arrays) from an HF `ReformerModelWithLMHead`
-    state dict (NumPy arrays, as `read_state_dict` gives)."""
-    m = config.model
-    d, h, k = m.d_model, m.n_heads, m.d_head
-    pattern = tuple(m.attention_types)
-    state = {key.removeprefix("reformer."): np.asarray(v, np.float32) for key, v in state.items()}
-    used: set[str] = set()
+class _Weights:
+    """An HF state dict (float32, without the `reformer.` prefix) read weight by weight,
+    each checked against the shape this model needs; it remembers which were read."""
 
-    def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
-        if key not in state:
+    def __init__(self, state: Mapping[str, np.ndarray]):
+        self.state = {
+            k.removeprefix("reformer."): np.asarray(v, np.float32) for k, v in state.items()
+        }
+        self.used: set[str] = set()
+
+    def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if key not in self.state:
             raise ConfigError(f"the HF checkpoint has no weight {key!r}")
-        used.add(key)
-        value = state[key]
+        self.used.add(key)
+        value = self.state[key]
         if value.shape != shape:
             raise ConfigError(f"HF weight {key} has shape {value.shape}, expected {shape}")
         return value
 
-    def heads_in(key):  # torch Linear [H*K, D] -> DenseGeneral kernel [D, H, K]
-        return take(key, (h * k, d)).T.reshape(d, h, k)
-
-    def layer_params(i: int, kind: str) -> dict:
-        pre = f"encoder.layers.{i}"
-        sa = f"{pre}.attention.self_attention"
-        names = ("query_key", "value") if kind == "lsh" else ("query", "key", "value")
-        attn = {n: {"kernel": heads_in(f"{sa}.{n}.weight")} for n in names}
-        attn["out"] = {
-            "kernel": take(f"{pre}.attention.output.dense.weight", (d, h * k)).T.reshape(h, k, d)
-        }
-        ff = f"{pre}.feed_forward"
+    def norm(self, prefix: str, width: int) -> dict:
+        """A LayerNorm's `{scale, bias}` from `prefix.weight` and `prefix.bias`."""
         return {
-            "attention": {
-                "norm": {
-                    "scale": take(f"{pre}.attention.layer_norm.weight", (d,)),
-                    "bias": take(f"{pre}.attention.layer_norm.bias", (d,)),
-                },
-                "attention": attn,
-            },
-            "feed_forward": {
-                "norm": {
-                    "scale": take(f"{ff}.layer_norm.weight", (d,)),
-                    "bias": take(f"{ff}.layer_norm.bias", (d,)),
-                },
-                "ff": {
-                    "wi_kernel": take(f"{ff}.dense.dense.weight", (m.d_ff, d)).T,
-                    "wi_bias": take(f"{ff}.dense.dense.bias", (m.d_ff,)),
-                    "wo_kernel": take(f"{ff}.output.dense.weight", (d, m.d_ff)).T,
-                    "wo_bias": take(f"{ff}.output.dense.bias", (d,)),
-                },
-            },
+            "scale": self.take(f"{prefix}.weight", (width,)),
+            "bias": self.take(f"{prefix}.bias", (width,)),
         }
 
-    layers = {}
-    for j, kind in enumerate(pattern):
-        repeats = [layer_params(i, kind) for i in range(j, m.n_layers, len(pattern))]
-        layers[layer_name(j, kind)] = _stack(repeats)
+    def check_all_used(self) -> None:
+        unused = sorted(set(self.state) - self.used)
+        if unused:
+            raise ConfigError(
+                "the HF checkpoint has weights this model has no place for: "
+                + ", ".join(unused[:10])
+            )
 
-    params = {
-        "embed": {"embedding": take("embeddings.word_embeddings.weight", (m.vocab_size, d))},
-        "layers": layers,
-        "final_norm": {
-            "scale": take("encoder.layer_norm.weight", (2 * d,)),
-            "bias": take("encoder.layer_norm.bias", (2 * d,)),
-        },
-        "logits": {
-            "kernel": take("lm_head.decoder.weight", (m.vocab_size, 2 * d)).T,
-            # HF's output layer adds lm_head.decoder.bias (tied to lm_head.bias, which older
-            # files hold alone).
-            "bias": take(
-                "lm_head.decoder.bias" if "lm_head.decoder.bias" in state else "lm_head.bias",
-                (m.vocab_size,),
-            ),
+
+def _layer_params(w: _Weights, m: ml_collections.ConfigDict, i: int, kind: str) -> dict:
+    """Layer `i` (attention type `kind`): its attention and feed-forward halves."""
+    d, h, k = m.d_model, m.n_heads, m.d_head
+    pre = f"encoder.layers.{i}"
+    sa = f"{pre}.attention.self_attention"
+    names = ("query_key", "value") if kind == "lsh" else ("query", "key", "value")
+    # torch Linear [H*K, D] -> DenseGeneral kernel [D, H, K], and [D, H*K] -> [H, K, D].
+    attn = {n: {"kernel": w.take(f"{sa}.{n}.weight", (h * k, d)).T.reshape(d, h, k)} for n in names}
+    attn["out"] = {
+        "kernel": w.take(f"{pre}.attention.output.dense.weight", (d, h * k)).T.reshape(h, k, d)
+    }
+    ff = f"{pre}.feed_forward"
+    return {
+        "attention": {"norm": w.norm(f"{pre}.attention.layer_norm", d), "attention": attn},
+        "feed_forward": {
+            "norm": w.norm(f"{ff}.layer_norm", d),
+            "ff": {
+                "wi_kernel": w.take(f"{ff}.dense.dense.weight", (m.d_ff, d)).T,
+                "wi_bias": w.take(f"{ff}.dense.dense.bias", (m.d_ff,)),
+                "wo_kernel": w.take(f"{ff}.output.dense.weight", (d, m.d_ff)).T,
+                "wo_bias": w.take(f"{ff}.output.dense.bias", (d,)),
+            },
         },
     }
-    used.update(k for k in ("lm_head.bias", "lm_head.decoder.bias") if k in state)
+
+
+def _stacked_layers(w: _Weights, m: ml_collections.ConfigDict) -> dict:
+    """HF's layers 0..n-1 as this model's groups: pattern position j holds layers j, j + p,
+    j + 2p, ... (p = len(attention_types)) stacked on a leading axis."""
+    pattern = tuple(m.attention_types)
+    layers = {}
+    for j, kind in enumerate(pattern):
+        repeats = [_layer_params(w, m, i, kind) for i in range(j, m.n_layers, len(pattern))]
+        layers[layer_name(j, kind)] = _stack(repeats)
+    return layers
+
+
+def _output_layer(w: _Weights, m: ml_collections.ConfigDict) -> dict:
+    """The final LayerNorm over the two joined streams and the output layer."""
+    # HF's output layer adds lm_head.decoder.bias (tied to lm_head.bias, which older files
+    # hold alone); both count as read.
+    bias = "lm_head.decoder.bias" if "lm_head.decoder.bias" in w.state else "lm_head.bias"
+    output = {
+        "final_norm": w.norm("encoder.layer_norm", 2 * m.d_model),
+        "logits": {
+            "kernel": w.take("lm_head.decoder.weight", (m.vocab_size, 2 * m.d_model)).T,
+            "bias": w.take(bias, (m.vocab_size,)),
+        },
+    }
+    w.used.update(k for k in ("lm_head.bias", "lm_head.decoder.bias") if k in w.state)
+    return output
+
+
+def _positions(w: _Weights, m: ml_collections.ConfigDict) -> dict:
+    """The positional embeddings: two axial tables, or one learned table."""
     if m.positional == "axial":
         (a, b), (d1, d2) = m.axial_shape, m.axial_dims
-        params["axial_pos"] = {
-            "axial_0": take("embeddings.position_embeddings.weights.0", (a, 1, d1)).reshape(a, d1),
-            "axial_1": take("embeddings.position_embeddings.weights.1", (1, b, d2)).reshape(b, d2),
+        pos = "embeddings.position_embeddings.weights"
+        return {
+            "axial_pos": {
+                "axial_0": w.take(f"{pos}.0", (a, 1, d1)).reshape(a, d1),
+                "axial_1": w.take(f"{pos}.1", (1, b, d2)).reshape(b, d2),
+            }
         }
-    else:
-        params["pos_embed"] = take(
-            "embeddings.position_embeddings.embedding.weight", (m.max_len, d)
-        )
-    unused = sorted(set(state) - used)
-    if unused:
-        raise ConfigError(
-            "the HF checkpoint has weights this model has no place for: " + ", ".join(unused[:10])
-        )
+    table = w.take("embeddings.position_embeddings.embedding.weight", (m.max_len, m.d_model))
+    return {"pos_embed": table}
+
+
+def params_from_hf(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict) -> dict:
+    """This model's parameter tree (float32 arrays) from an HF `ReformerModelWithLMHead`
+    state dict (NumPy arrays, as `read_state_dict` gives). Every HF weight must find its
+    place."""
+    m = config.model
+    w = _Weights(state)
+    layers = _stacked_layers(w, m)
+    params = {
+        "embed": {
+            "embedding": w.take("embeddings.word_embeddings.weight", (m.vocab_size, m.d_model))
+        },
+        "layers": layers,
+        **_output_layer(w, m),
+        **_positions(w, m),
+    }
+    w.check_all_used()
     return jax.tree.map(jnp.asarray, params)
 
 
-# Fields of config.model (and data) written into the generated config file.
-MODEL_FIELDS = (
-    "vocab_size", "d_model", "d_ff", "n_heads", "d_head", "n_layers", "attention_types",
-    "lsh_chunk_len", "local_chunk_len", "n_buckets", "bucket_factors", "n_hashes", "causal",
-    "residual",
-    "ff_activation", "layer_norm_eps", "positional", "max_len", "axial_shape", "axial_dims",
-    "dropout", "attention_dropout",
-)  # fmt: skip
+def _literal(value):
+    """`value` as the config file writes it (lists as tuples)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
-def config_source(config, source: str) -> str:
-    """The text of a config file that rebuilds `config` from `default_config()`."""
+def _changed_model_fields(config: ml_collections.ConfigDict) -> list[str]:
+    """The `config.model` fields whose values differ from `default_config()`'s, in the
+    order `default_config()` lists them."""
+    defaults = default_config().model
+    return [
+        name for name in defaults.keys() if _literal(config.model[name]) != _literal(defaults[name])
+    ]
+
+
+def config_source(config: ml_collections.ConfigDict, source: str) -> str:
+    """The text of a config file that rebuilds `config` from `default_config()`: the model
+    fields that differ from their defaults, `data.name` and `data.seq_len`."""
     lines = [
         f'"""Converted from the HuggingFace Reformer checkpoint {source}',
-        "by scripts/convert_hf_checkpoint.py. Data, training and optimizer fields are the",
-        'defaults of reformer/config/schema.py; set them on the command line."""',
+        "by scripts/convert_hf_checkpoint.py. Fields not set here keep the values of",
+        'reformer.config.default_config(); set them on the command line."""',
         "",
         "from reformer.config import default_config",
         "",
@@ -309,9 +361,8 @@ def config_source(config, source: str) -> str:
         "    del variant",
         "    c = default_config()",
     ]
-    for name in MODEL_FIELDS:
-        value = config.model[name]
-        lines.append(f"    c.model.{name} = {tuple(value) if isinstance(value, list) else value!r}")
+    for name in _changed_model_fields(config):
+        lines.append(f"    c.model.{name} = {_literal(config.model[name])!r}")
     lines.append(f"    c.data.name = {config.data.name!r}")
     lines.append(f"    c.data.seq_len = {config.data.seq_len!r}")
     lines.append("    return c")
@@ -322,11 +373,6 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
     """Converts the `save_pretrained` directory `hf_dir` into a new workdir `out`:
     `out/config.py` (a config file of the model), `out/config.json` and `out/checkpoints/0/`
     (the parameters only). Returns the config file's path."""
-    from reformer.training import (
-        checkpoints,
-        steps,  # Not at the top: steps imports the model.
-    )
-
     storage.check(hf_dir, "--hf_dir")
     if storage.isdir(storage.join(storage.check(out, "--out"), "checkpoints")):
         raise ConfigError(f"--out {out} already holds checkpoints; give a new directory")
@@ -342,9 +388,9 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
     config = load_config_file(config_path)  # What users will load.
 
     params = params_from_hf(read_state_dict(hf_dir), config)
-    model = steps.make_model(config)
+    model = make_model(ModelConfig.from_config(config.model))
     shapes = jax.eval_shape(
-        lambda k: steps.init_params(model, k, 1, config.data.seq_len), jax.random.key(0)
+        lambda k: init_params(model, k, 1, config.data.seq_len), jax.random.key(0)
     )
     problems = checkpoints.param_mismatches(params, shapes)
     if problems:  # A converter bug, not a user error.

@@ -1,22 +1,21 @@
 """The blocks every model is built from: the self-attention, cross-attention and
-feed-forward halves, the input embeddings, the layer stack of each residual kind and its
-decoding loop, and the output layer with its chunked loss. The config they read and the
-layer-naming rule are in `reformer/model/model_config.py`.
+feed-forward halves, the input embeddings, the layer stack of each residual kind, and the
+output layer with its chunked loss. The config they read and the layer-naming rule are in
+`reformer/model/model_config.py`; decoding runs these halves itself (`reformer/decoding/`).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from reformer.attention import caches as caches_lib
-from reformer.attention import cross_attention, lsh
-from reformer.attention import self_attention as attention
+from reformer.attention import cross_attention
+from reformer.attention.primitives import matmul, sequence_map
 from reformer.model import reversible
+from reformer.model.attention_types import make_attention
 from reformer.model.layers import (
     AxialPositionalEmbedding,
     FeedForwardWeights,
@@ -24,54 +23,12 @@ from reformer.model.layers import (
     dropout,
     feed_forward,
     layer_norm,
-    matmul,
-    sequence_map,
 )
-from reformer.model.model_config import (  # noqa: F401  (re-exported: the blocks' config and names)
+from reformer.model.model_config import (
     HALVES,
-    STREAM_SPACING,
     ModelConfig,
-    layer_name,
     layer_names,
-    layer_params,
-    retype_layers,
 )
-
-
-def make_attention(cfg: ModelConfig, kind: str, name: str) -> nn.Module:
-    """The self-attention module of one layer, by type. Bidirectional LSH and local layers
-    see one chunk before and one after (the authors' encoder), local ones none across the
-    sequence's ends; causal ones one chunk before."""
-    causal = cfg.causal_attention
-    common = dict(
-        n_heads=cfg.n_heads,
-        d_head=cfg.d_head,
-        causal=causal,
-        dropout_rate=cfg.attention_dropout,
-        dtype=cfg.jnp_dtype,
-        position_chunk=cfg.position_chunk_size,
-        name=name,
-    )
-    chunks = dict(n_chunks_before=1, n_chunks_after=0 if causal else 1)
-    if kind == "full":
-        return attention.FullSelfAttention(**common)
-    if kind == "full_shared_qk":
-        return attention.FullSelfAttention(shared_qk=True, **common)
-    if kind == "lsh":
-        return attention.LSHSelfAttention(
-            chunk_len=cfg.lsh_chunk_len,
-            n_buckets=cfg.lsh_n_buckets or None,
-            bucket_factors=cfg.bucket_factors or None,
-            n_hashes=cfg.n_hashes,
-            heads_per_step=cfg.lsh_heads_per_step,
-            **chunks,
-            **common,
-        )
-    if kind == "local":
-        return attention.LocalSelfAttention(
-            chunk_len=cfg.local_chunk_len, wrap=causal, **chunks, **common
-        )
-    raise ValueError(f"unknown attention type {kind!r}")
 
 
 def _dropout_key(module: nn.Module, rate: float, deterministic: bool):
@@ -244,7 +201,19 @@ def embed(
         x_BxLxD = sequence_map(
             lambda i, x: dropout(x, rate, key, i), (x_BxLxD,), cfg.position_chunk_size
         )
-    return module.perturb("embedded", x_BxLxD)  # Lets tests take d(output)/d(input).
+    return x_BxLxD
+
+
+class PositionsEmbedding(nn.Module):
+    """Decoding's input: `embed` without dropout of the inputs of positions
+    `start + [0, L)`, applied to the parameters of the model (or tower) that declared them
+    (`embed` unless a shared `table` is given, `pos_embed` or `axial_pos`)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, inputs_BxL, start, table=None):
+        return embed(self, self.cfg, inputs_BxL, True, table, start=start)
 
 
 def _stack_rngs(module: nn.Module, deterministic: bool, uses_lsh: bool) -> dict:
@@ -393,119 +362,6 @@ def layer_stack(
     return tuple(s for s in streams if s is not None)
 
 
-def decode_layers(
-    module: nn.Module,
-    cfg: ModelConfig,
-    x_BxMxD: jax.Array | None,
-    start,
-    caches: list[dict],
-    memory: jax.Array | None = None,
-    memory_mask_BxS: jax.Array | None = None,
-):
-    """The layers on positions `start + [0, M)` through their decoding caches (forward
-    only, whatever the residual kind: nothing is reconstructed); returns `(streams, caches
-    with these positions written)`. Given `memory`, the decoder's cross-attention caches are
-    filled from it first (`x_BxMxD` may then be None: only the caches are returned). The
-    layers are the modules' own halves applied to `module`'s `layers`."""
-    layers = module.get_variable("params", "layers")
-    caches = [dict(c) for c in caches]
-    cross = CrossAttentionHalf(cfg, parent=None)
-    if memory is not None:
-        for i, cache in enumerate(caches):
-            p = layer_params(layers, cfg, i)["cross_attention"]
-            cache["cross_attention"] = cross.apply(
-                {"params": p},
-                None,
-                memory,
-                memory_mask_BxS,
-                deterministic=True,
-                cache=cache["cross_attention"],
-            )[1]
-    if x_BxMxD is None:
-        return None, caches
-    grid = functools.partial(reversible.on_grid, spacing=cfg.stream_spacing)
-    a = grid(x_BxMxD)
-    b = None if cfg.n_streams == 1 else a
-    feed_forward_def = FeedForwardHalf(cfg, parent=None)
-    for i, cache in enumerate(caches):
-        p = layer_params(layers, cfg, i)
-        out, cache["attention"] = AttentionHalf(cfg, cfg.attention_type(i), parent=None).apply(
-            {"params": p["attention"]},
-            reversible.half_input(a, b),
-            None,
-            deterministic=True,
-            cache=cache["attention"],
-            start=start,
-        )
-        a, b = reversible.add_half(a, b, grid(out))
-        if "cross_attention" in p:
-            out, cache["cross_attention"] = cross.apply(
-                {"params": p["cross_attention"]},
-                reversible.half_input(a, b),
-                None,
-                None,
-                deterministic=True,
-                cache=cache["cross_attention"],
-            )
-            a, b = reversible.add_half(a, b, grid(out))
-        out = feed_forward_def.apply(
-            {"params": p["feed_forward"]}, reversible.half_input(a, b), deterministic=True
-        )
-        a, b = reversible.add_half(a, b, grid(out))
-    return tuple(s for s in (a, b) if s is not None), caches
-
-
-def lsh_rotations(cfg: ModelConfig, key: jax.Array, n_hashes: int, n_buckets: int):
-    """Random rotations `[H, K, n_hashes, R]` of one LSH layer for one decode (R as in
-    training, `lsh.rotation_width`)."""
-    width = lsh.rotation_width(n_buckets, cfg.bucket_factors)
-    return jax.random.normal(key, (cfg.n_heads, cfg.d_head, n_hashes, width))
-
-
-def init_caches(
-    cfg: ModelConfig,
-    batch: int,
-    length: int,
-    n_hashes: int,
-    hash_key: jax.Array,
-    *,
-    n_buckets: int = 0,
-    cross_n_buckets: int = 0,
-) -> list[dict]:
-    """Empty decoding caches of every layer for `length` positions. LSH layers draw their
-    rotations once per decode: self-attention of layer i from `fold_in(hash_key, i)`, the
-    decoder's LSH cross-attention from `fold_in(hash_key, n_layers + i)`, with `n_buckets`
-    and `cross_n_buckets` buckets (`model.n_buckets` when those are 0)."""
-    caches = []
-    for i in range(cfg.n_layers):
-        kind = cfg.attention_type(i)
-        rotations = None
-        if kind == "lsh":
-            buckets = n_buckets or cfg.lsh_n_buckets
-            rotations = lsh_rotations(cfg, jax.random.fold_in(hash_key, i), n_hashes, buckets)
-        cache = {
-            "attention": caches_lib.empty_self_cache(
-                kind,
-                batch,
-                length,
-                cfg.n_heads,
-                cfg.d_head,
-                cfg.jnp_dtype,
-                local_chunk_len=cfg.local_chunk_len,
-                rotations=rotations,
-            )
-        }
-        if cfg.kind in ("decoder", "encoder_decoder"):
-            key = jax.random.fold_in(hash_key, cfg.n_layers + i)
-            buckets = cross_n_buckets or cfg.lsh_n_buckets
-            lsh_cross = cfg.cross_attention == "lsh"
-            cache["cross_attention"] = {
-                "rotations": lsh_rotations(cfg, key, n_hashes, buckets) if lsh_cross else None
-            }
-        caches.append(cache)
-    return caches
-
-
 def final_norm(module: nn.Module, cfg: ModelConfig):
     """The LayerNorm over the joined streams (`final_norm`, `n_streams * d_model` wide), as a
     function of the joined features."""
@@ -558,6 +414,14 @@ class OutputLayer(nn.Module):
         )
         loss = sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0)
         return loss, sums
+
+
+def stream_logits(cfg: ModelConfig, norm: dict, output: dict, streams) -> jax.Array:
+    """Logits of the residual streams from explicit parameters: the final LayerNorm
+    (`final_norm`'s `norm`) over the joined streams, then the output layer's (`output`)."""
+    return OutputLayer(cfg.vocab_size, cfg.jnp_dtype, parent=None).apply(
+        {"params": output}, streams, normalize=lambda y: layer_norm(norm, y, cfg.layer_norm_eps)
+    )
 
 
 def loss_and_metrics(

@@ -13,68 +13,38 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from reformer.config.legacy import migrate
+from reformer.config.schema import MODEL
+
 # In mixed precision the residual streams hold multiples of this (see `stream_spacing`).
 STREAM_SPACING = 2.0**-16
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The model's fields of `config.model`, frozen so modules can hold them."""
-
-    vocab_size: int
-    d_model: int
-    d_ff: int
-    n_heads: int
-    d_head: int
-    n_layers: int
-    attention_types: tuple[str, ...]
-    lsh_chunk_len: int
-    local_chunk_len: int
-    n_buckets: int
-    n_hashes: int
-    causal: bool
-    residual: str
-    position_chunk_size: int
-    positional: str
-    max_len: int
-    axial_shape: tuple[int, ...]
-    axial_dims: tuple[int, ...]
-    dropout: float
-    attention_dropout: float
-    dtype: str
-    loss_chunk_size: int = 0
-    ff_activation: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    bucket_factors: tuple[int, ...] = ()
-    lsh_heads_per_step: int = 0
-    kind: str = "lm"
-    n_classes: int = 2
-    cross_attention: str = "full"
-    encoder_attention_types: tuple[str, ...] = ()
-    n_encoder_layers: int = 0
-    share_embeddings: bool = True
+# Fields of `ModelConfig` that are not config fields, with their defaults.
+EXTRA_FIELDS = {
     # Decoding only: with automatic `n_buckets`, the LSH self- and cross-attention buckets
-    # training used (`decode.with_training_length`); 0 = not resolved.
-    decode_n_buckets: int = 0
-    cross_n_buckets: int = 0
+    # training used (`decoding.cache.with_training_length`); 0 = not resolved.
+    "decode_n_buckets": 0,
+    "cross_n_buckets": 0,
+    # Which tower of an encoder-decoder this is ("encoder", "decoder"), "" for a whole
+    # model. `kind` holds the model's kind in every tower.
+    "tower": "",
+}
+
+
+class _ModelConfigMethods:
+    """What `ModelConfig` derives from its fields."""
 
     @classmethod
-    def from_config(cls, model: ml_collections.ConfigDict) -> ModelConfig:
-        """From `config.model` (legacy field names are migrated, `config.migrate`)."""
-        from reformer.config.schema import migrate  # config imports nothing of the model
-
+    def from_config(cls, model: ml_collections.ConfigDict):
+        """From `config.model` (legacy field names are migrated, `config.migrate`); the
+        whole model (`tower` "")."""
         group = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
         migrate({"model": group})
-        names = {f.name for f in dataclasses.fields(cls)}
-        fields = {name: value for name, value in group.items() if name in names}
-        for name in (
-            "attention_types",
-            "axial_shape",
-            "axial_dims",
-            "bucket_factors",
-            "encoder_attention_types",
-        ):
-            fields[name] = tuple(fields[name])
+        fields = {}
+        for name, field in cls._schema.items():
+            value = group.get(name, field.default)
+            fields[name] = tuple(value) if field.is_tuple else value
         return cls(**fields)
 
     def attention_type(self, layer: int) -> str:
@@ -88,23 +58,28 @@ class ModelConfig:
     @property
     def causal_attention(self) -> bool:
         """Whether self-attention is causal: the LM's and the decoder's `causal`; encoders
-        are bidirectional."""
-        return self.causal and self.kind in ("lm", "decoder", "encoder_decoder")
+        (and the encoder tower of an encoder-decoder) are bidirectional."""
+        return self.causal and self.kind in ("lm", "encoder_decoder") and self.tower != "encoder"
 
-    def encoder(self) -> ModelConfig:
+    @property
+    def has_cross_attention(self) -> bool:
+        """Whether the layers have a cross-attention half: an encoder-decoder's decoder."""
+        return self.kind == "encoder_decoder" and self.tower != "encoder"
+
+    def encoder(self):
         """The encoder tower of an encoder-decoder: bidirectional, with its own pattern and
         depth (`encoder_attention_types`, `n_encoder_layers`; empty or 0: the decoder's)."""
         return dataclasses.replace(
             self,
-            kind="encoder",
+            tower="encoder",
             attention_types=self.encoder_attention_types or self.attention_types,
             n_layers=self.n_encoder_layers or self.n_layers,
         )
 
-    def decoder(self) -> ModelConfig:
+    def decoder(self):
         """The decoder tower of an encoder-decoder: causal self-attention, cross-attention
         (`cross_attention`), feed-forward."""
-        return dataclasses.replace(self, kind="decoder")
+        return dataclasses.replace(self, tower="decoder")
 
     @property
     def n_streams(self) -> int:
@@ -125,6 +100,30 @@ class ModelConfig:
         if self.jnp_dtype == jnp.float32 or self.n_streams == 1:
             return None
         return STREAM_SPACING
+
+
+def model_config_class(model_fields: dict) -> type:
+    """A frozen dataclass of the schema's model fields (`model_fields`, name -> Field, with
+    their defaults) and `EXTRA_FIELDS`, with the methods of `_ModelConfigMethods`."""
+    cls = dataclasses.make_dataclass(
+        "ModelConfig",
+        [
+            (name, type(f.default), dataclasses.field(default=f.default))
+            for name, f in model_fields.items()
+        ]
+        + [(name, type(v), dataclasses.field(default=v)) for name, v in EXTRA_FIELDS.items()],
+        bases=(_ModelConfigMethods,),
+        frozen=True,
+    )
+    cls.__module__ = __name__
+    cls.__doc__ = """The model's fields: every field of the config schema's `model` group
+    (`reformer/config/schema.py`) with its default, and `EXTRA_FIELDS`; frozen, so modules
+    can hold it."""
+    cls._schema = model_fields
+    return cls
+
+
+ModelConfig = model_config_class(MODEL)
 
 
 # The halves of a decoder layer, in order; other layers have the first and the last.

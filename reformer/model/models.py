@@ -13,7 +13,9 @@
 `model.residual` joins the blocks: `reversible` and `two_stream` (two streams, with and
 without recomputation: the same function) or `standard` (one stream, pre-LayerNorm: the
 Transformer the paper compares against). `batch_sums` gives the trainer one call for every
-kind: a batch in, the loss and metric sums out.
+kind: a batch in, the loss and metric sums out. The LM and the encoder-decoder also have the
+pieces decoding (`reformer/decoding/`) applies around its own forward-only layer loop:
+`embed_positions`, `decoder_layers` and `stream_logits` (and the encoder-decoder's `encode`).
 """
 
 from __future__ import annotations
@@ -22,23 +24,18 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from reformer.model.blocks import (  # noqa: F401  (re-exported: the models' public names)
-    AttentionHalf,
-    CrossAttentionHalf,
-    FeedForwardHalf,
-    ModelConfig,
+from reformer.model.blocks import (
     OutputLayer,
-    decode_layers,
+    PositionsEmbedding,
     embed,
     final_norm,
-    layer_name,
     layer_stack,
     loss_and_metrics,
-    retype_layers,
+    stream_logits,
     token_table,
 )
-
-PAD_ID = 0  # Padding in every vocabulary; an encoder never attends to it.
+from reformer.model.model_config import ModelConfig
+from reformer.tokens import PAD_ID
 
 
 def shift_right(tokens_BxL: jax.Array) -> jax.Array:
@@ -64,27 +61,30 @@ class ReformerLM(nn.Module):
         deterministic: bool = True,
         n_hashes: int | None = None,
         weights_BxL: jax.Array | None = None,
-        caches: list[dict] | None = None,
-        start=None,
     ):
         """Logits `[B, L, vocab]`; or, given `weights_BxL`, `(loss, sums)` of
         `loss_and_metrics` with the tokens as targets, computed `model.loss_chunk_size`
-        positions at a time so that only one chunk's logits exist.
-
-        Decoding (`caches` from `blocks.init_caches`): `tokens_BxL` are the inputs of
-        positions `start + [0, L)` (each the token before its position, already shifted);
-        returns `(logits, caches with these positions written)`."""
+        positions at a time so that only one chunk's logits exist."""
         cfg = self.cfg
-        if caches is not None:
-            x_BxMxD = embed(self, cfg, tokens_BxL, True, start=start)
-            streams, caches = decode_layers(self, cfg, x_BxMxD, start, caches)
-            output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
-            return output(streams, normalize=final_norm(self, cfg)), caches
         x_BxLxD = embed(self, cfg, shift_right(tokens_BxL), deterministic)
         streams = layer_stack(self, cfg, x_BxLxD, mask_BxL, deterministic, n_hashes)
         normalize = final_norm(self, cfg)
         output = OutputLayer(cfg.vocab_size, cfg.jnp_dtype, name="logits")
         return output(streams, tokens_BxL, weights_BxL, cfg.loss_chunk_size, normalize=normalize)
+
+    def embed_positions(self, inputs_BxM, start) -> jax.Array:
+        """Decoding: the embedded inputs of positions `start + [0, M)`, each the token
+        before its position (already shifted)."""
+        return PositionsEmbedding(self.cfg, parent=None).apply(self.variables, inputs_BxM, start)
+
+    def decoder_layers(self) -> dict:
+        """Decoding: the stacked parameters of the layers it runs (`layers`)."""
+        return self.variables["params"]["layers"]
+
+    def stream_logits(self, streams) -> jax.Array:
+        """Decoding: the logits of the layers' output streams."""
+        params = self.variables["params"]
+        return stream_logits(self.cfg, params["final_norm"], params["logits"], streams)
 
 
 class ReformerEncoder(nn.Module):
@@ -144,21 +144,7 @@ class Tower(nn.Module):
         n_hashes: int | None,
         memory=None,
         memory_mask_BxS=None,
-        caches: list[dict] | None = None,
-        start=None,
     ):
-        """With decoding `caches`: `(streams, final LayerNorm, caches)` of positions
-        `start + [0, L)` (`blocks.decode_layers`; `tokens_BxL` None fills the cross-attention
-        caches from `memory` only)."""
-        if caches is not None:
-            x_BxMxD = None
-            if tokens_BxL is not None:
-                x_BxMxD = embed(self, self.cfg, tokens_BxL, True, table, start=start)
-            streams, caches = decode_layers(
-                self, self.cfg, x_BxMxD, start, caches, memory, memory_mask_BxS
-            )
-            norm = None if x_BxMxD is None else final_norm(self, self.cfg)
-            return streams, norm, caches
         x_BxLxD = embed(self, self.cfg, tokens_BxL, deterministic, table)
         streams = layer_stack(
             self, self.cfg, x_BxLxD, mask_BxL, deterministic, n_hashes, memory, memory_mask_BxS
@@ -215,33 +201,22 @@ class ReformerEncoderDecoder(nn.Module):
             streams, tokens_BxT, weights, self.cfg.loss_chunk_size, normalize=normalize
         )
 
-    def cache_source(self, memory, memory_mask_BxS, caches: list[dict]) -> list[dict]:
-        """The decoding `caches` with every cross-attention layer's keys and values (and LSH
-        buckets) of the encoded source: computed once per source."""
-        return self.decoder(
-            None,
-            self.embed,
-            None,
-            deterministic=True,
-            n_hashes=None,
-            memory=memory,
-            memory_mask_BxS=memory_mask_BxS,
-            caches=caches,
-        )[2]
-
-    def extend(self, inputs_BxM, start, caches: list[dict]):
-        """Decoding: logits `[B, M, vocab]` of target positions `start + [0, M)` whose inputs
-        (the tokens before them, 0 first) are `inputs_BxM`, and the caches with them."""
-        streams, normalize, caches = self.decoder(
-            inputs_BxM,
-            self.embed,
-            None,
-            deterministic=True,
-            n_hashes=None,
-            caches=caches,
-            start=start,
+    def embed_positions(self, inputs_BxM, start) -> jax.Array:
+        """Decoding: the decoder's embedded inputs of target positions `start + [0, M)`
+        (the tokens before them, 0 first)."""
+        params = self.variables["params"]
+        return PositionsEmbedding(self.cfg.decoder(), parent=None).apply(
+            {"params": params["decoder"]}, inputs_BxM, start, self.embed
         )
-        return self.logits(streams, normalize=normalize), caches
+
+    def decoder_layers(self) -> dict:
+        """Decoding: the stacked parameters of the layers it runs (`decoder/layers`)."""
+        return self.variables["params"]["decoder"]["layers"]
+
+    def stream_logits(self, streams) -> jax.Array:
+        """Decoding: the logits of the decoder's output streams."""
+        params = self.variables["params"]
+        return stream_logits(self.cfg, params["decoder"]["final_norm"], params["logits"], streams)
 
     def __call__(
         self,

@@ -26,8 +26,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reformer import storage
-from reformer.config.schema import ConfigError, migrate
-from reformer.training.metrics import log
+from reformer.config.legacy import migrate
+from reformer.config.schema import resume_values
+from reformer.console import log
+from reformer.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -266,54 +268,21 @@ def _set_aside(manager: ocp.CheckpointManager, workdir: str, steps: list[int], m
     manager.reload()
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _state_structure(config: dict) -> dict:
-    """The optimizer settings that change the optimizer state's structure."""
-    opt = config.get("optimizer")
-    if not opt:
-        return {}
-    return {
-        "optimizer.name": opt.get("name"),
-        "optimizer.clip_norm > 0": opt.get("clip_norm", 0) > 0,
-        "optimizer.weight_decay > 0": opt.get("weight_decay", 0) > 0,
-    }
-
-
-# How the same function is computed, not what it is: a run may resume with other values
-# (e.g. smaller chunks to fit another device). Only the dropout draws of later steps differ.
-EXECUTION_FIELDS = (
-    "model.position_chunk_size",
-    "model.loss_chunk_size",
-    "model.lsh_heads_per_step",
-)
-
-
 def check_config_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Refuses to resume a checkpoint written by a model of a different shape or kind, or
-    with an optimizer whose state has another structure (`EXECUTION_FIELDS` may differ)."""
+    """Refuses to resume a checkpoint written with other values of the fields a resumed run
+    must keep (`Field.resume` in the config schema: the model's shape and kind, the
+    optimizer state's structure)."""
     path = storage.join(workdir, CONFIG_FILE)
     if not storage.exists(path):
         return
     saved = json.loads(storage.read_text(path))
     migrate(saved)  # Workdirs written before a field was renamed resume under the new name.
-    old = {**_flatten(saved.get("model", {}), "model."), **_state_structure(saved)}
-    new = {
-        **_flatten(json.loads(config.model.to_json()), "model."),
-        **_state_structure(json.loads(config.to_json())),
-    }
+    old = resume_values(saved)
+    new = resume_values(json.loads(config.to_json()))
     diff = [
         f"config.{k}: checkpoint has {old[k]!r}, this run has {new.get(k)!r}"
-        for k in sorted(old)
-        if old[k] != new.get(k) and k not in EXECUTION_FIELDS
+        for k in old
+        if old[k] != new.get(k)
     ]
     if diff:
         raise ConfigError(

@@ -1,43 +1,57 @@
-"""`train_and_evaluate(config, workdir)`: the training loop, evaluation, checkpoints and
-metrics, on one process or many.
+"""`train(config, workdir, make_eval_fn)`: the training loop, on one process or many.
 
-The step functions live in `reformer/training/steps.py`; this file runs them. The train step is
-jitted once over the `("data", "fsdp")` mesh with the state donated. The loop never waits on
-the device except to log: it dispatches step N before it reads step N-1's metrics.
+`set_up` builds what a run needs (mesh, model, optimizer, state restored or created, data
+stream, checkpoint manager, the jitted steps); `train` runs the steps, and the named pieces
+of a step's end (`_Intervals` for the log, `_Clock` for training time, `_evaluate`,
+checkpoints.save) decide what else happens. The train step is jitted once over the
+`("data", "fsdp")` mesh with the state donated, and the loop never waits on the device
+except to log: it dispatches step N before it reads step N-1's metrics. The evaluation
+function comes from the caller (`reformer.train.train_and_evaluate` passes
+`evaluation.scoring.make_eval_fn`), so training imports nothing of decoding.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 
 from reformer import data, storage
-from reformer.config.schema import ConfigError, validate
+from reformer.config.validation import validate
+from reformer.console import log
+from reformer.errors import ConfigError
 from reformer.training import checkpoints, sharding
-from reformer.training.metrics import MetricsWriter, log, progress_line
+from reformer.training.metrics import MetricsWriter, eval_settings, progress_line, summarize
 from reformer.training.optimizer import make_optimizer
 from reformer.training.preemption import StopRequests
+from reformer.training.state import abstract_state, make_init_state, make_model, state_from_params
+from reformer.training.steps import compile_train_step, evaluate, jit_train_step
 
-# The step functions, re-exported: scripts and tests use them as `trainer.<name>`.
-from reformer.training.steps import (  # noqa: F401
-    TrainState,
-    abstract_state,
-    compile_train_step,
-    eval_settings,
-    eval_step,
-    evaluate,
-    init_params,
-    jit_train_step,
-    make_eval_fn,
-    make_init_state,
-    make_model,
-    state_from_params,
-    summarize,
-    train_step,
-)
+# `(config, model, abstract params) -> (params, batch) -> metric sums`, to be jitted.
+MakeEvalFn = Callable[[ml_collections.ConfigDict, Any, Any], Callable]
+
+
+@dataclasses.dataclass
+class Run:
+    """What `set_up` builds for `train`."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Any
+    state: Any
+    stream: Any
+    manager: Any
+    train_step: Any  # jitted, compiled per batch shape by the loop
+    eval_step: Any  # jitted
+    eval_batches: list
+    step_rng: jax.Array
+    is_main: bool
 
 
 def _check_finite(metrics: list[tuple[int, dict]]) -> None:
@@ -61,34 +75,10 @@ def _describe_process(mesh) -> str:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint.
-
-    Returns the last evaluation's metrics ({} when the run had already finished).
-    """
-    validate(config, num_devices=jax.device_count())
-    storage.prepare_dir(workdir, "--workdir", f".write_test.{jax.process_index()}")
-    checkpoints.check_config_matches(workdir, config)
-    is_main = jax.process_index() == 0
-    t = config.train
-
-    mesh = sharding.make_mesh(config.mesh)
-    log(_describe_process(mesh))
-    model = make_model(config)
-    tx = make_optimizer(config.optimizer)
-    init_rng, step_rng = jax.random.split(jax.random.key(t.seed))
-
-    # Shardings are derived from the state's shapes; parameters are born where they live.
-    abstract = abstract_state(config, model, tx, mesh)
+def _initial_state(config, workdir, manager, stream, abstract, tx, model, init_rng):
+    """The state to start from: the workdir's latest checkpoint (with the data stream's
+    position), else `train.init_from`'s parameters with fresh optimizer state, else new."""
     state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
-    batch_sharding = sharding.batch_sharded(mesh)
-    rep = sharding.replicated(mesh)
-
-    manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
-    rows_fn = functools.partial(sharding.process_rows, mesh)
-    stream = data.make_train_stream(
-        config, rows=rows_fn(t.batch_size), rows_fn=rows_fn, workdir=workdir
-    )
     restored = checkpoints.restore_latest(manager, abstract, workdir)
     if restored is not None:
         latest, state, data_state = restored
@@ -97,22 +87,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         except ValueError as e:
             raise ConfigError(f"cannot resume the data stream from {workdir}: {e}") from e
         log(f"Resumed from {workdir} at step {latest}.")
-    elif t.init_from:
+        return state
+    init_from = config.train.init_from
+    if init_from:
         params, from_step = checkpoints.restore_params(
-            t.init_from,
-            t.keep_checkpoints,
+            init_from,
+            config.train.keep_checkpoints,
             abstract.params,
             f"initialize {workdir} from (train.init_from)",
             check_shapes=True,
         )
-        state = jax.jit(state_from_params(tx), out_shardings=state_sharding)(params)
         log(
-            f"Starting in {workdir} from the parameters of {t.init_from} (its step "
+            f"Starting in {workdir} from the parameters of {init_from} (its step "
             f"{from_step}), with fresh optimizer state at step 0."
         )
-    else:
-        state = jax.jit(make_init_state(config, model, tx), out_shardings=state_sharding)(init_rng)
-        log(f"Starting from scratch in {workdir}.")
+        return jax.jit(state_from_params(tx), out_shardings=state_sharding)(params)
+    log(f"Starting from scratch in {workdir}.")
+    return jax.jit(make_init_state(config, model, tx), out_shardings=state_sharding)(init_rng)
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEvalFn) -> Run:
+    """Checks the config and the workdir, then builds the mesh, the model, the state
+    (restored, initialized from `train.init_from`, or new), the data, the checkpoint manager
+    and the jitted steps."""
+    validate(config, num_devices=jax.device_count())
+    storage.prepare_dir(workdir, "--workdir", f".write_test.{jax.process_index()}")
+    checkpoints.check_config_matches(workdir, config)
+    is_main = jax.process_index() == 0
+    t = config.train
+    mesh = sharding.make_mesh(config.mesh)
+    log(_describe_process(mesh))
+    model = make_model(config)
+    tx = make_optimizer(config.optimizer)
+    init_rng, step_rng = jax.random.split(jax.random.key(t.seed))
+    # Shardings are derived from the state's shapes; parameters are born where they live.
+    abstract = abstract_state(config, model, tx, mesh)
+    state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
+    manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
+    rows_fn = functools.partial(sharding.process_rows, mesh)
+    stream = data.make_train_stream(
+        config, rows=rows_fn(t.batch_size), rows_fn=rows_fn, workdir=workdir
+    )
+    state = _initial_state(config, workdir, manager, stream, abstract, tx, model, init_rng)
     if is_main:
         checkpoints.write_config(workdir, config)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -120,119 +136,173 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"Model: {n_params:,} parameters; {jax.device_count()} device(s) "
         f"({jax.devices()[0].platform}); mesh {dict(mesh.shape)}."
     )
-
-    p_train_step = jit_train_step(config, model, tx, mesh, state_sharding)
-    p_eval_step = jax.jit(
+    eval_step = jax.jit(
         make_eval_fn(config, model, abstract.params),
-        in_shardings=(state_sharding.params, batch_sharding),
-        out_shardings=rep,
+        in_shardings=(state_sharding.params, sharding.batch_sharded(mesh)),
+        out_shardings=sharding.replicated(mesh),
     )
     eval_batches = data.make_eval_batches(
         config, rows=rows_fn(config.eval.batch_size), rows_fn=rows_fn, workdir=workdir
     )
+    train_step = jit_train_step(config, model, tx, mesh, state_sharding)
+    return Run(
+        config, workdir, mesh, state, stream, manager, train_step, eval_step, eval_batches,
+        step_rng, is_main,
+    )  # fmt: skip
 
-    step = int(state.step)
-    writer = MetricsWriter(workdir, enabled=is_main, start_step=step)
-    last_eval: dict = {}
 
-    def run_eval(step: int) -> dict:
-        result = evaluate(p_eval_step, state.params, mesh, eval_batches)
-        record = {"step": step, "split": "eval", **result}
-        record.update(eval_settings(config))
-        writer.write(record)
-        if is_main:
-            log(
-                f"eval  step {step:>7d} | loss {result['loss']:.4f} | "
-                f"bits/tok {result['bits_per_token']:.4f} | acc {result['accuracy']:.4f}"
-            )
-        return record
+class _Clock:
+    """Training seconds per log interval. Steps run asynchronously: an interval ends when
+    its last step's metrics arrive on the host, not when that step is dispatched.
+    Compilation, evaluations and saves are paused time, not training time."""
 
-    pending: list[tuple[int, dict]] = []  # (step, device metrics) of steps not yet logged.
-    ready: tuple[int, list, int, int] | None = None  # A log interval to write.
-    # Steps run asynchronously: an interval ends when its last step's metrics arrive on the
-    # host, not when that step is dispatched. Evaluations and saves are not training time.
-    clock = {"last_done": time.time(), "paused": 0.0}
-    interval_first_step, interval_tokens = step, 0
-    # The train step compiled for each batch shape met (one, or one per length bucket).
-    compiled_steps: dict[tuple, object] = {}
+    def __init__(self):
+        self.last_done, self.paused = time.time(), 0.0
 
-    def write_train_record(end_step: int, metrics: list, n_steps: int, tokens: int) -> None:
-        host_metrics = jax.device_get(metrics)  # One transfer for the whole interval.
+    @contextlib.contextmanager
+    def pause(self):
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.paused += time.time() - start
+
+    def lap(self) -> float:
+        """Training seconds since the last lap."""
         now = time.time()
-        seconds = now - clock["last_done"] - clock["paused"]
-        clock["last_done"], clock["paused"] = now, 0.0
+        seconds = now - self.last_done - self.paused
+        self.last_done, self.paused = now, 0.0
+        return seconds
+
+
+class _Intervals:
+    """The log intervals' metrics: steps' device metrics collect until an interval closes;
+    a closed interval is written (one transfer) after the next step is dispatched, or before
+    an evaluation or a save, so that no state is saved with unchecked metrics."""
+
+    def __init__(self, run: Run, writer: MetricsWriter, step: int):
+        self.run, self.writer = run, writer
+        self.pending: list[tuple[int, dict]] = []  # (step, metrics) of steps not yet logged
+        self.ready: tuple | None = None  # a closed interval not yet written
+        self.first_step, self.tokens = step, 0
+        self.clock = _Clock()
+
+    def add(self, step: int, metrics: dict, tokens: int) -> None:
+        self.pending.append((step, metrics))
+        self.tokens += tokens
+
+    def close(self, step: int) -> None:
+        self.ready = (step, self.pending, step - self.first_step, self.tokens)
+        self.pending, self.first_step, self.tokens = [], step, 0
+
+    def write_ready(self) -> None:
+        if self.ready is not None:
+            self._write(*self.ready)
+            self.ready = None
+
+    def _write(self, end_step: int, metrics: list, n_steps: int, tokens: int) -> None:
+        host_metrics = jax.device_get(metrics)  # One transfer for the whole interval.
+        seconds = self.clock.lap()
         _check_finite(host_metrics)
         host = [m for _, m in host_metrics]
         sums = {
             k: sum(float(m[k]) for m in host) for k in ("loss_sum", "correct_sum", "weight_sum")
         }
-        sps = n_steps / max(seconds, 1e-9)
         record = {
             "step": end_step,
             "split": "train",
             **summarize(sums),
             "grad_norm": float(host[-1]["grad_norm"]),
             "learning_rate": float(host[-1]["learning_rate"]),
-            "steps_per_sec": sps,
+            "steps_per_sec": n_steps / max(seconds, 1e-9),
             "tokens_per_sec": tokens / max(seconds, 1e-9),
         }
-        writer.write(record)
-        if is_main:
-            log(progress_line(record, t.num_steps))
+        self.writer.write(record)
+        if self.run.is_main:
+            log(progress_line(record, self.run.config.train.num_steps))
 
-    if step >= t.num_steps:
-        log(f"Already at step {step} >= train.num_steps={t.num_steps}; nothing to train.")
-    # The handlers stay installed until the last save is written: a SIGTERM then only
-    # asks for what is already happening.
+
+def _evaluate(run: Run, writer: MetricsWriter, step: int) -> dict:
+    """Scores the current parameters on the evaluation batches; writes and logs the record."""
+    result = evaluate(run.eval_step, run.state.params, run.mesh, run.eval_batches)
+    record = {"step": step, "split": "eval", **result, **eval_settings(run.config)}
+    writer.write(record)
+    if run.is_main:
+        log(
+            f"eval  step {step:>7d} | loss {result['loss']:.4f} | "
+            f"bits/tok {result['bits_per_token']:.4f} | acc {result['accuracy']:.4f}"
+        )
+    return record
+
+
+def _compiled_step(run: Run, compiled: dict, batch: dict, clock: _Clock):
+    """The train step compiled for this batch's shapes (one, or one per length bucket)."""
+    shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
+    if shape not in compiled:
+        compiled[shape], seconds = compile_train_step(
+            run.train_step, run.state, batch, run.step_rng
+        )
+        clock.paused += seconds
+        if run.is_main:
+            rows, length = batch["tokens"].shape[:2]
+            of = f" for batches of {rows} x {length}" if len(compiled) > 1 else ""
+            log(f"Compiled the train step{of} in {seconds:.1f} s.")
+    return compiled[shape]
+
+
+def _steps(run: Run, writer: MetricsWriter, stop: StopRequests) -> dict:
+    """Steps to `train.num_steps` (or a stop request); returns the last evaluation."""
+    t = run.config.train
+    step, last_eval, compiled = int(run.state.step), {}, {}
+    intervals = _Intervals(run, writer, step)
+    while step < t.num_steps:
+        batch = sharding.global_batch(run.mesh, next(run.stream))
+        step_fn = _compiled_step(run, compiled, batch, intervals.clock)
+        run.state, metrics = step_fn(run.state, batch, run.step_rng)
+        step += 1
+        intervals.add(step, metrics, batch["tokens"].size)
+        intervals.write_ready()  # Step N is dispatched; now read the interval before it.
+        stopping = stop.should_stop(step)
+        done = step == t.num_steps or stopping
+        evaluate_now = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
+        save_now = step % t.checkpoint_every == 0 or done
+        if step % t.log_every == 0 or step == t.num_steps:
+            intervals.close(step)
+        if evaluate_now or save_now:
+            intervals.write_ready()  # Never save a state whose metrics are unchecked.
+            # Both wait for the state; wait here, so that the steps still running count as
+            # training time, not as the pause below.
+            jax.block_until_ready(run.state)
+        with intervals.clock.pause():  # Speed counts training steps only.
+            if evaluate_now:
+                last_eval = _evaluate(run, writer, step)
+            if save_now:
+                _check_finite(intervals.pending)
+                checkpoints.save(run.manager, step, run.state, run.stream.get_state())
+        if stopping:
+            log(f"Stopped at step {step}; checkpoint saved. Rerun the command to resume.")
+            break
+    intervals.write_ready()
+    return last_eval
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEvalFn) -> dict:
+    """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint,
+    evaluating with the function `make_eval_fn` builds. Returns the last evaluation's
+    metrics ({} when the run had already finished)."""
+    run = set_up(config, workdir, make_eval_fn)
+    step = int(run.state.step)
+    writer = MetricsWriter(workdir, enabled=run.is_main, start_step=step)
+    if step >= config.train.num_steps:
+        log(
+            f"Already at step {step} >= train.num_steps={config.train.num_steps}; nothing to train."
+        )
+    # The handlers stay installed until the last save is written: a SIGTERM then only asks
+    # for what is already happening.
     with StopRequests() as stop:
         try:
-            while step < t.num_steps:
-                batch = sharding.global_batch(mesh, next(stream))
-                shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
-                if shape not in compiled_steps:
-                    compiled_steps[shape], compile_s = compile_train_step(
-                        p_train_step, state, batch, step_rng
-                    )
-                    clock["paused"] += compile_s
-                    if is_main:
-                        rows, length = batch["tokens"].shape[:2]
-                        of = f" for batches of {rows} x {length}" if len(compiled_steps) > 1 else ""
-                        log(f"Compiled the train step{of} in {compile_s:.1f} s.")
-                state, metrics = compiled_steps[shape](state, batch, step_rng)
-                interval_tokens += batch["tokens"].size
-                step += 1
-                pending.append((step, metrics))
-                if ready is not None:  # Step N is dispatched; now read the interval before it.
-                    write_train_record(*ready)
-                    ready = None
-                stopping = stop.should_stop(step)
-                done = step == t.num_steps or stopping
-                evaluate_now = (t.eval_every and step % t.eval_every == 0) or step == t.num_steps
-                save_now = step % t.checkpoint_every == 0 or done
-                if step % t.log_every == 0 or step == t.num_steps:
-                    ready = (step, pending, step - interval_first_step, interval_tokens)
-                    pending, interval_first_step, interval_tokens = [], step, 0
-                if ready is not None and (evaluate_now or save_now):
-                    write_train_record(*ready)  # Never save a state whose metrics are unchecked.
-                    ready = None
-                if evaluate_now or save_now:
-                    # Both wait for the state; wait here, so that the steps still running
-                    # count as training time, not as the pause below.
-                    jax.block_until_ready(state)
-                paused = time.time()
-                if evaluate_now:
-                    last_eval = run_eval(step)
-                if save_now:
-                    _check_finite(pending)
-                    checkpoints.save(manager, step, state, stream.get_state())
-                clock["paused"] += time.time() - paused  # Speed counts training steps only.
-                if stopping:
-                    log(f"Stopped at step {step}; checkpoint saved. Rerun the command to resume.")
-                    break
-            if ready is not None:
-                write_train_record(*ready)
+            return _steps(run, writer, stop)
         finally:  # On any error too: finish pending saves, close the manager and writers.
-            manager.wait_until_finished()
-            manager.close()
+            run.manager.wait_until_finished()
+            run.manager.close()
             writer.close()
-    return last_eval

@@ -18,6 +18,7 @@ import time
 from tensorboard.summary import Writer
 
 from reformer import storage
+from reformer.console import log
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -128,6 +129,24 @@ def progress_line(record: dict, num_steps: int) -> str:
     )
 
 
-def log(line: str) -> None:
-    """A timestamped line on stdout (library INFO logs stay quiet at absl's default level)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+def summarize(sums: dict) -> dict:
+    """Mean loss (nats/token), bits per token and accuracy from summed metrics."""
+    w = max(float(sums["weight_sum"]), 1.0)
+    loss = float(sums["loss_sum"]) / w
+    return {
+        "loss": loss,
+        "bits_per_token": loss / math.log(2),
+        "accuracy": float(sums["correct_sum"]) / w,
+        "tokens": int(round(float(sums["weight_sum"]))),
+    }
+
+
+def eval_settings(config) -> dict:
+    """How an evaluation attended: attention types and, where LSH ran, its hash rounds."""
+    types = tuple(config.eval.attention_types) or tuple(config.model.attention_types)
+    out: dict = {"attention_types": list(types)}
+    if "lsh" in types:
+        out["n_hashes"] = config.eval.n_hashes or config.model.n_hashes
+    if config.eval.cached:
+        out["cached"] = True
+    return out

@@ -17,7 +17,7 @@ import signal
 
 import jax
 
-from reformer.training.metrics import log
+from reformer.console import log
 
 
 class StopRequests:

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from reformer.config.schema import mesh_shape
+from reformer.config.validation import mesh_shape
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"

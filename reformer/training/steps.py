@@ -1,5 +1,6 @@
-"""The train state and the jitted step functions: one optimizer step (with gradient
-accumulation over micro-batches), one evaluation step, and the state's shapes and shardings.
+"""The train step: one optimizer step (with gradient accumulation over micro-batches),
+jitted over the mesh as training runs it and compiled ahead of time; and the summed
+metrics of an evaluation function over batches.
 
 `train_step` is a pure function `(state, batch, rng) -> (state, metrics)`. The loss of a
 step is the summed token loss over the global batch divided by its total weight, so
@@ -10,57 +11,20 @@ micro-batch's gradient) gives the gradient of the whole batch.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import functools
-import math
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from reformer.config.schema import ConfigError
-from reformer.decoding import sampling as decode
 from reformer.model import models
-from reformer.model.models import ModelConfig, loss_and_metrics, retype_layers
 from reformer.training import sharding
+from reformer.training.metrics import summarize
 from reformer.training.optimizer import make_schedule
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-def make_model(config: ml_collections.ConfigDict):
-    """The model of `config.model` (`model.kind`)."""
-    return models.make_model(ModelConfig.from_config(config.model))
-
-
-init_params = models.init_params
-
-
-def make_init_state(config: ml_collections.ConfigDict, model, tx):
-    """`key -> TrainState` of fresh parameters and optimizer state."""
-
-    def init_state(key):
-        return state_from_params(tx)(init_params(model, key, 1, config.data.seq_len))
-
-    return init_state
-
-
-def state_from_params(tx):
-    """`params -> TrainState` at step 0 with fresh optimizer state (fine-tuning)."""
-
-    def make(params):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    return make
+from reformer.training.state import TrainState
 
 
 def jit_train_step(config: ml_collections.ConfigDict, model, tx, mesh, state_sharding):
@@ -109,50 +73,6 @@ def release_host_memory() -> None:
     except (AttributeError, OSError, TypeError):  # Not glibc (macOS, Windows, musl).
         return
     trim(0)
-
-
-def abstract_state(config: ml_collections.ConfigDict, model, tx, mesh):
-    """The train state's shapes and dtypes with their shardings over `mesh` (parameters and
-    optimizer state split over `fsdp` where it is larger than 1), without computing it."""
-    shapes = jax.eval_shape(make_init_state(config, model, tx), jax.random.key(0))
-    shardings = sharding.state_shardings(shapes, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
-    )
-
-
-def make_eval_fn(config: ml_collections.ConfigDict, model, abstract_params):
-    """`(trained params, batch) -> metric sums` under `config.eval` (to be jitted).
-
-    With `config.eval.attention_types` set, the trained weights run under other attention
-    types (e.g. an LSH model with full shared-QK attention); a pattern whose parameters
-    differ from the trained ones is a ConfigError. `eval.n_hashes` sets LSH's hash rounds.
-    """
-    n_hashes = config.eval.n_hashes or None
-    step_fn = cached_eval_step if config.eval.cached else eval_step
-    train_types = tuple(config.model.attention_types)
-    eval_types = tuple(config.eval.attention_types) or train_types
-    if eval_types == train_types:
-        return functools.partial(step_fn, model=model, n_hashes=n_hashes)
-    eval_model = models.make_model(dataclasses.replace(model.cfg, attention_types=eval_types))
-
-    def convert(params):
-        return retype_layers(params, train_types, eval_types)
-
-    expected = jax.eval_shape(
-        lambda: init_params(eval_model, jax.random.key(0), 1, config.data.seq_len)
-    )
-    got = jax.eval_shape(convert, abstract_params)
-    shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)  # noqa: E731
-    if shapes(expected) != shapes(got):
-        raise ConfigError(
-            f"config.eval.attention_types: {eval_types} cannot run the weights of "
-            f"model.attention_types {train_types} (their parameters differ). Weights carry "
-            "over between 'lsh' and 'full_shared_qk', and between 'full' and 'local'."
-        )
-    return lambda params, batch: step_fn(
-        convert(params), batch, model=eval_model, n_hashes=n_hashes
-    )
 
 
 def micro_batches(batch: dict, n: int) -> dict:
@@ -266,55 +186,11 @@ def train_step(
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict, *, model, n_hashes: int | None) -> dict:
-    """Sums of loss, correct predictions and weights over one batch (no dropout)."""
-    return models.batch_sums(
-        model, params, batch, n_hashes=n_hashes, rngs={"hash": jax.random.key(0)}
-    )
-
-
-def cached_eval_step(params, batch: dict, *, model, n_hashes: int | None) -> dict:
-    """`eval_step` through the decoding caches: the logits sampling would draw from."""
-    tokens, source = batch["tokens"], batch.get("inputs")
-    source_len = 0 if source is None else source.shape[1]
-    logits = decode.cached_logits(
-        decode.with_training_length(model.cfg, tokens.shape[1], source_len),
-        params,
-        tokens,
-        jax.random.key(0),
-        source,
-        n_hashes=n_hashes or model.cfg.n_hashes,
-        prefix=tokens.shape[1],
-    )
-    return loss_and_metrics(logits, tokens, batch["weights"])[1]
-
-
-def summarize(sums: dict) -> dict:
-    """Mean loss (nats/token), bits per token and accuracy from summed metrics."""
-    w = max(float(sums["weight_sum"]), 1.0)
-    loss = float(sums["loss_sum"]) / w
-    return {
-        "loss": loss,
-        "bits_per_token": loss / math.log(2),
-        "accuracy": float(sums["correct_sum"]) / w,
-        "tokens": int(round(float(sums["weight_sum"]))),
-    }
-
-
 def evaluate(eval_fn, params, mesh, batches: list[dict]) -> dict:
+    """The summary (`metrics.summarize`) of `eval_fn` over `batches` (host rows, made
+    global over `mesh`)."""
     total = None
     for local in batches:
         sums = eval_fn(params, sharding.global_batch(mesh, local))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return summarize(jax.device_get(total))
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> dict:
-    """How an evaluation attended: attention types and, where LSH ran, its hash rounds."""
-    types = tuple(config.eval.attention_types) or tuple(config.model.attention_types)
-    out: dict = {"attention_types": list(types)}
-    if "lsh" in types:
-        out["n_hashes"] = config.eval.n_hashes or config.model.n_hashes
-    if config.eval.cached:
-        out["cached"] = True
-    return out

@@ -1,0 +1,106 @@
+"""Translation with a trained encoder-decoder: sentences encoded with the workdir's
+vocabulary, sorted by length and decoded in batches with beam search through the decoding
+caches, put back in input order and detokenized; a split's corpus BLEU with sacreBLEU.
+
+Sources are padded to the length buckets of training (`reformer/data/translation.py`) and
+the output may be twice the source's bucket long (at most `data.seq_len`), so a few shapes
+are compiled whatever the input."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from reformer.console import log
+from reformer.data import translation
+from reformer.data.tokenizer import Tokenizer
+from reformer.decoding import beam
+from reformer.decoding import cache as decoding_cache
+from reformer.evaluation.bleu import corpus_bleu
+from reformer.tokens import END_ID
+
+
+def output_length(source_bucket: int, seq_len: int) -> int:
+    """The longest translation of a source padded to `source_bucket` tokens."""
+    return min(seq_len, 2 * source_bucket)
+
+
+def translate(
+    config: ml_collections.ConfigDict,
+    cfg,
+    params,
+    tokenizer: Tokenizer,
+    sentences: Sequence[str],
+    *,
+    beam_size: int = 4,
+    alpha: float = beam.LENGTH_PENALTY,
+    batch_size: int = 64,
+    progress_every: float = 30.0,
+) -> list[str]:
+    """The translations of `sentences` by the model of `cfg` (its `ModelConfig`), in their
+    order (see the module docstring)."""
+    d = config.data
+    cfg = decoding_cache.for_data(cfg, d)
+    sources = [
+        np.asarray([*ids, END_ID][: d.source_len], np.int32)
+        for ids in tokenizer.encode_batch(sentences)
+    ]
+    lengths = translation.bucket_lengths(d.source_len)
+    order = np.argsort([len(s) for s in sources], kind="stable")
+    out: list[str] = [""] * len(sentences)
+    start = last = time.time()
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        bucket = next(n for n in lengths if n >= max(len(sources[i]) for i in rows))
+        source_BxS = np.zeros((batch_size, bucket), np.int32)  # Full batches: one shape.
+        source_BxS[:, 0] = END_ID  # Padding rows: an empty sentence.
+        for row, i in enumerate(rows):
+            source_BxS[row, : len(sources[i])] = sources[i]
+        tokens, _ = beam.beam_search(
+            cfg,
+            params,
+            np.zeros((batch_size, 0), np.int32),
+            output_length(bucket, d.seq_len),
+            jax.random.key(0),
+            beam_size=beam_size,
+            alpha=alpha,
+            source_BxS=source_BxS,
+        )
+        tokens = np.asarray(tokens)
+        for row, i in enumerate(rows):  # One line each, whatever bytes were decoded.
+            out[i] = " ".join(tokenizer.decode(tokens[row]).splitlines())
+        done = first + len(rows)
+        if time.time() - last > progress_every and done < len(order):
+            last = time.time()
+            log(f"translated {done:,}/{len(order):,} sentences ({done / (last - start):.1f}/s)")
+    return out
+
+
+def translation_bleu(config: ml_collections.ConfigDict, cfg, params, workdir: str):
+    """`(translations, scores)` of every pair of `eval.split` (beam search with `eval.beam_size`
+    and `eval.alpha`): sacreBLEU cased and uncased against the references, with signatures."""
+    tokenizer = translation.vocabulary(config, workdir)
+    text, _ = translation.load_split(config, config.eval.split, tokenizer)
+    start = time.time()
+    hypotheses = translate(
+        config,
+        cfg,
+        jax.device_get(params),
+        tokenizer,
+        text.sources,
+        beam_size=config.eval.beam_size,
+        alpha=config.eval.alpha,
+        batch_size=config.eval.batch_size,
+    )
+    scores = corpus_bleu(hypotheses, text.targets)
+    scores.update(
+        beam_size=config.eval.beam_size,
+        alpha=config.eval.alpha,
+        sentences=len(hypotheses),
+        decode_seconds=time.time() - start,
+    )
+    return hypotheses, scores
