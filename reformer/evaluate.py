@@ -5,15 +5,15 @@
         [--config.eval.attention_types="('full_shared_qk',)"] [--config.eval.cached=True]
 
 Prints and writes `W/eval_<split>.json`: loss, bits per token (and `bits_per_byte` on byte
-data), accuracy, how many tokens were scored, the step and the evaluation settings. On text
-data the split is covered exactly once by contiguous windows (see `reformer/data`), so the
-number is exact over the whole split; on the synthetic duplication task `eval.num_batches`
-batches drawn with `eval.seed` are scored and `eval.split` only names the file. With
-`eval.cached` the tokens are scored through the decoding caches (the logits sampling draws
-from) instead of the training forward pass. An encoder-decoder
-with `eval.free_running` also decodes every source greedily through the caches and reports
-`exact_match`, the share of targets reproduced exactly. The work is done by
-`reformer/evaluation/checkpoint.py`.
+data; `bits_per_dim`, `images` and `sub_pixels` on images), accuracy, how many tokens were
+scored, the step and the evaluation settings. On text data the split is covered exactly once
+by contiguous windows, on image data by its images (see `reformer/data`), so the number is
+exact over the whole split; on the synthetic duplication task `eval.num_batches` batches
+drawn with `eval.seed` are scored and `eval.split` only names the file. With `eval.cached`
+the tokens are scored through the decoding caches (the logits sampling draws from) instead
+of the training forward pass. An encoder-decoder with `eval.free_running` also decodes every
+source greedily through the caches and reports `exact_match`, the share of targets
+reproduced exactly. The work is done by `reformer/evaluation/checkpoint.py`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from reformer.evaluation.checkpoint import evaluate_checkpoint
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     r = evaluate_checkpoint(config, workdir)
     hashes = f", {r['n_hashes']} hashes" if "n_hashes" in r else ""
-    unit = "byte" if "bits_per_byte" in r else "token"
+    unit = "byte" if "bits_per_byte" in r else "dim" if "bits_per_dim" in r else "token"
+    images = f" ({r['images']:,} images)" if "images" in r else ""
     exact = (
         f", exact match {r['exact_match']:.4f} of {r['sequences']} (greedy, free-running)"
         if "exact_match" in r
@@ -40,7 +41,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
     log(
         f"{r['split']} at step {r['step']}: {r['bits_per_token']:.4f} bits/{unit}, "
-        f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f} over {r['tokens']:,} tokens "
+        f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f} over {r['tokens']:,} tokens{images} "
         f"({'/'.join(r['attention_types'])} attention{hashes}"
         f"{', through the decoding caches' if r.get('cached') else ''}){exact}"
     )

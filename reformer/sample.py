@@ -25,13 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from reformer import data
+from reformer import data, storage
 from reformer.console import log
 from reformer.data import text
 from reformer.decoding import beam
 from reformer.decoding import cache as decoding_cache
 from reformer.decoding import sampling as decode
 from reformer.errors import ConfigError
+from reformer.evaluation import pictures
 from reformer.tokens import END_ID
 from reformer.training.state import load_params, make_model
 
@@ -55,6 +56,9 @@ _BEAM_SIZE = flags.DEFINE_integer(
 )
 _ALPHA = flags.DEFINE_float(
     "alpha", beam.LENGTH_PENALTY, "Beam search's length penalty: score / ((5 + len) / 6)^alpha."
+)
+_OUT = flags.DEFINE_string(
+    "out", None, "Image models: the PNG to write (default WORKDIR/samples_<step>.png)."
 )
 _N_HASHES = flags.DEFINE_integer(
     "n_hashes", 0, "LSH hash rounds when decoding; 0 = config.eval.n_hashes, else the model's."
@@ -126,15 +130,17 @@ def _model_config(config, model):
     return cfg
 
 
-def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token):
-    """The tokens `[B, length]` the flags ask for: beam search or sampling."""
+def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token, length=None):
+    """The tokens `[B, length]` the flags ask for (`--length` unless given): beam search or
+    sampling."""
+    length = length or _LENGTH.value
     rng = jax.random.key(_SEED.value)
     if _BEAM_SIZE.value:
         tokens, _ = beam.beam_search(
             cfg,
             params,
             prompt_BxN,
-            _LENGTH.value,
+            length,
             rng,
             beam_size=_BEAM_SIZE.value,
             alpha=_ALPHA.value,
@@ -148,7 +154,7 @@ def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token):
         cfg,
         params,
         prompt_BxN,
-        _LENGTH.value,
+        length,
         rng,
         sampling,
         end_token=end_token,
@@ -161,10 +167,51 @@ def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token):
     )
 
 
+def _held_out_images(config, n: int) -> np.ndarray:
+    """The first `n` images (token rows) of the test split, or of validation without one."""
+    held_out = config.copy_and_resolve_references()
+    held_out.eval.split = "test" if config.data.image_test else "validation"
+    held_out.eval.batch_size, held_out.eval.num_batches = n, 1
+    return data.make_eval_batches(held_out)[0]["tokens"][:n]
+
+
+def sample_images(config, cfg, params, step: int, workdir: str, n_hashes: int) -> np.ndarray:
+    """Image models: `--num_samples` unconditional samples and as many completions of
+    held-out images (their top half given, the bottom half sampled), in one PNG grid: the
+    samples in the first row, the held-out images in the second, each one's completion below
+    it. Returns the grid."""
+    rows, length = _NUM_SAMPLES.value, config.data.seq_len
+    shape = tuple(config.data.image_shape)
+    originals = _held_out_images(config, rows)
+    top = length // shape[0] * (shape[0] // 2)  # The sub-pixels of the top half's rows.
+    start = time.time()
+    free, how = _decode(cfg, params, jnp.zeros((rows, 0), jnp.int32), None, n_hashes, None, length)
+    done, _ = _decode(
+        cfg, params, jnp.asarray(originals[:, :top]), None, n_hashes, None, length - top
+    )
+    completed = np.concatenate([originals[:, :top], np.asarray(done)], axis=1)
+    log(
+        f"step {step} of {workdir}: {rows} sample(s) and {rows} completion(s) of {shape} "
+        f"images in {time.time() - start:.1f} s (with compilation); {how}"
+    )
+    picture = pictures.grid(
+        [[pictures.to_image(r, shape) for r in block] for block in (free, originals, completed)]
+    )
+    out = _OUT.value or storage.join(workdir, f"samples_{step}.png")
+    pictures.write_png(out, picture)
+    log(f"Wrote {out}")
+    return picture
+
+
 def sample(config, workdir: str) -> list[np.ndarray]:
-    """Generates the samples the flags ask for; returns them as token id arrays."""
+    """Generates the samples the flags ask for; returns them as token id arrays (image
+    models: writes their picture, `sample_images`)."""
     model = make_model(config)
     cfg = _model_config(config, model)
+    if config.data.name == "images":
+        params, step = load_params(config, workdir, model, purpose="sample from")
+        n_hashes = _N_HASHES.value or config.eval.n_hashes or cfg.n_hashes
+        return [sample_images(config, cfg, params, step, workdir, n_hashes)]
     prompt = prompt_tokens(config, _PROMPT.value, _PROMPT_IDS.value)
     source = parse_ids("--source_ids", _SOURCE_IDS.value, cfg.vocab_size)
     if cfg.kind == "encoder_decoder" and not source.size:

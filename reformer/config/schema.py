@@ -42,6 +42,7 @@ DATASETS = (
     "match",
     "reverse",
     "translation",
+    "images",
 )
 POSITIONAL = ("learned", "axial", "none")
 DTYPES = ("float32", "bfloat16")
@@ -49,7 +50,7 @@ DTYPES = ("float32", "bfloat16")
 FF_ACTIVATIONS = ("gelu", "gelu_exact", "relu")
 # The data each model kind trains on.
 KIND_DATASETS = {
-    "lm": ("duplication", "enwik8", "text"),
+    "lm": ("duplication", "enwik8", "text", "images"),
     "masked_lm": ("masked_duplication",),
     "classifier": ("match",),
     "encoder_decoder": ("reverse", "translation"),
@@ -199,8 +200,14 @@ MODEL = _model(
     ),
     positional=Field("learned", "Positional encoding.", one_of(POSITIONAL)),
     max_len=Field(2048, "Longest sequence the learned positional table covers.", POSITIVE_INT),
-    axial_shape=Field((), "Axial positions: grid (a, b), a * b >= the longest sequence."),
-    axial_dims=Field((), "Axial positions: widths (d1, d2), d1 + d2 = d_model."),
+    axial_shape=Field(
+        (), "Axial positions: grid (s_1, ..., s_n), n >= 2 axes (e.g. (64, 64, 3)), the last "
+        "fastest; its product >= the longest sequence."
+    ),
+    axial_dims=Field(
+        (), "Axial positions: widths (d_1, ..., d_n), one per axis of axial_shape (e.g. "
+        "(384, 384, 256)), concatenated; they add up to d_model."
+    ),
     dropout=Field(0.0, "Dropout on residual branches.", FRACTION),
     attention_dropout=Field(0.0, "Dropout on attention weights.", FRACTION),
     dtype=Field("float32", "Activation dtype (parameters stay float32).", one_of(DTYPES)),
@@ -232,6 +239,27 @@ DATA = dict(
     batch_tokens=Field(4096, "translation: padded positions per training batch."),
     tfds_name=Field(
         "", "translation: a TFDS dataset (e.g. 'wmt14_translate/de-en') in place of the files."
+    ),
+    image_shape=Field(
+        (), "images: (height, width, channels) of every image; a sequence is its sub-pixels "
+        "in raster order, channels of a pixel together (seq_len = their product)."
+    ),
+    image_train=Field(
+        "", "images: the training images: a directory or .tar of JPEG/PNG files (class folders "
+        "allowed), or a glob of downsampled-ImageNet .npz files."
+    ),
+    image_test=Field("", "images: the test images, the same way ('' = no test split)."),
+    image_validation=Field(
+        0, "images: the last this many training images (in name order) are the validation "
+        "split, never trained on.", NON_NEGATIVE_INT,
+    ),
+    image_validation_per_folder=Field(
+        False, "images: take the validation images from the end of every folder (class) in "
+        "equal shares, not from the end of the whole list (which holds the last classes)."
+    ),
+    image_resize=Field(False, "images: resize images of another size (default: refuse them)."),
+    image_cache=Field(
+        "", "images: local directory of the decoded images ('' = ~/.cache/reformer/images)."
     ),
 )  # fmt: skip
 
@@ -276,6 +304,7 @@ OPTIMIZER = dict(
     ),
     b1=Field(0.9, "Adam beta1.", FRACTION),
     b2=Field(0.98, "Adam beta2.", FRACTION),
+    eps=Field(1e-9, "Adam epsilon (trax's 1e-9).", POSITIVE_FINITE),
 )  # fmt: skip
 
 EVAL = dict(

@@ -209,28 +209,45 @@ def _check_positions(r: Report) -> None:
     if not r.fine("model.positional", "data.seq_len"):
         return
     if m.positional == "axial":
-        shape, dims = tuple(m.axial_shape), tuple(m.axial_dims)
+        shape, dims = m.axial_shape, m.axial_dims
+        shape, dims = (tuple(v) if isinstance(v, (list, tuple)) else v for v in (shape, dims))
+
+        def axes_ok(v) -> bool:
+            return isinstance(v, tuple) and len(v) >= 2 and all(_is_int(a) and a > 0 for a in v)
+
         shape_ok = r.check(
-            len(shape) == 2 and all(_is_int(a) and a > 0 for a in shape),
+            axes_ok(shape),
             "model.axial_shape",
-            f"must be two positive integers (a, b), got {shape}",
+            f"must be two or more positive integers (s_1, ..., s_n), the grid of positions, "
+            f"e.g. (64, 64, 3); got {shape!r}",
         )
         dims_ok = r.check(
-            len(dims) == 2 and all(_is_int(a) and a > 0 for a in dims),
+            axes_ok(dims),
             "model.axial_dims",
-            f"must be two positive integers (d1, d2), got {dims}",
+            f"must be two or more positive integers (d_1, ..., d_n), one width per axis of "
+            f"model.axial_shape, e.g. (384, 384, 256); got {dims!r}",
         )
+        if shape_ok and dims_ok:
+            dims_ok = r.check(
+                len(dims) == len(shape),
+                "model.axial_dims",
+                f"{dims} has {len(dims)} widths for the {len(shape)} axes of "
+                f"model.axial_shape={shape}: one width per axis",
+            )
         if dims_ok and r.fine("model.d_model"):
             r.check(
-                dims[0] + dims[1] == m.d_model,
+                sum(dims) == m.d_model,
                 "model.axial_dims",
-                f"{dims} must add up to model.d_model={m.d_model}",
+                f"{dims} adds up to {sum(dims)}; the widths must add up to "
+                f"model.d_model={m.d_model}",
             )
         if shape_ok:
+            grid = " x ".join(map(str, shape))
             r.check(
-                shape[0] * shape[1] >= seq,
+                math.prod(shape) >= seq,
                 "model.axial_shape",
-                f"{shape} covers {shape[0] * shape[1]} positions, fewer than data.seq_len={seq}",
+                f"{shape} covers {grid} = {math.prod(shape)} positions, fewer than "
+                f"data.seq_len={seq}: the product must be at least data.seq_len",
             )
     elif m.positional == "learned" and r.fine("model.max_len"):
         r.check(
@@ -273,6 +290,9 @@ def _check_data(r: Report) -> None:
     if d.name == "translation":
         _check_translation(r)
         return
+    if d.name == "images":
+        _check_images(r)
+        return
     if d.name in SYNTHETIC_VOCAB:
         least, why = SYNTHETIC_VOCAB[d.name]
         if r.fine("model.vocab_size"):
@@ -300,6 +320,49 @@ def _check_data(r: Report) -> None:
             e.stride <= d.seq_len,
             "eval.stride",
             f"must be at most data.seq_len={d.seq_len} (0 = seq_len), got {e.stride}",
+        )
+
+
+def _check_images(r: Report) -> None:
+    m, d, e = r.config.model, r.config.data, r.config.eval
+    shape = tuple(d.image_shape)
+    if r.check(
+        len(shape) == 3 and all(_is_int(a) and a > 0 for a in shape),
+        "data.image_shape",
+        f"must be three positive integers (height, width, channels), got {shape}",
+    ) and r.fine("data.seq_len"):
+        r.check(
+            d.seq_len == math.prod(shape),
+            "data.seq_len",
+            f"an image of {shape} is {math.prod(shape)} sub-pixels, so seq_len = "
+            f"{math.prod(shape)}; got {d.seq_len}",
+        )
+    if r.fine("model.vocab_size"):
+        r.check(
+            m.vocab_size >= 256,
+            "model.vocab_size",
+            f"sub-pixel values are ids 0..255, so vocab_size >= 256; got {m.vocab_size}",
+        )
+    if r.check(bool(d.image_train), "data.image_train", "images need their training images"):
+        _check_path(r, "data.image_train")
+    if d.image_test:
+        _check_path(r, "data.image_test")
+    if d.image_cache and _check_path(r, "data.image_cache"):
+        r.check(
+            not storage.is_remote(d.image_cache),
+            "data.image_cache",
+            f"{d.image_cache}: the decoded images are read through local files; give a local "
+            "directory",
+        )
+    if r.fine("eval.split", "data.image_validation"):
+        need = {
+            "validation": ("data.image_validation", d.image_validation),
+            "test": ("data.image_test", d.image_test),
+        }.get(e.split)
+        r.check(
+            need is None or bool(need[1]),
+            "eval.split",
+            f"{e.split!r} has no images: set {need[0] if need else ''}",
         )
 
 

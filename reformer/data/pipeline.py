@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from reformer.data import text, translation
+from reformer.data import images, text, translation
 from reformer.data.duplication import TASKS, DuplicationStream
 
 BYTE_DATASETS = ("enwik8", "text")
@@ -80,6 +81,8 @@ def make_train_stream(
             vocab_size=config.model.vocab_size,
             rows=rows,
         )
+    if config.data.name == "images":
+        return images.train_stream(config, rows)
     if config.data.name in BYTE_DATASETS:
         return text.CropStream(
             byte_splits(config)["train"],
@@ -98,12 +101,13 @@ def make_eval_batches(
     whole_split: bool = False,
     rows_fn=None,
     workdir: str | None = None,
-) -> list[dict[str, np.ndarray]]:
+) -> Sequence[dict[str, np.ndarray]]:
     """Evaluation batches (this host's rows), the same at every evaluation.
 
     Synthetic tasks: `eval.num_batches` batches drawn with `eval.seed`. Byte data: windows over
-    `eval.split` that score each byte once (`text.eval_windows`); the first
-    `eval.num_batches` batches of them, or all with `whole_split=True`.
+    `eval.split` that score each byte once (`text.eval_windows`); images: every image of
+    `eval.split` once, in order (a sequence of batches built as they are read). Either way the
+    first `eval.num_batches` batches, or all with `whole_split=True`.
     """
     e = config.eval
     if config.data.name == "translation":
@@ -125,6 +129,8 @@ def make_eval_batches(
             rows=rows,
         )
         return list(itertools.islice(stream, e.num_batches))
+    if config.data.name == "images":  # Built when read: a split may not fit in memory as ids.
+        return images.eval_batches(config, rows, 0 if whole_split else e.num_batches)
     if config.data.name in BYTE_DATASETS:
         windows = text.eval_windows(byte_splits(config)[e.split], config.data.seq_len, e.stride)
         return text.eval_batches(windows, e.batch_size, 0 if whole_split else e.num_batches, rows)

@@ -79,6 +79,10 @@ def evaluate_params(
     result = evaluate(eval_fn, params, mesh, batches)
     if config.data.name in data.BYTE_DATASETS:
         result["bits_per_byte"] = result["bits_per_token"]
+    if config.data.name == "images":  # Every sub-pixel of every image is one scored token.
+        result["bits_per_dim"] = result["bits_per_token"]
+        result["sub_pixels"] = result["tokens"]
+        result["images"] = result["tokens"] // config.data.seq_len
     if config.eval.free_running:
         result.update(free_running(config, model.cfg, params, batches))
     return {

@@ -176,41 +176,64 @@ class ChunkedFeedForward(nn.Module):
         return chunked_feed_forward(params, x_BxLxD, self.chunk_size, self.dtype, self.activation)
 
 
-class AxialPositionalEmbedding(nn.Module):
-    """Axial positions (Reformer, trax `AxialPositionalEncoding`).
+def _axial_rows_at(tables: list[jax.Array], shape: tuple[int, ...], pos_L: jax.Array):
+    """Rows of positions `pos_L`: each table gathered at its digit of the positions."""
+    rows = []
+    for k, table in enumerate(tables):
+        stride = math.prod(shape[k + 1 :])  # Positions per step of axis k.
+        digit_L = pos_L // stride if stride > 1 else pos_L
+        rows.append(table[digit_L % shape[k] if k > 0 else digit_L])
+    return jnp.concatenate(rows, axis=-1)
 
-    Position `i` of a `shape = (a, b)` grid (`a * b` >= the longest sequence) is
-    `concat(E1[i // b], E2[i % b])` with `E1` `[a, dims[0]]` and `E2` `[b, dims[1]]`: two small
-    tables instead of one `[a * b, d_model]` table. A shorter sequence takes the leading
-    positions. Only the `L` rows in use are built.
+
+def _axial_leading_rows(tables: list[jax.Array], shape: tuple[int, ...], length: int):
+    """Rows `[0, length)` as a broadcast of the tables over the leading part of the grid (no
+    gather: each table's gradient is a sum over the grid's other axes, not a scatter of
+    `[L, d]` rows). Only the rows of the first axis that the sequence reaches are built."""
+    lead = -(-length // math.prod(shape[1:]))
+    grid = (lead, *shape[1:])
+    parts = []
+    for k, table in enumerate(tables):
+        index = tuple(slice(None) if j == k else None for j in range(len(shape)))
+        used = table[:lead] if k == 0 else table
+        parts.append(jnp.broadcast_to(used[index], (*grid, table.shape[-1])))
+    width = sum(t.shape[-1] for t in tables)
+    return jnp.concatenate(parts, axis=-1).reshape(math.prod(grid), width)[:length]
+
+
+class AxialPositionalEmbedding(nn.Module):
+    """Axial positions (Reformer; trax `AxialPositionalEncoding` with `d_embs`, HuggingFace
+    `AxialPositionEmbeddings`), over any number of axes.
+
+    Position `i` of a `shape = (s_0, ..., s_{n-1})` grid (its product >= the longest
+    sequence), whose mixed-radix digits are `(i_0, ..., i_{n-1})` (row-major: the last axis
+    varies fastest), is `concat(E_0[i_0], ..., E_{n-1}[i_{n-1}])` with `E_k` the parameter
+    `axial_k` of shape `[s_k, dims[k]]`: n small tables instead of one `[prod(shape), d_model]`
+    table. A shorter sequence takes the leading positions.
     """
 
-    shape: tuple[int, int]
-    dims: tuple[int, int]
+    shape: tuple[int, ...]
+    dims: tuple[int, ...]
 
     @nn.compact
     def __call__(self, length: int, start=None) -> jax.Array:
         """Rows `[0, length)`; or, given `start` (decoding), rows `start + [0, length)`."""
-        (a, b), (d1, d2) = self.shape, self.dims
-        if length > a * b:
+        shape, dims = tuple(self.shape), tuple(self.dims)
+        if len(shape) != len(dims) or not shape:
+            raise ValueError(
+                f"axial positions need one width per axis: model.axial_shape={shape}, "
+                f"model.axial_dims={dims}"
+            )
+        if length > math.prod(shape):
             raise ValueError(
                 f"sequence length {length} exceeds the axial grid "
-                f"{a} x {b} = {a * b} (model.axial_shape)"
+                f"{' x '.join(map(str, shape))} = {math.prod(shape)} (model.axial_shape)"
             )
         init = nn.initializers.normal(1.0)
-        e1_AxD1 = self.param("axial_0", init, (a, d1))
-        e2_BxD2 = self.param("axial_1", init, (b, d2))
+        tables = [
+            self.param(f"axial_{k}", init, (s, d))
+            for k, (s, d) in enumerate(zip(shape, dims, strict=True))
+        ]
         if start is not None:
-            pos_L = start + jnp.arange(length)
-            return jnp.concatenate([e1_AxD1[pos_L // b], e2_BxD2[pos_L % b]], axis=-1)
-        # The rows in use as a broadcast of the two tables (no gather: the gradient is a sum
-        # over the grid's other axis, not a scatter of [L, d] rows).
-        rows = -(-length // b)
-        grid_RxBxD = jnp.concatenate(
-            [
-                jnp.broadcast_to(e1_AxD1[:rows, None, :], (rows, b, d1)),
-                jnp.broadcast_to(e2_BxD2[None, :, :], (rows, b, d2)),
-            ],
-            axis=-1,
-        )
-        return grid_RxBxD.reshape(rows * b, d1 + d2)[:length]
+            return _axial_rows_at(tables, shape, start + jnp.arange(length))
+        return _axial_leading_rows(tables, shape, length)

@@ -49,7 +49,7 @@ class Run:
     manager: Any
     train_step: Any  # jitted, compiled per batch shape by the loop
     eval_step: Any  # jitted
-    eval_batches: list
+    eval_batches: Any  # a sequence of host batches
     step_rng: jax.Array
     is_main: bool
 

@@ -29,7 +29,9 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
     """Gradient clipping followed by Adam(W) or Adafactor with the schedule."""
     schedule = make_schedule(opt)
     if opt.name == "adam":
-        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=1e-9, weight_decay=opt.weight_decay)
+        core = optax.adamw(
+            schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay
+        )
     elif opt.name == "adafactor":
         core = optax.adafactor(
             schedule, multiply_by_parameter_scale=False, weight_decay_rate=opt.weight_decay or None
