@@ -27,6 +27,7 @@ from absl import flags
 
 from reformer import data, storage
 from reformer.console import log
+from reformer.data import images as image_data
 from reformer.data import text
 from reformer.decoding import beam
 from reformer.decoding import cache as decoding_cache
@@ -168,11 +169,11 @@ def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token, length=Non
 
 
 def _held_out_images(config, n: int) -> np.ndarray:
-    """The first `n` images (token rows) of the test split, or of validation without one."""
-    held_out = config.copy_and_resolve_references()
-    held_out.eval.split = "test" if config.data.image_test else "validation"
-    held_out.eval.batch_size, held_out.eval.num_batches = n, 1
-    return data.make_eval_batches(held_out)[0]["tokens"][:n]
+    """`n` images (token rows) spread evenly over the test split (the validation split
+    without one), the first and the last included."""
+    pool = image_data.split_images(config, "test" if config.data.image_test else "validation")
+    picks = np.linspace(0, len(pool) - 1, n).round().astype(np.int64)
+    return image_data.pixels_to_tokens(pool[picks])
 
 
 def sample_images(config, cfg, params, step: int, workdir: str, n_hashes: int) -> np.ndarray:
