@@ -105,7 +105,8 @@ FREE = "free"  # nothing: it changes how the run goes, not what a checkpoint hol
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One config field: `default` (its type is the default's), `doc`, `rule` (checked by
-    `validate`; None: only cross-field checks), `resume` (SAME, ON_OFF or FREE), and
+    `validate`; None: only cross-field checks), `resume` (SAME, ON_OFF or FREE; None takes
+    the group's default), and
     `legacy`: an older field that `migrate` rewrites into this one, as `(old name,
     convert)` with `convert(old value, this field's value) -> new value`, raising
     ValueError when the two contradict."""
@@ -113,7 +114,7 @@ class Field:
     default: Any
     doc: str
     rule: Rule | None = None
-    resume: str = FREE
+    resume: str | None = None  # None: the group's default (`_group`)
     legacy: tuple[str, Callable[[Any, Any], Any]] | None = None
 
     @property
@@ -133,21 +134,17 @@ def _from_ff_chunk_size(old, new):
     return new or old
 
 
-def _model(**fields: Field) -> dict[str, Field]:
-    """Model fields: a resumed run keeps them all unless they say otherwise."""
+def _group(resume: str, **fields: Field) -> dict[str, Field]:
+    """A group's fields, those that do not say what a resumed run keeps taking `resume`
+    (SAME for the model's fields, FREE for the others)."""
     return {
-        name: f
-        if f.resume != FREE or name in _MODEL_RUNTIME
-        else dataclasses.replace(f, resume=SAME)
+        name: f if f.resume is not None else dataclasses.replace(f, resume=resume)
         for name, f in fields.items()
     }
 
 
-# Model fields that change how the same function is computed, not what it is: a run may
-# resume with other values (e.g. smaller chunks to fit another device).
-_MODEL_RUNTIME = ("position_chunk_size", "loss_chunk_size", "lsh_heads_per_step")
-
-MODEL = _model(
+MODEL = _group(
+    SAME,
     kind=Field("lm", "What the model is and predicts.", one_of(MODEL_KINDS)),
     n_classes=Field(2, "Labels of model.kind = 'classifier'.", POSITIVE_INT),
     cross_attention=Field(
@@ -181,7 +178,7 @@ MODEL = _model(
     ),
     lsh_heads_per_step=Field(
         0, "LSH layers run this many heads at a time, recomputed backward; 0 = all at once.",
-        NON_NEGATIVE_INT,
+        NON_NEGATIVE_INT, resume=FREE,
     ),
     n_hashes=Field(1, "LSH hash rounds in training.", POSITIVE_INT),
     causal=Field(True, "Causal masking of model.kind = 'lm' (encoders are bidirectional)."),
@@ -191,7 +188,7 @@ MODEL = _model(
     ),
     position_chunk_size=Field(
         0, "Positions per rematerialized chunk of position-wise work (feed-forward, "
-        "LayerNorms, projections, dropout); 0 = all at once.", NON_NEGATIVE_INT,
+        "LayerNorms, projections, dropout); 0 = all at once.", NON_NEGATIVE_INT, resume=FREE,
         legacy=("ff_chunk_size", _from_ff_chunk_size),
     ),
     ff_activation=Field("gelu", "Feed-forward nonlinearity.", one_of(FF_ACTIVATIONS)),
@@ -213,11 +210,12 @@ MODEL = _model(
     dtype=Field("float32", "Activation dtype (parameters stay float32).", one_of(DTYPES)),
     loss_chunk_size=Field(
         0, "Final LayerNorm, logits and loss this many positions at a time; 0 = all.",
-        NON_NEGATIVE_INT,
+        NON_NEGATIVE_INT, resume=FREE,
     ),
 )  # fmt: skip
 
-DATA = dict(
+DATA = _group(
+    FREE,
     name=Field(
         "duplication", "The data set: 'enwik8' (TFDS builder; official zip or data.path) and "
         "'text' (a local byte file) split 90/5/5 with ids = byte + 2; synthetic tasks of "
@@ -263,7 +261,8 @@ DATA = dict(
     ),
 )  # fmt: skip
 
-TRAIN = dict(
+TRAIN = _group(
+    FREE,
     num_steps=Field(
         1000, "Total optimizer steps; a resumed run continues to this step.", POSITIVE_INT
     ),
@@ -285,12 +284,14 @@ TRAIN = dict(
     ),
 )  # fmt: skip
 
-MESH = dict(
+MESH = _group(
+    FREE,
     data=Field(-1, "Devices on the data axis; -1 = all devices not on fsdp."),
     fsdp=Field(1, "Devices sharing the parameters (FSDP); -1 = all devices not on data."),
 )
 
-OPTIMIZER = dict(
+OPTIMIZER = _group(
+    FREE,
     name=Field("adam", "The optimizer.", one_of(OPTIMIZERS), resume=SAME),
     learning_rate=Field(1e-3, "Peak learning rate, reached at the end of warmup.", POSITIVE_FINITE),
     warmup_steps=Field(100, "Linear warmup from 0.", NON_NEGATIVE_INT),
@@ -307,7 +308,8 @@ OPTIMIZER = dict(
     eps=Field(1e-9, "Adam epsilon (trax's 1e-9).", POSITIVE_FINITE),
 )  # fmt: skip
 
-EVAL = dict(
+EVAL = _group(
+    FREE,
     num_batches=Field(4, "Batches per evaluation during training.", POSITIVE_INT),
     batch_size=Field(16, "Sequences per evaluation batch (global).", POSITIVE_INT),
     n_hashes=Field(0, "LSH hash rounds at evaluation; 0 = model.n_hashes.", NON_NEGATIVE_INT),
@@ -363,7 +365,7 @@ def resume_values(config: dict) -> dict[str, Any]:
     out = {}
     for group, name, field in fields():
         values = config.get(group) or {}
-        if field.resume == FREE or name not in values:
+        if field.resume not in (SAME, ON_OFF) or name not in values:
             continue
         value = values[name]
         if field.resume == ON_OFF:

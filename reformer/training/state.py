@@ -45,14 +45,17 @@ def state_from_params(tx):
     return make
 
 
+def _with_shardings(shapes, shardings):
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
+    )
+
+
 def abstract_state(config: ml_collections.ConfigDict, model, tx, mesh):
     """The train state's shapes and dtypes with their shardings over `mesh` (parameters and
     optimizer state split over `fsdp` where it is larger than 1), without computing it."""
     shapes = jax.eval_shape(make_init_state(config, model, tx), jax.random.key(0))
-    shardings = sharding.state_shardings(shapes, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
-    )
+    return _with_shardings(shapes, sharding.state_shardings(shapes, mesh))
 
 
 def abstract_params(config: ml_collections.ConfigDict, model, mesh=None):
@@ -63,13 +66,8 @@ def abstract_params(config: ml_collections.ConfigDict, model, mesh=None):
     )
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        return jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes
-        )
-    shardings = sharding.state_shardings(shapes, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings
-    )
+        return _with_shardings(shapes, jax.tree.map(lambda _: device, shapes))
+    return _with_shardings(shapes, sharding.state_shardings(shapes, mesh))
 
 
 def load_params(
