@@ -25,6 +25,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from reformer import storage
+from reformer.config import validate
+from reformer.config.schema import fields as config_fields
+from reformer.config.validation import unknown_field_problem
 from reformer.errors import ConfigError
 from reformer.training import sharding, supervise
 
@@ -109,8 +112,13 @@ def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
 
     def parse(argv: list[str]) -> list[str]:
         try:
-            rest = flags.FLAGS(_local_config_file(argv))
+            argv = _local_config_file(argv)
+            argv, unknown = _split_unknown_overrides(argv)
+            sys.argv[1:] = argv[1:]  # ml_collections reads the overrides from sys.argv.
+            rest = flags.FLAGS(argv)
             _ = CONFIG.value.to_dict()  # Loading the file raises here if it fails.
+            if unknown:  # Named together with every bad value of the other fields.
+                validate(CONFIG.value, num_devices=None, extra_problems=unknown)
             storage.check(WORKDIR.value, "--workdir")
             return rest
         except ConfigError as e:
@@ -119,6 +127,28 @@ def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
             exit_with_error(program, _flag_error_message(e, argv))
 
     return parse
+
+
+def _overrides(argv: list[str]) -> list[tuple[int, int, str]]:
+    """`(first, end, field)` of each `--config.group.field[=value]` argument of `argv` (a
+    value given as the next argument belongs to it: `end` is past it)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config.") and i > 0:
+            name, has_value, _ = arg[len("--config.") :].partition("=")
+            end = i + 1 if has_value or i + 1 == len(argv) else i + 2
+            out.append((i, end, name))
+    return out
+
+
+def _split_unknown_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """`argv` without the overrides of fields the schema does not have, and their problems
+    (the flags parser would stop at the first one)."""
+    known = {f"{group}.{name}" for group, name, _ in config_fields()}
+    unknown = [(i, end, n) for i, end, n in _overrides(argv) if n not in known]
+    drop = {j for i, end, _ in unknown for j in range(i, end)}
+    kept = [a for j, a in enumerate(argv) if j not in drop]
+    return kept, [unknown_field_problem(n) for _, _, n in unknown]
 
 
 def _flag_error_message(e: Exception, argv: list[str]) -> str:

@@ -4,7 +4,8 @@
         [--config.eval.split=test] [--config.eval.n_hashes=8] \\
         [--config.eval.attention_types="('full_shared_qk',)"] [--config.eval.cached=True]
 
-Prints and writes `W/eval_<split>.json`: loss, bits per token (and `bits_per_byte` on byte
+Prints, then writes `W/eval_<split>.json` (a workdir that cannot be written gets the
+printed result and one line saying so): loss, bits per token (and `bits_per_byte` on byte
 data; `bits_per_dim`, `images` and `sub_pixels` on images), accuracy, how many tokens were
 scored, the step and the evaluation settings. On text data the split is covered exactly once
 by contiguous windows, on image data by its images (see `reformer/data`), so the number is
@@ -30,7 +31,12 @@ from reformer.evaluation.checkpoint import evaluate_checkpoint
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
-    r = evaluate_checkpoint(config, workdir)
+    evaluate_checkpoint(config, workdir, report=report)
+
+
+def report(r: dict) -> None:
+    """Prints the evaluation record `r` (before it is written: a read-only workdir still
+    shows the result)."""
     hashes = f", {r['n_hashes']} hashes" if "n_hashes" in r else ""
     unit = "byte" if "bits_per_byte" in r else "dim" if "bits_per_dim" in r else "token"
     images = f" ({r['images']:,} images)" if "images" in r else ""

@@ -4,6 +4,7 @@ gets one error listing all of them, each naming its field."""
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import ml_collections
@@ -518,34 +519,53 @@ def _check_parallelism(r: Report, num_devices: int) -> None:
         )
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+def validate(
+    config: ml_collections.ConfigDict,
+    num_devices: int | None = 1,
+    extra_problems: list[tuple[str, str]] = (),
+) -> None:
     """Checks every field and cross-field constraint before anything compiles.
 
-    Raises one ConfigError listing every problem, each with its field and the allowed
-    values. `num_devices` is the number of devices of the whole run (all processes).
+    Raises one ConfigError listing every problem (unknown fields, missing fields and bad
+    values together), each with its field and the allowed values. `num_devices` is the
+    number of devices of the whole run (all processes); None skips the checks that need it
+    (the flags are parsed before the devices are known). `extra_problems` are `(field,
+    message)` pairs found before (command-line overrides of unknown fields).
     """
     for note in migrate(config):
         logging.warning("config: %s (the old name still loads; use the new one)", note)
-    known, given = _keys(default_config()), _keys(config)
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown config field(s): {', '.join('config.' + u for u in unknown)}. "
-            "Known fields are listed in reformer/config/schema.py:default_config()."
-        )
-    missing = sorted(set(known) - set(given))
-    if missing:
-        raise ConfigError(f"missing config field(s): {', '.join('config.' + u for u in missing)}")
     report = Report(config)
-    for check in (
-        _check_fields,
-        _check_modes,
-        _check_layers,
-        _check_positions,
-        _check_data,
-        _check_encoder_decoder,
-        _check_init_from,
-    ):
-        check(report)
-    _check_parallelism(report, num_devices)
+    for field, message in extra_problems:
+        report.add(field, message)
+    known, given = _keys(default_config()), _keys(config)
+    for name in sorted(set(given) - set(known)):
+        report.add(name, f"unknown config field{_did_you_mean(name, known)}")
+    missing = sorted(set(known) - set(given))
+    for name in missing:
+        report.add(name, "missing (every field of reformer/config/schema.py must be present)")
+    if not missing:
+        for check in (
+            _check_fields,
+            _check_modes,
+            _check_layers,
+            _check_positions,
+            _check_data,
+            _check_encoder_decoder,
+            _check_init_from,
+        ):
+            check(report)
+        if num_devices is not None:
+            _check_parallelism(report, num_devices)
     report.raise_if_any()
+
+
+def _did_you_mean(name: str, known) -> str:
+    """` (did you mean config.X?)` for the closest known field, or ``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean config.{close[0]}?)" if close else ""
+
+
+def unknown_field_problem(name: str) -> tuple[str, str]:
+    """The `(field, message)` problem of an override of `name` (`group.field`), which is
+    not a field of the schema."""
+    return name, f"unknown config field{_did_you_mean(name, _keys(default_config()))}"

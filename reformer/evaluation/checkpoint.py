@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -41,17 +42,29 @@ def score_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[d
     return record, hypotheses
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Scores the latest checkpoint (`score_checkpoint`) and writes the record to
-    `WORKDIR/eval_<split>.json` (and a translation split's translations beside it)."""
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str, report: Callable[[dict], None] | None = None
+) -> dict:
+    """Scores the latest checkpoint (`score_checkpoint`), hands the record to `report` (which
+    prints it), then writes it to `WORKDIR/eval_<split>.json` (and a translation split's
+    translations beside it). A workdir that cannot be written (read-only, no permission)
+    costs the files, not the result: it is reported first, and the failed write is one
+    line."""
     record, hypotheses = score_checkpoint(config, workdir)
+    if report is not None:
+        report(record)
     if jax.process_index() == 0:
         path = storage.join(workdir, f"eval_{config.eval.split}.json")
-        if hypotheses is not None:
-            record["hypotheses"] = storage.join(workdir, f"eval_{config.eval.split}.hyp.txt")
-            storage.write_text(record["hypotheses"], "\n".join(hypotheses) + "\n")
-        storage.write_text(path, json.dumps(record, indent=2))
-        log(f"Wrote {path}")
+        try:
+            if hypotheses is not None:
+                record["hypotheses"] = storage.join(workdir, f"eval_{config.eval.split}.hyp.txt")
+                storage.write_text(record["hypotheses"], "\n".join(hypotheses) + "\n")
+            storage.write_text(path, json.dumps(record, indent=2))
+            log(f"Wrote {path}")
+        except OSError as e:
+            record.pop("hypotheses", None)
+            reason = e.strerror or str(e) or type(e).__name__
+            log(f"Could not write {path} ({reason}); the result above is not saved.")
     return record
 
 

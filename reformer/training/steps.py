@@ -21,7 +21,7 @@ import ml_collections
 import optax
 
 from reformer.model import models
-from reformer.training import sharding
+from reformer.training import memory_check, sharding
 from reformer.training.metrics import summarize
 from reformer.training.optimizer import make_schedule
 from reformer.training.state import TrainState
@@ -56,11 +56,13 @@ def compile_train_step(p_train_step, state, batch, rng):
     """The jitted train step compiled ahead of time for these arguments' shapes and
     shardings, and the seconds it took; the compiler's freed heap memory is then returned to
     the operating system (`release_host_memory`), so it does not stay in the process's
-    footprint while the step runs."""
+    footprint while the step runs. A step that needs more memory than the devices have is
+    refused here (`memory_check`)."""
     start = time.time()
     compiled = p_train_step.lower(state, batch, rng).compile()
     seconds = time.time() - start
     release_host_memory()
+    memory_check.check_fits(compiled)  # Refused before it runs, not killed while it runs.
     return compiled, seconds
 
 
