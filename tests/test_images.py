@@ -498,6 +498,13 @@ def test_bits_per_dim_over_every_test_image_and_a_picture_of_completions(dataset
         np.testing.assert_array_equal(cell(1, col), image)  # The held-out images.
         np.testing.assert_array_equal(cell(2, col)[:2], image[:2])  # Their given top half.
 
+    results = load_script("cifar10_results")  # The results table reads the same record.
+    run = results.run_record("tiny", workdir)
+    assert (run["bits_per_dim"], run["images"], run["step"]) == (record["bits_per_dim"], 6, 2)
+    assert len(run["validation_curve"]) == 1  # The evaluation at the last step.
+    baselines = [{"baseline": "png_no_header", "bits_per_dim": 5.0, "images": 6}]
+    assert f"| {run['bits_per_dim'] - 5.0:+.3f} |" in results.table([run], baselines)
+
 
 def test_the_compressor_baselines_of_scripts_image_baselines():
     script = load_script("image_baselines")
