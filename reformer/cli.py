@@ -69,6 +69,7 @@ USAGE_EXTRA = {
     "evaluate": "",
     "sample": " --prompt TEXT",
     "translate": " --text SENTENCE",
+    "export": " --out DIR",
 }
 
 

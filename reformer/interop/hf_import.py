@@ -10,11 +10,13 @@ t - 1, as trax does), while HF reads token t at position t. So HF's logits for i
 `[0, t_0, ..., t_{L-2}]` are ours for tokens `[t_0, ..., t_{L-1}]`. The published trax
 weights (`google/reformer-enwik8`) were trained with the shift, which this model restores.
 
-`convert` writes both into a new workdir with a config file (`scripts/convert_hf_checkpoint.py`
-is its command line). Factorized bucket counts (a list `num_buckets`) become
-`model.bucket_factors`. Settings this project cannot express (other chunk neighbourhoods, an
-encoder without causal masking, other activations, tied output weights, axial positions of
-other than two axes) are refused with a ConfigError that names the HF field.
+The weights are placed by the table of `hf_names.weights`, which the export (`hf_export.py`)
+reads the other way. `convert` writes both into a new workdir with a config file
+(`scripts/convert_hf_checkpoint.py` is its command line). Factorized bucket counts (a list
+`num_buckets`) become `model.bucket_factors`. Settings this project cannot express (other
+chunk neighbourhoods, an encoder without causal masking, other activations, tied output
+weights, axial positions of other than two axes) are refused with a ConfigError that names
+the HF field.
 """
 
 from __future__ import annotations
@@ -32,18 +34,13 @@ import numpy as np
 from reformer import storage
 from reformer.config import default_config, load_config_file
 from reformer.errors import ConfigError
+from reformer.interop import hf_names
+from reformer.interop.hf_names import ACTIVATIONS
 from reformer.model import ModelConfig, init_params, make_model
-from reformer.model.model_config import layer_name
 from reformer.training import checkpoints
 
-# HF `hidden_act` -> `model.ff_activation`. HF's "gelu" is the erf form, "gelu_new" the tanh
-# approximation (flax's `nn.gelu` default).
-ACTIVATIONS = {
-    "relu": "relu",
-    "gelu": "gelu_exact",
-    "gelu_new": "gelu",
-    "gelu_pytorch_tanh": "gelu",
-}
+# What an HF config without these fields means here.
+ABSENT = {"num_hashes": 1, "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.0}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -111,21 +108,16 @@ def _inexpressible(hf: Mapping) -> list[str]:
 
 def _set_layers(m: ml_collections.ConfigDict, hf: Mapping, layers: list[str]) -> None:
     """Sizes, the attention pattern and each layer's settings into `config.model` `m`."""
-    m.vocab_size = int(hf["vocab_size"])
-    m.d_model = int(hf["hidden_size"])
-    m.d_ff = int(hf["feed_forward_size"])
-    m.n_heads = int(hf["num_attention_heads"])
-    m.d_head = int(hf["attention_head_size"])
+    for hf_field, field, kind in hf_names.SAME_FIELDS:
+        value = hf.get(hf_field, ABSENT[hf_field]) if hf_field in ABSENT else hf[hf_field]
+        m[field] = kind(value)
     m.n_layers = len(layers)
     m.attention_types = _period(layers)
     m.lsh_chunk_len = int(hf.get("lsh_attn_chunk_length") or 64)
     m.local_chunk_len = int(hf.get("local_attn_chunk_length") or 64)
-    m.n_hashes = int(hf.get("num_hashes", 1))
     m.causal = True
     m.residual = "reversible"  # HF's layers are; `two_stream` is the same function.
     m.ff_activation = ACTIVATIONS[hf.get("hidden_act", "relu")]
-    m.layer_norm_eps = float(hf.get("layer_norm_eps", 1e-12))
-    m.dropout = float(hf.get("hidden_dropout_prob", 0.0))
     # One attention dropout here; HF has one per attention type: local's if the model has
     # local layers, else LSH's.
     kinds = "local" if "local" in layers else "lsh"
@@ -212,29 +204,26 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
 
 class _Weights:
     """An HF state dict (float32, without the `reformer.` prefix) read weight by weight,
-    each checked against the shape this model needs; it remembers which were read."""
+    each checked against its HF shape; it remembers which were read."""
 
     def __init__(self, state: Mapping[str, np.ndarray]):
         self.state = {
-            k.removeprefix("reformer."): np.asarray(v, np.float32) for k, v in state.items()
+            k.removeprefix(hf_names.BASE_PREFIX): np.asarray(v, np.float32)
+            for k, v in state.items()
         }
         self.used: set[str] = set()
 
-    def take(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    def take(self, w: hf_names.Weight) -> np.ndarray:
+        """`w` in this model's layout (under its first name the checkpoint holds; all of
+        its names count as read)."""
+        key = next((k for k in (w.hf, *w.aliases) if k in self.state), w.hf)
         if key not in self.state:
             raise ConfigError(f"the HF checkpoint has no weight {key!r}")
-        self.used.add(key)
+        self.used.update(k for k in (w.hf, *w.aliases) if k in self.state)
         value = self.state[key]
-        if value.shape != shape:
-            raise ConfigError(f"HF weight {key} has shape {value.shape}, expected {shape}")
-        return value
-
-    def norm(self, prefix: str, width: int) -> dict:
-        """A LayerNorm's `{scale, bias}` from `prefix.weight` and `prefix.bias`."""
-        return {
-            "scale": self.take(f"{prefix}.weight", (width,)),
-            "bias": self.take(f"{prefix}.bias", (width,)),
-        }
+        if value.shape != w.hf_shape:
+            raise ConfigError(f"HF weight {key} has shape {value.shape}, expected {w.hf_shape}")
+        return w.to_ours(value)
 
     def check_all_used(self) -> None:
         unused = sorted(set(self.state) - self.used)
@@ -245,89 +234,12 @@ class _Weights:
             )
 
 
-def _layer_params(w: _Weights, m: ml_collections.ConfigDict, i: int, kind: str) -> dict:
-    """Layer `i` (attention type `kind`): its attention and feed-forward halves."""
-    d, h, k = m.d_model, m.n_heads, m.d_head
-    pre = f"encoder.layers.{i}"
-    sa = f"{pre}.attention.self_attention"
-    names = ("query_key", "value") if kind == "lsh" else ("query", "key", "value")
-    # torch Linear [H*K, D] -> DenseGeneral kernel [D, H, K], and [D, H*K] -> [H, K, D].
-    attn = {n: {"kernel": w.take(f"{sa}.{n}.weight", (h * k, d)).T.reshape(d, h, k)} for n in names}
-    attn["out"] = {
-        "kernel": w.take(f"{pre}.attention.output.dense.weight", (d, h * k)).T.reshape(h, k, d)
-    }
-    ff = f"{pre}.feed_forward"
-    return {
-        "attention": {"norm": w.norm(f"{pre}.attention.layer_norm", d), "attention": attn},
-        "feed_forward": {
-            "norm": w.norm(f"{ff}.layer_norm", d),
-            "ff": {
-                "wi_kernel": w.take(f"{ff}.dense.dense.weight", (m.d_ff, d)).T,
-                "wi_bias": w.take(f"{ff}.dense.dense.bias", (m.d_ff,)),
-                "wo_kernel": w.take(f"{ff}.output.dense.weight", (d, m.d_ff)).T,
-                "wo_bias": w.take(f"{ff}.output.dense.bias", (d,)),
-            },
-        },
-    }
-
-
-def _stacked_layers(w: _Weights, m: ml_collections.ConfigDict) -> dict:
-    """HF's layers 0..n-1 as this model's groups: pattern position j holds layers j, j + p,
-    j + 2p, ... (p = len(attention_types)) stacked on a leading axis."""
-    pattern = tuple(m.attention_types)
-    layers = {}
-    for j, kind in enumerate(pattern):
-        repeats = [_layer_params(w, m, i, kind) for i in range(j, m.n_layers, len(pattern))]
-        layers[layer_name(j, kind)] = _stack(repeats)
-    return layers
-
-
-def _output_layer(w: _Weights, m: ml_collections.ConfigDict) -> dict:
-    """The final LayerNorm over the two joined streams and the output layer."""
-    # HF's output layer adds lm_head.decoder.bias (tied to lm_head.bias, which older files
-    # hold alone); both count as read.
-    bias = "lm_head.decoder.bias" if "lm_head.decoder.bias" in w.state else "lm_head.bias"
-    output = {
-        "final_norm": w.norm("encoder.layer_norm", 2 * m.d_model),
-        "logits": {
-            "kernel": w.take("lm_head.decoder.weight", (m.vocab_size, 2 * m.d_model)).T,
-            "bias": w.take(bias, (m.vocab_size,)),
-        },
-    }
-    w.used.update(k for k in ("lm_head.bias", "lm_head.decoder.bias") if k in w.state)
-    return output
-
-
-def _positions(w: _Weights, m: ml_collections.ConfigDict) -> dict:
-    """The positional embeddings: two axial tables, or one learned table."""
-    if m.positional == "axial":
-        (a, b), (d1, d2) = m.axial_shape, m.axial_dims
-        pos = "embeddings.position_embeddings.weights"
-        return {
-            "axial_pos": {
-                "axial_0": w.take(f"{pos}.0", (a, 1, d1)).reshape(a, d1),
-                "axial_1": w.take(f"{pos}.1", (1, b, d2)).reshape(b, d2),
-            }
-        }
-    table = w.take("embeddings.position_embeddings.embedding.weight", (m.max_len, m.d_model))
-    return {"pos_embed": table}
-
-
 def params_from_hf(state: Mapping[str, np.ndarray], config: ml_collections.ConfigDict) -> dict:
     """This model's parameter tree (float32 arrays) from an HF `ReformerModelWithLMHead`
-    state dict (NumPy arrays, as `read_state_dict` gives). Every HF weight must find its
-    place."""
-    m = config.model
+    (or `ReformerForMaskedLM`) state dict (NumPy arrays, as `read_state_dict` gives), by
+    the table of `hf_names.weights`. Every HF weight must find its place."""
     w = _Weights(state)
-    layers = _stacked_layers(w, m)
-    params = {
-        "embed": {
-            "embedding": w.take("embeddings.word_embeddings.weight", (m.vocab_size, m.d_model))
-        },
-        "layers": layers,
-        **_output_layer(w, m),
-        **_positions(w, m),
-    }
+    params = hf_names.assemble(config.model, w.take)
     w.check_all_used()
     return jax.tree.map(jnp.asarray, params)
 
@@ -407,11 +319,3 @@ def convert(hf_dir: str, out: str, seq_len: int | None = None) -> str:
         f"{tuple(config.model.attention_types)}) to {out}; config file {config_path}"
     )
     return config_path
-
-
-def _stack(trees: list[dict]) -> dict:
-    """Stacks equal-structured nested dicts of arrays on a new leading axis."""
-    first = trees[0]
-    if isinstance(first, dict):
-        return {key: _stack([t[key] for t in trees]) for key in first}
-    return np.stack(trees)
