@@ -22,7 +22,7 @@ shared SentencePiece vocabulary of 32,768 pieces (the authors used T2T's wmt32k 
 33,300 ids) is trained on a sample of 2M sentences of the training pairs into W/vocab.model when
 training starts. Pairs with more than 256 subwords on a side (the end id included) are left
 out of training (trax: wmt_preprocess.max_length = 256); every pair of an evaluated split is
-translated (sources cut at data.source_len).
+translated (a longer source cut to data.source_len, its end id kept).
 
 Batches: trax's batcher put 256 sentences per device in the length-32 bucket (inputs and
 targets counted together; shorter buckets more sentences, longer ones fewer) on the paper's

@@ -9,7 +9,10 @@ Byte-level models (`data.name` enwik8 or text) take the prompt as text (its UTF-
 and print text; other models take `--prompt_ids 0,5,7` and print token ids. An
 encoder-decoder decodes the target of `--source_ids` (the prompt, if any, starts the
 target). `--beam_size N` decodes with beam search (the authors' length penalty,
-`--alpha`) instead of sampling. Only the parameters of the checkpoint are read. Decoding is
+`--alpha`) instead of sampling. Without `--length`, 200 tokens are generated, or fewer
+where the model's positions and `data.seq_len` leave less room after the prompt; a prompt or
+a source longer than the model takes (a source: `data.source_len`) is refused in one line.
+Only the parameters of the checkpoint are read. Decoding is
 cached (`reformer/decoding/sampling.py`); LSH layers decode with `eval.n_hashes` hash rounds (or
 `--n_hashes`).
 """
@@ -37,11 +40,18 @@ from reformer.evaluation import pictures
 from reformer.tokens import END_ID
 from reformer.training.state import load_params, make_model
 
+DEFAULT_LENGTH = 200  # Tokens generated without --length, where the model has room.
+
 _PROMPT = flags.DEFINE_string("prompt", None, "Text to continue (byte-level models).")
 _PROMPT_IDS = flags.DEFINE_string(
     "prompt_ids", None, "Token ids to continue, comma-separated (any model), e.g. 0,5,7."
 )
-_LENGTH = flags.DEFINE_integer("length", 200, "How many tokens (bytes) to generate.")
+_LENGTH = flags.DEFINE_integer(
+    "length",
+    0,
+    f"How many tokens (bytes) to generate; 0 = {DEFAULT_LENGTH}, or fewer where the model's "
+    "positions (and data.seq_len, the length it trained on) leave less after the prompt.",
+)
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k most likely tokens; 0 = all.")
 _TOP_P = flags.DEFINE_float(
@@ -99,6 +109,34 @@ def parse_ids(flag: str, value: str | None, vocab: int) -> np.ndarray:
     return np.array(ids, np.int32)
 
 
+def decode_length(config, cfg, prompt_len: int, length: int) -> int:
+    """The tokens to generate: `length`, or with 0 `DEFAULT_LENGTH` cut to the room the
+    model's positions and `data.seq_len` leave after the prompt; ConfigError in one line when
+    they do not fit."""
+    limit = min((n for n in (decode.max_positions(cfg), config.data.seq_len) if n), default=0)
+    room = limit - prompt_len if limit else DEFAULT_LENGTH
+    length = length or min(DEFAULT_LENGTH, max(1, room))
+    try:
+        decode.check_lengths(cfg, prompt_len, length)
+    except ValueError as e:
+        raise ConfigError(f"--prompt / --length: {e}") from None
+    return length
+
+
+def check_source(config, cfg, source: np.ndarray) -> None:
+    """An encoder-decoder's `--source_ids`: at least one id and at most `data.source_len`
+    (the longest source the model trained on) or its positions; ConfigError otherwise."""
+    limit = min((n for n in (decode.max_positions(cfg), config.data.source_len) if n), default=0)
+    if not source.size:
+        raise ConfigError("--source_ids: give at least one source token id")
+    if limit and len(source) > limit:
+        raise ConfigError(
+            f"--source_ids: {len(source)} ids; this model takes sources of at most {limit} "
+            f"(data.source_len={config.data.source_len}, model positions "
+            f"{decode.max_positions(cfg) or 'unlimited'})"
+        )
+
+
 def sampling_settings() -> decode.Sampling:
     try:
         return decode.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
@@ -131,10 +169,8 @@ def _model_config(config, model):
     return cfg
 
 
-def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token, length=None):
-    """The tokens `[B, length]` the flags ask for (`--length` unless given): beam search or
-    sampling."""
-    length = length or _LENGTH.value
+def _decode(cfg, params, prompt_BxN, source_BxS, n_hashes, end_token, length):
+    """The tokens `[B, length]` the flags ask for: beam search or sampling."""
     rng = jax.random.key(_SEED.value)
     if _BEAM_SIZE.value:
         tokens, _ = beam.beam_search(
@@ -215,12 +251,9 @@ def sample(config, workdir: str) -> list[np.ndarray]:
         return [sample_images(config, cfg, params, step, workdir, n_hashes)]
     prompt = prompt_tokens(config, _PROMPT.value, _PROMPT_IDS.value)
     source = parse_ids("--source_ids", _SOURCE_IDS.value, cfg.vocab_size)
-    if cfg.kind == "encoder_decoder" and not source.size:
-        raise ConfigError("--source_ids: give at least one source token id")
-    try:
-        decode.check_lengths(cfg, len(prompt), _LENGTH.value)
-    except ValueError as e:
-        raise ConfigError(f"--prompt / --length: {e}") from None
+    if cfg.kind == "encoder_decoder":
+        check_source(config, cfg, source)
+    length = decode_length(config, cfg, len(prompt), _LENGTH.value)
     params, step = load_params(config, workdir, model, purpose="sample from")
     n_hashes = _N_HASHES.value or config.eval.n_hashes or cfg.n_hashes
     byte_model = config.data.name in data.BYTE_DATASETS
@@ -234,11 +267,12 @@ def sample(config, workdir: str) -> list[np.ndarray]:
         jnp.asarray(np.broadcast_to(source, (rows, len(source)))) if source.size else None,
         n_hashes,
         END_ID if ends else None,
+        length,
     )
     tokens = np.asarray(tokens)
     hashes = f", {n_hashes} hashes" if "lsh" in cfg.attention_types else ""
     log(
-        f"step {step} of {workdir}: {len(tokens)} sample(s) of up to {_LENGTH.value} tokens in "
+        f"step {step} of {workdir}: {len(tokens)} sample(s) of up to {length} tokens in "
         f"{time.time() - start:.1f} s (with compilation); {how}{hashes}"
     )
     samples = []

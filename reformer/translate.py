@@ -8,6 +8,12 @@
 Beam search through the decoding caches (beam 4 and the authors' length penalty 0.6 by
 default; `--beam_size 1` is greedy), as `reformer/evaluation/translation.py` describes;
 `reformer.evaluate` scores a split this way with sacreBLEU.
+
+A sentence longer than `data.source_len` subwords (the end id included; the longest source
+the model trained on) is cut to that length with the end id kept as its last token, and a
+line says how many were cut; `--max_source_len N` cuts at N instead, up to the model's
+positions. `--input` must be UTF-8 text with at least one line: a byte that is not UTF-8 is
+refused with the file, line and column, not replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from reformer.console import log
 from reformer.data import translation
 from reformer.data.text import DataError
 from reformer.decoding import beam
+from reformer.decoding.sampling import max_positions
 from reformer.errors import ConfigError
 from reformer.evaluation.translation import translate
 from reformer.training.state import load_params, make_model
@@ -42,6 +49,37 @@ def _define_flags() -> None:
         "alpha", beam.LENGTH_PENALTY, "Beam search's length penalty."
     )
     _FLAGS["batch_size"] = flags.DEFINE_integer("batch_size", 64, "Sentences decoded together.")
+    _FLAGS["max_source_len"] = flags.DEFINE_integer(
+        "max_source_len",
+        0,
+        "Longer sentences (subwords, the end id included) are cut to this many with the end "
+        "id kept, and counted; 0 = data.source_len. At most the model's positions.",
+    )
+
+
+def _max_source_len(config, cfg) -> tuple[int, str]:
+    """`(limit, its name)` of the sources: --max_source_len, checked, or data.source_len."""
+    value = _FLAGS["max_source_len"].value
+    if not value:
+        return config.data.source_len, "data.source_len"
+    limit = max_positions(cfg)
+    if value < 2 or (limit is not None and value > limit):
+        raise ConfigError(
+            f"--max_source_len: must be 0 (data.source_len={config.data.source_len}) or "
+            f"2..{limit if limit is not None else 'any'} (the model's positions), got {value}"
+        )
+    return value, "--max_source_len"
+
+
+def read_sentences(path: str) -> list[str]:
+    """The lines of --input: a UTF-8 file with at least one line."""
+    storage.check(path, "--input")
+    if not storage.isfile(path):
+        raise ConfigError(f"--input: no such file: {path}")
+    sentences = translation.read_lines(path, "--input")
+    if not sentences:
+        raise ConfigError(f"--input: {path} is empty: no sentence to translate")
+    return sentences
 
 
 def main(config, workdir: str) -> None:
@@ -60,14 +98,9 @@ def main(config, workdir: str) -> None:
         tokenizer = translation.vocabulary(config, workdir)
     except DataError as e:
         raise ConfigError(str(e)) from e
-    if input_path is not None:
-        storage.check(input_path, "--input")
-        if not storage.isfile(input_path):
-            raise ConfigError(f"--input: no such file: {input_path}")
-        sentences = storage.read_text(input_path).splitlines()
-    else:
-        sentences = [text]
+    sentences = [text] if input_path is None else read_sentences(input_path)
     model = make_model(config)
+    max_source_len, limit_name = _max_source_len(config, model.cfg)
     params, step = load_params(config, workdir, model, purpose="translate with")
     start = time.time()
     outputs = translate(
@@ -79,6 +112,8 @@ def main(config, workdir: str) -> None:
         beam_size=beam_size,
         alpha=alpha,
         batch_size=min(batch_size, len(sentences)),
+        max_source_len=max_source_len,
+        limit_name=limit_name,
     )
     seconds = time.time() - start
     log(

@@ -132,6 +132,12 @@ def make_eval_batches(
     if config.data.name == "images":  # Built when read: a split may not fit in memory as ids.
         return images.eval_batches(config, rows, 0 if whole_split else e.num_batches)
     if config.data.name in BYTE_DATASETS:
-        windows = text.eval_windows(byte_splits(config)[e.split], config.data.seq_len, e.stride)
+        split = byte_splits(config)[e.split]
+        if not len(split):
+            raise text.DataError(
+                f"config.eval.split: the {e.split} split of {config.data.path or 'enwik8'} is "
+                "empty (the file is too short to give it a byte); nothing to evaluate on"
+            )
+        windows = text.eval_windows(split, config.data.seq_len, e.stride)
         return text.eval_batches(windows, e.batch_size, 0 if whole_split else e.num_batches, rows)
     raise ValueError(f"config.data.name: unknown dataset {config.data.name!r}")

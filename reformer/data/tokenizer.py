@@ -29,7 +29,13 @@ class Tokenizer:
         import sentencepiece as spm
 
         self.model_proto = model_proto
-        self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError:
+            raise ValueError(
+                f"not a SentencePiece model ({len(model_proto):,} bytes that do not parse: "
+                "damaged or cut short)"
+            ) from None
         ids = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id(), self._sp.bos_id())
         if ids != (PAD_ID, END_ID, UNK_ID, -1):
             raise ValueError(
@@ -75,23 +81,34 @@ def train(
     seed_sentences: int = MAX_TRAINING_SENTENCES,
 ) -> Tokenizer:
     """A SentencePiece vocabulary of `vocab_size` pieces trained on `texts` (one sentence
-    each; empty ones are skipped), with the project's ids."""
+    each; empty ones are skipped), with the project's ids. ValueError, in one line, when there
+    is no text or SentencePiece cannot make the vocabulary (e.g. too few distinct pieces)."""
     import sentencepiece as spm
 
+    sentences = [t for t in texts if t.strip()]
+    if not sentences:
+        raise ValueError("no text to make a vocabulary from (every sentence is empty)")
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=(t for t in texts if t.strip()),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        pad_id=PAD_ID,
-        eos_id=END_ID,
-        unk_id=UNK_ID,
-        bos_id=-1,
-        character_coverage=1.0,
-        byte_fallback=True,
-        input_sentence_size=seed_sentences,
-        shuffle_input_sentence=True,
-        minloglevel=2,  # Warnings and errors only.
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=PAD_ID,
+            eos_id=END_ID,
+            unk_id=UNK_ID,
+            bos_id=-1,
+            character_coverage=1.0,
+            byte_fallback=True,
+            input_sentence_size=seed_sentences,
+            shuffle_input_sentence=True,
+            minloglevel=2,  # Warnings and errors only.
+        )
+    except RuntimeError as e:  # SentencePiece's checks: "INTERNAL: file(line) [cond] why".
+        why = str(e).strip().splitlines()[0].split("] ", 1)[-1].strip() or str(e)[:200]
+        raise ValueError(
+            f"SentencePiece could not make a {vocab_size:,}-piece vocabulary from "
+            f"{len(sentences):,} sentences: {why}"
+        ) from None
     return Tokenizer(model.getvalue())

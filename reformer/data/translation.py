@@ -50,16 +50,34 @@ class ParallelText:
     skipped_empty: int  # Pairs with an empty side, left out.
 
 
+def read_lines(path: str, label: str) -> list[str]:
+    """The lines of a UTF-8 text file (a final newline is not an extra empty line; a "\\r"
+    before a newline is dropped). Text that is not UTF-8 is refused, not replaced: a DataError
+    names `label` (the field or flag), the file and the line and column of the first bad
+    byte."""
+    raw = storage.read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - raw.rfind(b"\n", 0, e.start)
+        raise DataError(
+            f"{label}: {path} line {line:,}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+            f"{column:,} of the line); the text must be UTF-8"
+        ) from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def read_parallel(source_path: str, target_path: str, field: str = "data") -> ParallelText:
     """The aligned sentences of two files (one a line)."""
     texts = []
     for path in (source_path, target_path):
         if not storage.isfile(path):
             raise DataError(f"config.{field}: no such file: {path}")
-        texts.append(storage.read_text(path).split("\n"))
-    for lines in texts:  # A final newline is not an extra (empty) line.
-        if lines and lines[-1] == "":
-            lines.pop()
+        texts.append(read_lines(path, f"config.{field}"))
     sources, targets = texts
     if len(sources) != len(targets):
         raise DataError(
@@ -263,8 +281,11 @@ def read_tfds(
     read = getattr(source, "__getitems__", None) or (lambda ids: [source[i] for i in ids])
     sources, targets, skipped = [], [], 0
     for first in range(0, len(source), 4096):
-        for example in read(range(first, min(first + 4096, len(source)))):
-            s, t = (_text(example[lang]) for lang in (source_lang, target_lang))
+        for i, example in enumerate(read(range(first, min(first + 4096, len(source))))):
+            where = f"{name} {split} example {first + i:,}"
+            s, t = (
+                _text(example[lang], f"{where} ({lang})") for lang in (source_lang, target_lang)
+            )
             if s and t:
                 sources.append(s)
                 targets.append(t)
@@ -273,8 +294,16 @@ def read_tfds(
     return ParallelText(sources, targets, skipped)
 
 
-def _text(value) -> str:
-    return (value.decode("utf-8") if isinstance(value, bytes) else str(value)).strip()
+def _text(value, where: str) -> str:
+    if not isinstance(value, bytes):
+        return str(value).strip()
+    try:
+        return value.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"config.data.tfds_name: {where} is not UTF-8 (byte 0x{value[e.start]:02x} at "
+            f"byte {e.start + 1:,})"
+        ) from None
 
 
 # ---- From a config (`data.name = "translation"`) ----
@@ -326,8 +355,8 @@ def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
         if jax.process_index() == 0:
             text = read_split(config, "train")
             start = time.time()
-            tokenizer = vocab.train(text.sources + text.targets, config.model.vocab_size)
-            tokenizer.save(path)
+            tokenizer = _train_vocabulary(config, text)
+            tokenizer.save(path)  # Written whole or not at all (storage.write_bytes).
             log(
                 f"Trained a {tokenizer.vocab_size:,}-piece SentencePiece vocabulary on "
                 f"{2 * len(text.sources):,} sentences in {time.time() - start:.1f} s: {path}"
@@ -341,13 +370,40 @@ def vocabulary(config, workdir: str | None, create: bool = False) -> Tokenizer:
             f"config.data.vocab_path: no vocabulary at {path} (reformer.train makes it from "
             "the training pairs when it starts)"
         )
-    tokenizer = Tokenizer.load(path)
+    try:
+        tokenizer = Tokenizer.load(path)
+    except ValueError as e:
+        raise DataError(
+            f"config.data.vocab_path: {path} is {e}; delete it (reformer.train makes the "
+            "vocabulary again from the training pairs) or name another"
+        ) from None
     if tokenizer.vocab_size != config.model.vocab_size:
         raise DataError(
             f"config.model.vocab_size: {config.model.vocab_size:,}, but the vocabulary {path} "
             f"has {tokenizer.vocab_size:,} pieces"
         )
     return tokenizer
+
+
+def _train_vocabulary(config, text: ParallelText) -> Tokenizer:
+    """The vocabulary of the training pairs; a DataError in one line when there are none or
+    SentencePiece cannot make it."""
+    field = split_field(config, "train")
+    if not text.sources:
+        raise DataError(
+            f"config.{field}: no sentence pair to make the vocabulary from in "
+            f"{split_source(config, 'train')} ({text.skipped_empty:,} with an empty side)"
+        )
+    try:
+        return vocab.train(text.sources + text.targets, config.model.vocab_size)
+    except ValueError as e:
+        about = "model.vocab_size" if "vocabulary size" in str(e).lower() else field
+        raise DataError(f"config.{about}: {e}") from None
+
+
+def split_field(config, split: str) -> str:
+    """The config field that names where `split` comes from."""
+    return "data.tfds_name" if config.data.tfds_name else f"data.{split}_files"
 
 
 _CACHE: dict[tuple, tuple[ParallelText, EncodedPairs]] = {}
@@ -370,7 +426,15 @@ def load_split(config, split: str, tokenizer: Tokenizer) -> tuple[ParallelText, 
             f"data.seq_len={d.seq_len} (end id included)"
         )
         _CACHE[key] = text, pairs
-    return _CACHE[key]
+    text, pairs = _CACHE[key]
+    if not pairs.sources:  # Refused here, before any training step or evaluation.
+        raise DataError(
+            f"config.{split_field(config, split)}: no sentence pair to "
+            f"{'train' if split == 'train' else 'evaluate'} on in {source}: "
+            f"{text.skipped_empty:,} with an empty side, {pairs.too_long:,} longer than "
+            f"data.source_len={d.source_len} / data.seq_len={d.seq_len} (end id included)"
+        )
+    return text, pairs
 
 
 def train_stream(config, workdir: str | None, row_multiple: int, rows_fn) -> TokenBudgetStream:

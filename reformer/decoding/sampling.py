@@ -140,7 +140,8 @@ def check_prompt(cfg: ModelConfig, prompt_BxN) -> jax.Array:
 
 def check_source(cfg: ModelConfig, source_BxS, batch: int) -> jax.Array | None:
     """The source of an encoder-decoder as int32 `[B, S]` (None for other models);
-    ValueError for a missing source, another shape or ids outside the vocabulary."""
+    ValueError for a missing source, another shape, more tokens than the model's positions or
+    ids outside the vocabulary."""
     if cfg.kind != "encoder_decoder":
         if source_BxS is not None:
             raise ValueError(f"a source is for encoder-decoders; this is a {cfg.kind!r} model")
@@ -150,6 +151,12 @@ def check_source(cfg: ModelConfig, source_BxS, batch: int) -> jax.Array | None:
     ids = np.asarray(source_BxS)
     if ids.ndim != 2 or ids.shape[0] != batch or ids.shape[1] == 0:
         raise ValueError(f"source must be token ids [{batch}, S > 0], got shape {ids.shape}")
+    limit = max_positions(cfg)
+    if limit is not None and ids.shape[1] > limit:
+        raise ValueError(
+            f"the source has {ids.shape[1]} tokens; the encoder has {limit} positions "
+            f"(model.{'max_len' if cfg.positional == 'learned' else 'axial_shape'})"
+        )
     if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= cfg.vocab_size:
         raise ValueError(
             f"source token ids must be integers in 0..{cfg.vocab_size - 1} "

@@ -4,7 +4,10 @@ caches, put back in input order and detokenized; a split's corpus BLEU with sacr
 
 Sources are padded to the length buckets of training (`reformer/data/translation.py`) and
 the output may be twice the source's bucket long (at most `data.seq_len`), so a few shapes
-are compiled whatever the input."""
+are compiled whatever the input. A source longer than the source length (`data.source_len`,
+or `reformer.translate --max_source_len`; the end id included) is cut to it with the end id
+kept as its last token, and how many were cut is logged: the model never saw a longer source,
+and one without its end id reads as an unfinished sentence."""
 
 from __future__ import annotations
 
@@ -29,6 +32,19 @@ def output_length(source_bucket: int, seq_len: int) -> int:
     return min(seq_len, 2 * source_bucket)
 
 
+def encode_sources(
+    tokenizer: Tokenizer, sentences: Sequence[str], max_len: int
+) -> tuple[list[np.ndarray], int]:
+    """`(sources, cut)`: each sentence's ids and the end id, int32, at most `max_len` of them
+    (a longer one keeps its first `max_len - 1` ids and the end id); `cut` counts those."""
+    sources, cut = [], 0
+    for ids in tokenizer.encode_batch(sentences):
+        if len(ids) + 1 > max_len:
+            ids, cut = ids[: max_len - 1], cut + 1
+        sources.append(np.asarray([*ids, END_ID], np.int32))
+    return sources, cut
+
+
 def translate(
     config: ml_collections.ConfigDict,
     cfg,
@@ -40,16 +56,24 @@ def translate(
     alpha: float = beam.LENGTH_PENALTY,
     batch_size: int = 64,
     progress_every: float = 30.0,
+    max_source_len: int = 0,
+    limit_name: str = "data.source_len",
 ) -> list[str]:
     """The translations of `sentences` by the model of `cfg` (its `ModelConfig`), in their
-    order (see the module docstring)."""
+    order (see the module docstring). Sources are cut at `max_source_len` tokens (0:
+    `data.source_len`), which `limit_name` names in the log line that counts them."""
+    if not sentences:
+        return []
     d = config.data
     cfg = decoding_cache.for_data(cfg, d)
-    sources = [
-        np.asarray([*ids, END_ID][: d.source_len], np.int32)
-        for ids in tokenizer.encode_batch(sentences)
-    ]
-    lengths = translation.bucket_lengths(d.source_len)
+    max_len = max_source_len or d.source_len
+    sources, cut = encode_sources(tokenizer, sentences, max_len)
+    if cut:
+        log(
+            f"{cut:,} of {len(sentences):,} sentence(s) longer than {limit_name}={max_len} "
+            f"subwords (the end id included): cut to the first {max_len - 1} and the end id"
+        )
+    lengths = translation.bucket_lengths(max_len)
     order = np.argsort([len(s) for s in sources], kind="stable")
     out: list[str] = [""] * len(sentences)
     start = last = time.time()
