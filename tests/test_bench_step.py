@@ -76,6 +76,7 @@ def test_model_flops_scale_with_length_as_the_attention_kind_says():
     assert counts["lsh", 1024] < 1.1 * counts["lsh", 512]
 
 
+@pytest.mark.slow  # About 30 s: the fast suite keeps the script's other tests.
 def test_toy_sweep_writes_records_and_plot(tmp_path):
     out = tmp_path / "step.json"
     args = ["--lengths=128,256", "--tokens=256", "--full_max_len=128", "--n_layers=1",
