@@ -20,8 +20,9 @@ The server handles one request at a time, so checking a precondition and writing
 
     python tests/gcs_emulator.py --port 9023 --bucket test-bucket   # prints "ready"
 
-`running()` starts that in a subprocess on a free port; `ENV_VARS(url)` is what a client process
-needs to use it (and never reach the real Google Cloud).
+`running()` starts that in a subprocess on a free port (`Emulator.pause()` / `resume()` stop and
+restart its answers, as an unreachable endpoint); `ENV_VARS(url)` is what a client process needs
+to use it (and never reach the real Google Cloud).
 """
 
 from __future__ import annotations
@@ -200,6 +201,15 @@ class Emulator:
     url: str
     env: dict[str, str]
     bucket: str
+    pid: int = 0
+
+    def pause(self) -> None:
+        """Stops answering (SIGSTOP): connections are accepted by the kernel, never served."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Answers again (SIGCONT), with everything it held."""
+        os.kill(self.pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -222,8 +232,10 @@ def running(bucket: str = "test-bucket", timeout: float = 30.0) -> Iterator[Emul
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"GCS emulator not ready in {timeout} s:\n{output()}")
                 time.sleep(0.05)
-            yield Emulator(url=url, env=ENV_VARS(url), bucket=bucket)
+            yield Emulator(url=url, env=ENV_VARS(url), bucket=bucket, pid=proc.pid)
         finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)  # (a paused one cannot act on SIGTERM)
             proc.terminate()
             try:
                 proc.wait(timeout=5)

@@ -282,6 +282,14 @@ TRAIN = _group(
         "", "Workdir whose latest parameters start a new run (fresh optimizer, step 0; "
         "resuming comes first); '' = random initialization."
     ),
+    lock_renew_every=Field(
+        30.0, "Seconds between renewals of the workdir's lock (WORKDIR/lock.json); a lock "
+        "not renewed for 3 of them is taken over by the next run.", POSITIVE_FINITE
+    ),
+    storage_timeout=Field(
+        300.0, "Seconds Cloud Storage may go without answering before the run stops "
+        "(exit status 75; running it again resumes).", POSITIVE_FINITE
+    ),
 )  # fmt: skip
 
 MESH = _group(

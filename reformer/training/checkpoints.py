@@ -17,7 +17,12 @@ Storage: copied, then deleted once the copy is complete) and the step before it 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
+import threading
 import time
 
 import jax
@@ -25,7 +30,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from reformer import storage
+from reformer import storage, storage_faults
 from reformer.config.legacy import migrate
 from reformer.config.schema import resume_values
 from reformer.console import log
@@ -33,6 +38,46 @@ from reformer.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 CORRUPT_DIR = "corrupt_checkpoints"
+# What TensorStore logs about finding credentials on its first Cloud Storage request.
+CREDENTIAL_LOGS = ("google_auth_provider.cc", "gce_auth_provider.cc")
+_credentials_found: list[bool] = []  # (TensorStore looks for credentials once per process)
+
+
+def watched(what: str, directory) -> contextlib.AbstractContextManager:
+    """The block registered with the storage watchdog when `directory` is on Cloud Storage."""
+    if storage.is_remote(directory):
+        return storage_faults.watch(what, str(directory), storage.bucket(directory))
+    return contextlib.nullcontext()
+
+
+def _quiet_credential_logs(directory: str) -> None:
+    """Makes TensorStore's first Cloud Storage request of the process (a read of an absent
+    object) with stderr captured: TensorStore logs there, at INFO level, how it found
+    credentials ("Using GOOGLE_AUTH_TOKEN_FOR_TESTING", "Running on GCE ..."), since absl
+    logging is not set up in Python processes. Other captured lines are written back."""
+    if not storage.is_remote(directory) or _credentials_found:
+        return
+    import tensorstore as ts
+
+    _credentials_found.append(True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            kvstore = ts.KvStore.open({"driver": "gcs", "bucket": storage.bucket(directory)})
+            kvstore.result().read(".reformer-no-such-object").result(timeout=10)
+        except Exception:  # noqa: BLE001  (a failure shows at the first real request)
+            pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+    rest = [line for line in lines if not any(name in line for name in CREDENTIAL_LOGS)]
+    if rest:
+        sys.stderr.write("".join(rest))
+        sys.stderr.flush()
 
 
 def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.CheckpointManager | None:
@@ -40,24 +85,80 @@ def make_manager(workdir: str, keep: int, create: bool = True) -> ocp.Checkpoint
     directory = storage.join(workdir, "checkpoints")
     if not create and not storage.isdir(directory):
         return None
+    _quiet_credential_logs(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=create, enable_async_checkpointing=True
     )
-    return ocp.CheckpointManager(
-        storage.path(directory),
-        options=options,
-        item_names=("state", "data"),
-    )
+    with watched("listing the checkpoints in", directory):
+        return ocp.CheckpointManager(
+            storage.path(directory),
+            options=options,
+            item_names=("state", "data"),
+        )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-        ),
-        force=True,
-    )
+class Saves:
+    """The newest complete checkpoint of the workdir as this process knows it, without
+    reading storage: for the line that ends a run whose storage stopped answering."""
+
+    def __init__(self, workdir: str, manager: ocp.CheckpointManager, step: int | None):
+        self.workdir, self.manager, self.step = workdir, manager, step
+        self.pending: int | None = None  # a save that may still be running
+        self._mutex = threading.Lock()  # (`complete` runs on the storage watchdog's thread)
+
+    def started(self, step: int) -> None:
+        """After `manager.save(step)` returned: orbax starts a save only once the one before
+        it is complete."""
+        with self._mutex:
+            if self.pending is not None:
+                self.step = self.pending
+            self.pending = step
+
+    def complete(self, step: int) -> bool:
+        """Whether the save of `step` is complete (or a later one is)."""
+        with self._mutex:
+            if self.pending is not None and not self.manager.is_saving_in_progress():
+                self.step, self.pending = self.pending, None
+            return self.step is not None and self.step >= step
+
+    def note(self) -> str:
+        self.complete(0)
+        if self.step is None:
+            return f"No complete checkpoint in {self.workdir} yet. Restart to start again."
+        return f"Last complete checkpoint: step {self.step} in {self.workdir}. Restart to resume."
+
+
+def save(
+    manager: ocp.CheckpointManager, step: int, state, data_state: dict, saves: Saves | None = None
+) -> None:
+    """Starts saving `step` (orbax writes it in the background); on Cloud Storage the
+    background write is watched until it is complete."""
+    directory = str(manager.directory)
+    with watched(f"starting checkpoint {step} in", directory):
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=True,
+        )
+    if saves is None:
+        saves = Saves("", manager, None)
+    saves.started(step)
+    if storage.is_remote(directory):
+        storage_faults.watch_until(
+            f"writing checkpoint {step} to",
+            directory,
+            storage.bucket(directory),
+            done=lambda: saves.complete(step),
+        )
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Waits for the saves still running, then closes the manager."""
+    with watched("finishing the checkpoint writes in", manager.directory):
+        manager.wait_until_finished()
+        manager.close()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
@@ -66,6 +167,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
     An `abstract_state` of the form `{"params": abstract_params}` reads only the
     parameters (no optimizer state, no data position: `data_state` is None).
     """
+    with watched(f"reading checkpoint {step} from", manager.directory):
+        return _restore(manager, step, abstract_state)
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, abstract_state):
     if isinstance(abstract_state, dict) and set(abstract_state) == {"params"}:
         restored = manager.restore(
             step,
@@ -152,6 +258,8 @@ def restore_latest(
             state, data_state = restore(manager, step, abstract_state)
         except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
             error = e
+        if error is not None and _storage_failed(error, manager):
+            raise error  # Not a corrupt checkpoint: storage did not answer.
         if error is not None and _is_structure_mismatch(error):
             if set(_saved_state(manager, step)) == {"params"}:
                 raise ConfigError(
@@ -183,6 +291,13 @@ def restore_latest(
             "wrong:\n  " + "\n  ".join(f"step {s}: {r}" for s, r in failed)
         )
     return None
+
+
+def _storage_failed(error: Exception, manager: ocp.CheckpointManager) -> bool:
+    directory = str(manager.directory)
+    return storage.is_remote(directory) and storage_faults.is_fault(
+        error, storage.bucket(directory)
+    )
 
 
 def _saved_state(manager: ocp.CheckpointManager, step: int) -> dict:

@@ -8,6 +8,11 @@ checkpoints.save) decide what else happens. The train step is jitted once over t
 except to log: it dispatches step N before it reads step N-1's metrics. The evaluation
 function comes from the caller (`reformer.train.train_and_evaluate` passes
 `evaluation.scoring.make_eval_fn`), so training imports nothing of decoding.
+
+A run holds its workdir's lock from before it reads anything there until it ends
+(`workdir_lock`: one writer per workdir). In a `gs://` workdir an error that storage caused
+ends the run with one line naming the last complete checkpoint (`storage_faults`). An
+evaluation that fails keeps the checkpoint of its step before the error is reported.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from reformer import data, storage
+from reformer import data, storage, storage_faults
 from reformer.config.validation import validate
 from reformer.console import log
 from reformer.errors import ConfigError
-from reformer.training import checkpoints, sharding
+from reformer.training import checkpoints, sharding, workdir_lock
 from reformer.training.metrics import MetricsWriter, eval_settings, progress_line, summarize
 from reformer.training.optimizer import make_optimizer
 from reformer.training.preemption import StopRequests
@@ -52,6 +57,12 @@ class Run:
     eval_batches: Any  # a sequence of host batches
     step_rng: jax.Array
     is_main: bool
+    saves: checkpoints.Saves
+    lock: workdir_lock.WorkdirLock | None = None  # process 0's; None in the others
+
+
+class EvaluationFailed(ConfigError):
+    """An evaluation during training failed; the checkpoint of its step is kept."""
 
 
 def _check_finite(metrics: list[tuple[int, dict]]) -> None:
@@ -76,8 +87,9 @@ def _describe_process(mesh) -> str:
 
 
 def _initial_state(config, workdir, manager, stream, abstract, tx, model, init_rng):
-    """The state to start from: the workdir's latest checkpoint (with the data stream's
-    position), else `train.init_from`'s parameters with fresh optimizer state, else new."""
+    """`(state, restored step or None)`: the workdir's latest checkpoint (with the data
+    stream's position), else `train.init_from`'s parameters with fresh optimizer state,
+    else new."""
     state_sharding = jax.tree.map(lambda a: a.sharding, abstract)
     restored = checkpoints.restore_latest(manager, abstract, workdir)
     if restored is not None:
@@ -87,7 +99,7 @@ def _initial_state(config, workdir, manager, stream, abstract, tx, model, init_r
         except ValueError as e:
             raise ConfigError(f"cannot resume the data stream from {workdir}: {e}") from e
         log(f"Resumed from {workdir} at step {latest}.")
-        return state
+        return state, latest
     init_from = config.train.init_from
     if init_from:
         params, from_step = checkpoints.restore_params(
@@ -101,17 +113,16 @@ def _initial_state(config, workdir, manager, stream, abstract, tx, model, init_r
             f"Starting in {workdir} from the parameters of {init_from} (its step "
             f"{from_step}), with fresh optimizer state at step 0."
         )
-        return jax.jit(state_from_params(tx), out_shardings=state_sharding)(params)
+        return jax.jit(state_from_params(tx), out_shardings=state_sharding)(params), None
     log(f"Starting from scratch in {workdir}.")
-    return jax.jit(make_init_state(config, model, tx), out_shardings=state_sharding)(init_rng)
+    init = jax.jit(make_init_state(config, model, tx), out_shardings=state_sharding)
+    return init(init_rng), None
 
 
 def set_up(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEvalFn) -> Run:
-    """Checks the config and the workdir, then builds the mesh, the model, the state
-    (restored, initialized from `train.init_from`, or new), the data, the checkpoint manager
-    and the jitted steps."""
-    validate(config, num_devices=jax.device_count())
-    storage.prepare_dir(workdir, "--workdir", f".write_test.{jax.process_index()}")
+    """Builds the mesh, the model, the state (restored, initialized from `train.init_from`,
+    or new), the data, the checkpoint manager and the jitted steps (the config and the
+    workdir are checked first, by `train`)."""
     checkpoints.check_config_matches(workdir, config)
     is_main = jax.process_index() == 0
     t = config.train
@@ -128,7 +139,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEv
     stream = data.make_train_stream(
         config, rows=rows_fn(t.batch_size), rows_fn=rows_fn, workdir=workdir
     )
-    state = _initial_state(config, workdir, manager, stream, abstract, tx, model, init_rng)
+    state, restored = _initial_state(
+        config, workdir, manager, stream, abstract, tx, model, init_rng
+    )
     if is_main:
         checkpoints.write_config(workdir, config)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -147,7 +160,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEv
     train_step = jit_train_step(config, model, tx, mesh, state_sharding)
     return Run(
         config, workdir, mesh, state, stream, manager, train_step, eval_step, eval_batches,
-        step_rng, is_main,
+        step_rng, is_main, checkpoints.Saves(workdir, manager, restored),
     )  # fmt: skip
 
 
@@ -235,6 +248,34 @@ def _evaluate(run: Run, writer: MetricsWriter, step: int) -> dict:
     return record
 
 
+def _save(run: Run, step: int, pending: list) -> None:
+    """Saves the state of `step` once its metrics are known to be finite (`pending`: the
+    steps not yet checked), after making sure the run still holds its workdir."""
+    _check_finite(pending)
+    if run.lock is not None:
+        run.lock.confirm()
+    checkpoints.save(run.manager, step, run.state, run.stream.get_state(), run.saves)
+
+
+def _evaluate_keeping(run: Run, writer: MetricsWriter, step: int, pending: list) -> dict:
+    """`_evaluate`; when the evaluation fails, the state of `step` is saved first, then the
+    error is an EvaluationFailed in one line."""
+    try:
+        return _evaluate(run, writer, step)
+    except Exception as e:
+        if storage.is_remote(run.workdir) and storage_faults.is_fault(
+            e, storage.bucket(run.workdir)
+        ):
+            raise
+        _save(run, step, pending)
+        raise EvaluationFailed(
+            f"the evaluation at step {step} failed ({storage_faults.describe(e)}); the "
+            f"checkpoint of step {step} is kept in {run.workdir}. Fix what the evaluation "
+            "reads (config.eval, the evaluation data) and run the command again to resume "
+            "from it, or set --config.train.eval_every=0 to train without evaluating."
+        ) from e
+
+
 def _compiled_step(run: Run, compiled: dict, batch: dict, clock: _Clock):
     """The train step compiled for this batch's shapes (one, or one per length bucket)."""
     shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
@@ -275,10 +316,9 @@ def _steps(run: Run, writer: MetricsWriter, stop: StopRequests) -> dict:
             jax.block_until_ready(run.state)
         with intervals.clock.pause():  # Speed counts training steps only.
             if evaluate_now:
-                last_eval = _evaluate(run, writer, step)
+                last_eval = _evaluate_keeping(run, writer, step, intervals.pending)
             if save_now:
-                _check_finite(intervals.pending)
-                checkpoints.save(run.manager, step, run.state, run.stream.get_state())
+                _save(run, step, intervals.pending)
         if stopping:
             log(f"Stopped at step {step}; checkpoint saved. Rerun the command to resume.")
             break
@@ -289,8 +329,34 @@ def _steps(run: Run, writer: MetricsWriter, stop: StopRequests) -> dict:
 def train(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEvalFn) -> dict:
     """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint,
     evaluating with the function `make_eval_fn` builds. Returns the last evaluation's
-    metrics ({} when the run had already finished)."""
-    run = set_up(config, workdir, make_eval_fn)
+    metrics ({} when the run had already finished). The config and the workdir are checked
+    first; the workdir's lock is held from then on (a run holding it refuses this one)."""
+    validate(config, num_devices=jax.device_count())
+    storage.prepare_dir(workdir, "--workdir", f".write_test.{jax.process_index()}")
+    storage_faults.set_limit(config.train.storage_timeout)
+    with workdir_lock.hold(workdir, config.train.lock_renew_every) as lock:
+        storage_faults.set_note(lambda: f"Restart to resume from the checkpoints in {workdir}.")
+        try:
+            with _storage_guard(workdir):
+                run = set_up(config, workdir, make_eval_fn)
+                run.lock = lock
+                storage_faults.set_note(run.saves.note)
+                return _run(run)
+        finally:
+            storage_faults.set_note(None)
+            storage_faults.forget(workdir)
+
+
+def _storage_guard(workdir: str):
+    """In a `gs://` workdir: an error that storage caused ends the run in one line."""
+    if not storage.is_remote(workdir):
+        return contextlib.nullcontext()
+    return storage_faults.stop_on_fault("training in", workdir, storage.bucket(workdir))
+
+
+def _run(run: Run) -> dict:
+    """The steps, with the stop handlers installed; everything closed on the way out."""
+    config, workdir = run.config, run.workdir
     step = int(run.state.step)
     writer = MetricsWriter(workdir, enabled=run.is_main, start_step=step)
     if step >= config.train.num_steps:
@@ -303,6 +369,5 @@ def train(config: ml_collections.ConfigDict, workdir: str, make_eval_fn: MakeEva
         try:
             return _steps(run, writer, stop)
         finally:  # On any error too: finish pending saves, close the manager and writers.
-            run.manager.wait_until_finished()
-            run.manager.close()
+            checkpoints.finish(run.manager)
             writer.close()

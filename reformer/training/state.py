@@ -3,6 +3,7 @@ shardings over the mesh, and the parameters of a workdir's latest checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import flax
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from reformer import storage, storage_faults
 from reformer.model import models
 from reformer.model.model_config import ModelConfig
 from reformer.training import checkpoints, sharding
@@ -75,8 +77,17 @@ def load_params(
 ):
     """`(params, step)` of the newest readable checkpoint in `workdir` (parameters only),
     laid out over `mesh` as in training, or on one device (mesh None). The workdir's config
-    must match (`checkpoints.check_config_matches`)."""
-    checkpoints.check_config_matches(workdir, config)
-    return checkpoints.restore_params(
-        workdir, config.train.keep_checkpoints, abstract_params(config, model, mesh), purpose
+    must match (`checkpoints.check_config_matches`). In a `gs://` workdir storage that does
+    not answer is one line within `train.storage_timeout` (an unreachable endpoint: at once,
+    as a ConfigError)."""
+    storage_faults.set_limit(config.train.storage_timeout)
+    guard = (
+        storage_faults.stop_on_fault("reading", workdir, storage.bucket(workdir))
+        if storage.is_remote(workdir)
+        else contextlib.nullcontext()
     )
+    with guard:
+        checkpoints.check_config_matches(workdir, config)
+        return checkpoints.restore_params(
+            workdir, config.train.keep_checkpoints, abstract_params(config, model, mesh), purpose
+        )
