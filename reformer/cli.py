@@ -70,6 +70,7 @@ USAGE_EXTRA = {
     "sample": " --prompt TEXT",
     "translate": " --text SENTENCE",
     "export": " --out DIR",
+    "inspect": " --layer N --out DIR [--text T | --ids 1,2 | --example K]",
 }
 
 

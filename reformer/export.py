@@ -35,5 +35,4 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
 if __name__ == "__main__":
     from reformer import cli
 
-    cli.USAGE_EXTRA.setdefault("export", " --out DIR")  # The usage line of a bad flag.
     cli.run("export", main, distributed=False)

@@ -49,7 +49,7 @@ from reformer.attention.hashing import round_up as _round_up
 _PAD_BUCKET = jnp.iinfo(jnp.int32).max  # sorts padding after every real bucket
 
 
-def _prepare_qk(
+def prepare_qk(
     q_LxD: jax.Array, k_LxD: jax.Array | None, *, keys: bool = True
 ) -> tuple[jax.Array, jax.Array | None, bool]:
     """(queries, keys, exclude_self): shared QK if `k` is None, else scaled dot product.
@@ -99,7 +99,7 @@ def full_attention(
     _check_dropout(dropout_rate, dropout_rng)
     if block_len is not None and block_len < 1:
         raise ValueError(f"block_len must be >= 1 or None, got {block_len}")
-    q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD)
+    q_LxD, k_LxD, exclude_self = prepare_qk(q_LxD, k_LxD)
     v_LxV = jnp.asarray(v_LxV)
     length = q_LxD.shape[0]
     pos_L = jnp.arange(length)
@@ -152,6 +152,41 @@ def _check_chunking(chunk_len: int, n_chunks_before: int, n_chunks_after: int) -
         )
 
 
+def local_plan(
+    length: int,
+    *,
+    chunk_len: int,
+    n_chunks_before: int,
+    n_chunks_after: int,
+    causal: bool,
+    exclude_self: bool,
+    mask: jax.Array | None,
+    dropout_rate: float = 0.0,
+    wrap: bool = True,
+) -> tuple[ChunkConfig, Layout]:
+    """`local_attention`'s kernel settings and layout of `length` positions (also read by
+    `reformer/inspection/`): position order, padded to whole chunks (and for `wrap=False`)."""
+    padded = _round_up(length, chunk_len)
+    if not wrap:
+        padded += max(n_chunks_before, n_chunks_after) * chunk_len
+    cfg = ChunkConfig(
+        length=padded,
+        n_rounds=1,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        exclude_self=exclude_self,
+        attend_across_buckets=True,
+        allow_duplicate_attention=True,
+        dropout_rate=dropout_rate,
+        block_chunks=block_chunks(padded // chunk_len, chunk_len),
+    )
+    pos_S = jnp.arange(padded, dtype=jnp.int32)
+    lay = Layout(pos_S, _padded_mask(mask, length, padded), bucket_NxL=None, chunk_NxL=None)
+    return cfg, lay
+
+
 def local_attention(
     q_LxD: jax.Array,
     k_LxD: jax.Array | None,
@@ -179,30 +214,20 @@ def local_attention(
     _check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     _check_dropout(dropout_rate, dropout_rng)
     length = q_LxD.shape[0]
-    padded = _round_up(length, chunk_len)
-    if not wrap:
-        padded += max(n_chunks_before, n_chunks_after) * chunk_len
-    q_LxD, k_LxD, exclude_self = _prepare_qk(q_LxD, k_LxD, keys=False)
+    q_LxD, k_LxD, exclude_self = prepare_qk(q_LxD, k_LxD, keys=False)
     v_LxV = jnp.asarray(v_LxV)
-    cfg = ChunkConfig(
-        length=padded,
-        n_rounds=1,
+    cfg, lay = local_plan(
+        length,
         chunk_len=chunk_len,
         n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after,
         causal=causal,
         exclude_self=exclude_self,
-        attend_across_buckets=True,
-        allow_duplicate_attention=True,
+        mask=mask,
         dropout_rate=dropout_rate,
-        block_chunks=block_chunks(padded // chunk_len, chunk_len),
+        wrap=wrap,
     )
-    lay = Layout(
-        pos_S=jnp.arange(padded, dtype=jnp.int32),
-        valid_L=_padded_mask(mask, length, padded),
-        bucket_NxL=None,
-        chunk_NxL=None,
-    )
+    padded = cfg.length
     out_LxV = chunked_attention(
         cfg,
         _pad_length(q_LxD, padded),
@@ -288,6 +313,47 @@ def _sorted_layout(
     )
 
 
+def lsh_plan(
+    buckets_NxP: jax.Array,
+    length: int,
+    mask_L: jax.Array | None,
+    n_buckets: int | None,
+    *,
+    chunk_len: int,
+    n_chunks_before: int,
+    n_chunks_after: int,
+    causal: bool,
+    attend_across_buckets: bool,
+    allow_duplicate_attention: bool,
+    dropout_rate: float,
+) -> tuple[ChunkConfig, Layout]:
+    """`lsh_attention`'s kernel settings and layout (also read by `reformer/inspection/`):
+    the buckets `[N, P]` of `length` positions padded to whole chunks, sorted per round."""
+    n_rounds, padded = buckets_NxP.shape
+    lay = _sorted_layout(
+        buckets_NxP,
+        _padded_mask(mask_L, length, padded),
+        n_buckets,
+        chunk_len,
+        attend_across_buckets=attend_across_buckets,
+        allow_duplicate_attention=allow_duplicate_attention,
+    )
+    cfg = ChunkConfig(
+        length=padded,
+        n_rounds=n_rounds,
+        chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after,
+        causal=causal,
+        exclude_self=True,
+        attend_across_buckets=attend_across_buckets,
+        allow_duplicate_attention=allow_duplicate_attention,
+        dropout_rate=dropout_rate,
+        block_chunks=block_chunks(padded // chunk_len, chunk_len),
+    )
+    return cfg, lay
+
+
 def lsh_attention(
     qk_LxD: jax.Array,
     v_LxV: jax.Array,
@@ -327,28 +393,19 @@ def lsh_attention(
     padded = _round_up(length, chunk_len)
     qk_LxD = _pad_length(jnp.asarray(qk_LxD), padded)
     v_LxV = _pad_length(jnp.asarray(v_LxV), padded)
-    valid_L = _padded_mask(mask, length, padded)
     buckets_NxL = _round_buckets(qk_LxD, rotations_DxNxR, buckets, bucket_factors, padded)
-    lay = _sorted_layout(
+    cfg, lay = lsh_plan(
         buckets_NxL,
-        valid_L,
+        length,
+        mask,
         n_buckets or n_buckets_bound(rotations_DxNxR, bucket_factors),
-        chunk_len,
-        attend_across_buckets=attend_across_buckets,
-        allow_duplicate_attention=allow_duplicate_attention,
-    )
-    cfg = ChunkConfig(
-        length=padded,
-        n_rounds=buckets_NxL.shape[0],
         chunk_len=chunk_len,
         n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after,
         causal=causal,
-        exclude_self=True,
         attend_across_buckets=attend_across_buckets,
         allow_duplicate_attention=allow_duplicate_attention,
         dropout_rate=dropout_rate,
-        block_chunks=block_chunks(padded // chunk_len, chunk_len),
     )
     out_LxV = chunked_attention(
         cfg, qk_LxD, None, v_LxV, lay, dropout_rng if dropout_rate > 0.0 else None

@@ -19,6 +19,8 @@ attention runs whole span by span.
 The modules own the projections (no bias, as trax) and the random numbers; the math lives in
 the pure one-head functions of `reformer/attention/lsh.py`, which the modules `vmap` over batch and
 heads. Random streams: "dropout" for attention dropout, "hash" for the LSH rotations.
+Whole-sequence calls sow their heads' projections and kernel outputs into the
+`intermediates` collection (`_expose`), which `reformer/inspection/` makes mutable.
 """
 
 from __future__ import annotations
@@ -98,6 +100,18 @@ def _per_head(
 
 def _to_heads_first(x_BxLxHxK: jax.Array) -> jax.Array:
     return jnp.swapaxes(x_BxLxHxK, 1, 2)
+
+
+# Where a call exposes its heads' projections and kernel outputs (`reformer/inspection/`).
+INTERMEDIATES = "intermediates"
+
+
+def _expose(module: nn.Module, projections: dict, out_BxHxLxK: jax.Array) -> None:
+    """Sows the heads' projections (`[B, H, L, K]` by kernel name) and the kernel's output
+    `[B, H, L, K]` into `INTERMEDIATES`: a no-op unless a caller makes that collection
+    mutable, so training computes exactly what it did without it."""
+    module.sow(INTERMEDIATES, "projections", projections)
+    module.sow(INTERMEDIATES, "heads_out", out_BxHxLxK)
 
 
 class _Kernel(nn.Module):
@@ -244,6 +258,9 @@ class FullSelfAttention(nn.Module):
             )
 
         out_BxHxLxK = _per_head(one_head, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK), mask_BxL, rngs_BxH)
+        names = ("query_key", "value") if self.shared_qk else ("query", "key", "value")
+        heads = (q_BxHxLxK, v_BxHxLxK) if self.shared_qk else (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK)
+        _expose(self, dict(zip(names, heads, strict=True)), out_BxHxLxK)
         return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
 
 
@@ -301,6 +318,7 @@ class LocalSelfAttention(nn.Module):
                 return self._in_spans(x_BxLxD, mask_BxL, rate, rngs_BxH, normalize, finish), None
         qkv_BxHxLxK = _project(self, x_BxLxD, ("query", "key", "value"), normalize)
         out_BxHxLxK = self._attend(qkv_BxHxLxK, mask_BxL, rate, rngs_BxH)
+        _expose(self, dict(zip(("query", "key", "value"), qkv_BxHxLxK, strict=True)), out_BxHxLxK)
         return _unproject(self, out_BxHxLxK, x_BxLxD.shape[-1], finish), None
 
     def _attend(self, qkv_BxHxLxK, mask_BxL, rate, rngs_BxH):
@@ -467,6 +485,7 @@ class LSHSelfAttention(nn.Module):
         out_BxHxLxK, buckets_BxHxNxL = _per_head(
             one_head, (qk_BxHxLxK, v_BxHxLxK, buckets), mask_BxL, rngs_BxH, (rotations_HxKxNxR,)
         )
+        _expose(self, {"query_key": qk_BxHxLxK, "value": v_BxHxLxK}, out_BxHxLxK)
         return _unproject(self, out_BxHxLxK, d_model, finish), buckets_BxHxNxL
 
     def _in_head_groups(self, one_head, x_BxLxD, mask_BxL, per_head, normalize, finish):
